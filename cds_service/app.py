@@ -1,0 +1,308 @@
+"""The HTTP application: request -> auth -> gather FHIR data -> facts -> rules -> cards -> response.
+
+Each step lives in its own module; this one only wires them and maps errors to OperationOutcomes.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import httpx
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+
+from cds_service import __version__, logs
+from cds_service.body import read_json
+from cds_service.config import Settings, get_settings
+from cds_service.discovery import SERVICES, discovery_document
+from cds_service.errors import NotFound, ServiceError, outcome_response
+from cds_service.hooks import parse_call
+from cds_service.models import (
+    CDSResponse,
+    DiscoveryResponse,
+    FeedbackRequest,
+    HookRequestBody,
+    dump,
+)
+from cds_service.sources.gather import GatherStats, gather
+
+log = logs.get_logger("cds_service.app")
+
+JSON = "application/json"
+# Only for development runs (auth off): fixtures pin "now" so their dates stay meaningful.
+EVALUATION_TIME_EXTENSION = "org.neurosarcoidosis-cds.evaluation-time"
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type=JSON)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings: Settings = app.state.settings
+    # One pooled client for every FHIR fallback call; timeouts bound each call, the request
+    # deadline bounds them all.
+    app.state.http = httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.fhir_deadline_seconds, connect=min(1.0, settings.fhir_deadline_seconds)),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        follow_redirects=False,
+        trust_env=False,
+    )
+    for hook in app.state.startup_hooks:
+        await hook(app)
+    from cds_service import engine
+
+    engine.warm_up()
+    # The cyclic GC's full collections over the ~60k objects FastAPI and fhir.resources leave behind
+    # are the p99 tail (shared/perf/REPORT.md §2.3); freeze them out of its reach.
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        for hook in app.state.shutdown_hooks:
+            await hook(app)
+        await app.state.http.aclose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logs.configure(settings.log_level, settings.log_json)
+    app = FastAPI(
+        title="Neurosarcoidosis CDS Hooks service",
+        version=__version__,
+        description="CDS Hooks 2.0.1 service: neurosarcoidosis treatment ladder and IVIG safety.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.startup_hooks = []
+    app.state.shutdown_hooks = []
+    app.state.authenticator = None  # set by cds_service.auth when trusted issuers are configured
+    app.state.audit = None  # set by cds_service.audit
+
+    _install_error_handlers(app)
+    _install_routes(app)
+    _install_openapi(app)
+    _install_extensions(app, settings)
+
+    # CORS outermost, so its headers are on error responses too; preflight never reaches auth.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Accept"],
+        expose_headers=["WWW-Authenticate"],
+        max_age=600,
+    )
+    return app
+
+
+def _install_extensions(app: FastAPI, settings: Settings) -> None:
+    """Optional parts that live in their own modules (auth, audit, metrics, preview)."""
+    import importlib
+
+    for name in ("cds_service.auth", "cds_service.audit", "cds_service.metrics", "cds_service.preview"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.install(app, settings)
+
+
+# --------------------------------------------------------------------------- errors
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> Response:
+        if exc.status == 401:
+            log.warning("auth_refused", reason=getattr(exc, "reason", "unknown"), path=request.url.path)
+        elif exc.status >= 400:
+            log.info("request_refused", status=exc.status, path=request.url.path, message=exc.message)
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        errs = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors()[:5])
+        return outcome_response(f"Invalid request: {errs}.", 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        messages = {404: f"No resource at {request.url.path}.", 405: f"Method {request.method} is not allowed here."}
+        code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+        return outcome_response(messages.get(exc.status_code, str(exc.detail)), exc.status_code, code,
+                                dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:  # last resort; should not happen
+        log.error("unhandled_error", path=request.url.path, error=type(exc).__name__)
+        return outcome_response("The service failed unexpectedly; the error was logged.", 500, "exception")
+
+
+# --------------------------------------------------------------------------- routes
+async def _authenticate(request: Request, path: str):
+    auth = request.app.state.authenticator
+    if auth is None:
+        return None
+    return await auth.authenticate(request, path)
+
+
+def _install_routes(app: FastAPI) -> None:
+    settings: Settings = app.state.settings
+
+    @app.get("/cds-services", response_model=DiscoveryResponse, tags=["CDS Hooks"],
+             summary="Discovery: the services offered and their prefetch templates")
+    async def discovery(request: Request) -> Response:
+        await _authenticate(request, "/cds-services")
+        return _json(dump(discovery_document()))
+
+    @app.post("/cds-services/{service_id}", response_model=CDSResponse, tags=["CDS Hooks"],
+              summary="Call a service (order-select or order-sign)",
+              responses={400: {}, 401: {}, 404: {}, 412: {}, 413: {}})
+    async def call_service(service_id: str, request: Request) -> Response:
+        started = time.perf_counter()
+        client = await _authenticate(request, f"/cds-services/{service_id}")  # 401 before 404: no probing
+        service = SERVICES.get(service_id)
+        if service is None:
+            raise NotFound(f"There is no CDS service with id '{service_id}'.")
+        data = await read_json(request, limit=settings.max_body_bytes, max_depth=settings.max_json_depth,
+                               max_array=settings.max_array_length)
+        call = parse_call(service, data)
+        stats = GatherStats()
+        record = await gather(
+            call,
+            http=request.app.state.http,
+            deadline=settings.fhir_deadline_seconds,
+            max_pages=settings.fhir_max_pages,
+            fhir_allowed=getattr(client, "fhir_allowed", None),
+            now=_evaluation_time(call.body.extension, settings),
+            stats=stats,
+        )
+        cards = evaluate_cards(record, call.hook, call.hook_instance)
+        body = orjson.dumps(dump(CDSResponse(cards=cards)))
+        elapsed = time.perf_counter() - started
+        audit = request.app.state.audit
+        if audit is not None:  # queued; written after the response, in batches
+            audit.cards_issued(service=service.id, hook=call.hook, hook_instance=call.hook_instance,
+                               patient_id=call.patient_id, cards=cards)
+        metrics = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.hook_answered(call.hook, elapsed, cards, stats)
+        log.info("hook_answered", service=service.id, hook=call.hook, hookInstance=call.hook_instance,
+                 cards=len(cards), prefetched=stats.prefetched, fetched=stats.fetched,
+                 fhir_ms=round(stats.fhir_seconds * 1000, 1), ms=round(elapsed * 1000, 2),
+                 notes=len(record.notes))
+        return Response(body, media_type=JSON)
+
+    @app.post("/cds-services/{service_id}/feedback", tags=["CDS Hooks"],
+              summary="Feedback on cards (accepted / overridden)", responses={400: {}, 401: {}, 404: {}})
+    async def feedback(service_id: str, request: Request) -> Response:
+        await _authenticate(request, f"/cds-services/{service_id}/feedback")
+        service = SERVICES.get(service_id)
+        if service is None:
+            raise NotFound(f"There is no CDS service with id '{service_id}'.")
+        data = await read_json(request, limit=settings.max_body_bytes, max_depth=settings.max_json_depth,
+                               max_array=settings.max_array_length)
+        items = parse_feedback(data)
+        audit = request.app.state.audit
+        if audit is not None:
+            audit.feedback_received(service=service.id, items=items)
+        for item in items:
+            code, _ = item.reason_code()
+            log.info("feedback", service=service.id, card=item.card, outcome=item.outcome, reason=code,
+                     accepted=len(item.acceptedSuggestions or ()))
+        return _json({"accepted": len(items)})
+
+    @app.get("/health", tags=["Operations"], summary="Liveness: the process answers")
+    async def health() -> Response:
+        return _json({"status": "ok", "version": __version__})
+
+
+def parse_feedback(data: dict[str, Any]) -> list:
+    from pydantic import ValidationError
+
+    from cds_service.errors import BadRequest
+    from cds_service.hooks import _describe
+
+    try:
+        return FeedbackRequest.model_validate(data).feedback
+    except ValidationError as exc:
+        raise BadRequest(f"Invalid feedback: {_describe(exc)}.") from exc
+
+
+def _evaluation_time(extension: dict[str, Any] | None, settings: Settings) -> datetime | None:
+    if not extension or settings.auth_enabled:
+        return None
+    value = extension.get(EVALUATION_TIME_EXTENSION)
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        from datetime import UTC
+
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def evaluate_cards(record, hook: str, hook_instance: str) -> list:
+    """Run the rules; a bug in a rule becomes an honest card, never a 500 or a silent empty answer."""
+    from cds_service import engine
+    from cds_service.models import Card, Source
+
+    try:
+        return engine.evaluate(record, hook).cards
+    except Exception as exc:  # noqa: BLE001 - the clinician must still get an answer
+        log.error("rules_failed", hookInstance=hook_instance, error=type(exc).__name__, exc_info=True)
+        return [
+            Card(
+                summary="Neurosarcoidosis decision support could not evaluate this order.",
+                detail="An internal error stopped the rules for this order, so **no recommendation was made**. "
+                "Use clinical judgement; the error has been logged for the service team.",
+                indicator="warning",
+                source=Source(label="Neurosarcoidosis CDS service"),
+                overrideReasons=[{"code": "acknowledged", "system": "https://neurosarcoidosis-cds.example.org/override",
+                                  "display": "Acknowledged"}],
+                extension={"org.neurosarcoidosis-cds.rule-id": "service.evaluation-failed"},
+            )
+        ]
+
+
+# --------------------------------------------------------------------------- OpenAPI
+def _install_openapi(app: FastAPI) -> None:
+    """Describe the request bodies (read as raw bytes for speed) in the OpenAPI document."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (HookRequestBody, FeedbackRequest):
+            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            comps.update(js.pop("$defs", {}))
+            comps[model.__name__] = js
+        bodies = {
+            "/cds-services/{service_id}": "HookRequestBody",
+            "/cds-services/{service_id}/feedback": "FeedbackRequest",
+        }
+        for path, name in bodies.items():
+            op = schema["paths"][path]["post"]
+            op["requestBody"] = {
+                "required": True,
+                "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+            }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi

@@ -1,0 +1,57 @@
+"""Evaluate a posted FHIR Bundle as if an EHR had sent it (CLI ``evaluate`` and ``/fixtures/evaluate``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from cds_service.discovery import SERVICES
+from cds_service.hooks import parse_call
+from cds_service.models import CDSResponse, dump
+from cds_service.sources.bundle import request_from_bundle
+from cds_service.sources.gather import gather
+
+EVALUATION_TIME_EXTENSION = "org.neurosarcoidosis-cds.evaluation-time"
+
+
+def service_for(hook: str):
+    for service in SERVICES.values():
+        if service.hook == hook:
+            return service
+    from cds_service.errors import BadRequest
+
+    raise BadRequest(f"No service answers the '{hook}' hook.")
+
+
+def build_request(bundle: dict[str, Any], hook: str, order: str | None = None) -> dict[str, Any]:
+    """The CDS Hooks request for ``bundle``; a Bundle.timestamp pins the evaluation time (fixtures)."""
+    request = request_from_bundle(bundle, hook, order)
+    timestamp = bundle.get("timestamp")
+    if isinstance(timestamp, str):
+        request["extension"] = {EVALUATION_TIME_EXTENSION: timestamp}
+    return request
+
+
+async def evaluate_request_async(request: dict[str, Any], hook: str) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    from cds_service.app import evaluate_cards
+
+    call = parse_call(service_for(hook), request)
+    now = None
+    ts = (request.get("extension") or {}).get(EVALUATION_TIME_EXTENSION)
+    if isinstance(ts, str):
+        try:
+            now = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+            if now.tzinfo is None:
+                now = now.replace(tzinfo=UTC)
+        except ValueError:
+            now = None
+    record = await gather(call, http=None, deadline=1.0, now=now)
+    cards = evaluate_cards(record, call.hook, call.hook_instance)
+    return dump(CDSResponse(cards=cards))
+
+
+def evaluate_bundle(bundle: dict[str, Any], hook: str, order: str | None = None) -> tuple[dict, dict]:
+    request = build_request(bundle, hook, order)
+    return request, asyncio.run(evaluate_request_async(request, hook))

@@ -1,0 +1,176 @@
+"""Validate a CDS Hooks call and normalise its context, strict where the spec is, lenient where clients aren't.
+
+Strict (400): hook matches the service, ``hookInstance``, ``context.patientId``, ``context.userId``,
+``context.draftOrders`` (a Bundle-shaped object), ``fhirServer`` whenever ``fhirAuthorization`` is sent.
+
+Lenient (real clients, see ``shared/spec/CLIENTS.md``): a draftOrders Bundle without ``type``;
+``category``/``reasonCode`` sent as an object; Medication entries mixed into draftOrders and referenced
+by ``medicationReference``; ids longer than FHIR's 64 characters; ``Patient/`` (or an absolute URL) in
+``patientId``; unknown context keys and ``extension`` objects; DSTU2 ``MedicationOrder``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from cds_service.discovery import Service
+from cds_service.errors import BadRequest
+from cds_service.models import HookRequestBody
+from cds_service.record import ORDER_TYPES
+
+# R4 elements that are arrays but some clients send as a single object.
+_ARRAY_ELEMENTS = ("category", "reasonCode", "dosageInstruction", "identifier", "note")
+
+
+@dataclass
+class HookCall:
+    service: Service
+    body: HookRequestBody
+    patient_id: str
+    user_id: str
+    encounter_id: str | None
+    draft_orders: list[dict[str, Any]]
+    selections: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def hook(self) -> str:
+        return self.body.hook
+
+    @property
+    def hook_instance(self) -> str:
+        return self.body.hookInstance
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__") or "request"
+        parts.append(f"{loc}: {err.get('msg')}")
+    return "; ".join(parts)
+
+
+def last_segment(reference: str, rtype: str) -> str:
+    """``Patient/123``, ``https://ehr/fhir/Patient/123`` or ``123`` -> ``123``."""
+    ref = reference.strip()
+    marker = f"{rtype}/"
+    if marker in ref:
+        ref = ref.rsplit(marker, 1)[1]
+    return ref.split("/_history/")[0].strip("/")
+
+
+def _as_list(resource: dict[str, Any], key: str) -> None:
+    value = resource.get(key)
+    if isinstance(value, dict):
+        resource[key] = [value]
+
+
+def _clean_order(resource: dict[str, Any], medications: dict[str, dict[str, Any]], notes: list[str]) -> dict:
+    order = dict(resource)
+    if order.get("resourceType") == "MedicationOrder":  # DSTU2 sandbox; same fields the rules read
+        order["resourceType"] = "MedicationRequest"
+        notes.append("draftOrders held a DSTU2 MedicationOrder; read as MedicationRequest")
+    for key in _ARRAY_ELEMENTS:
+        _as_list(order, key)
+    ref = order.get("medicationReference")
+    if isinstance(ref, dict) and isinstance(ref.get("reference"), str) and "medicationCodeableConcept" not in order:
+        med = medications.get(ref["reference"]) or medications.get(last_segment(ref["reference"], "Medication"))
+        if med is not None and isinstance(med.get("code"), dict):
+            order["medicationCodeableConcept"] = med["code"]
+            order.pop("medicationReference", None)
+        else:
+            notes.append(f"{order.get('resourceType')} medicationReference could not be resolved in draftOrders")
+    return order
+
+
+def parse_draft_orders(draft: Any, notes: list[str]) -> list[dict[str, Any]]:
+    if not isinstance(draft, dict):
+        raise BadRequest("context.draftOrders must be a FHIR Bundle object.")
+    if draft.get("resourceType") not in (None, "Bundle"):
+        raise BadRequest("context.draftOrders must be a FHIR Bundle (resourceType 'Bundle').")
+    entries = draft.get("entry") or []
+    if not isinstance(entries, list):
+        raise BadRequest("context.draftOrders.entry must be an array.")
+    resources: list[dict[str, Any]] = []
+    medications: dict[str, dict[str, Any]] = {}
+    for i, entry in enumerate(entries):
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(res, dict) or not isinstance(res.get("resourceType"), str):
+            notes.append(f"draftOrders.entry[{i}] has no resource; skipped")
+            continue
+        if res["resourceType"] == "Medication":
+            rid = res.get("id")
+            if isinstance(rid, str):
+                medications[rid] = res
+                medications[f"Medication/{rid}"] = res
+            full = entry.get("fullUrl")
+            if isinstance(full, str):
+                medications[full] = res
+            continue
+        resources.append(res)
+    orders = []
+    for res in resources:
+        if res["resourceType"] in ORDER_TYPES:
+            orders.append(_clean_order(res, medications, notes))
+        else:
+            notes.append(f"draftOrders held a {res['resourceType']}; ignored")
+    return orders
+
+
+def parse_call(service: Service, data: dict[str, Any]) -> HookCall:
+    try:
+        body = HookRequestBody.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest(f"Invalid CDS Hooks request: {_describe(exc)}.") from exc
+    if body.hook != service.hook:
+        raise BadRequest(
+            f"Service '{service.id}' answers the '{service.hook}' hook, but the request is for '{body.hook}'."
+        )
+    ctx = body.context
+    notes: list[str] = []
+
+    patient = ctx.get("patientId")
+    if not isinstance(patient, str) or not patient.strip():
+        raise BadRequest("context.patientId is required (a non-empty string).")
+    patient_id = last_segment(patient, "Patient")
+    if not patient_id:
+        raise BadRequest("context.patientId does not name a patient.")
+
+    user = ctx.get("userId")
+    if not isinstance(user, str) or not user.strip():
+        raise BadRequest("context.userId is required (a non-empty string such as 'Practitioner/123').")
+
+    encounter = ctx.get("encounterId")
+    if encounter is not None and not isinstance(encounter, str):
+        raise BadRequest("context.encounterId must be a string.")
+
+    if "draftOrders" not in ctx:
+        raise BadRequest(
+            "context.draftOrders is required for order-select and order-sign. (Epic leaves it out when the "
+            "client lacks the unsigned-order scopes; grant them.)"
+        )
+    orders = parse_draft_orders(ctx["draftOrders"], notes)
+
+    selections: list[str] = []
+    if service.hook == "order-select":
+        raw = ctx.get("selections")
+        if raw is None:
+            notes.append("order-select without context.selections; every draft order treated as selected")
+        elif not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+            raise BadRequest("context.selections must be an array of references such as 'MedicationRequest/1'.")
+        else:
+            selections = raw
+
+    return HookCall(
+        service=service,
+        body=body,
+        patient_id=patient_id,
+        user_id=user,
+        encounter_id=encounter,
+        draft_orders=orders,
+        selections=selections,
+        notes=notes,
+    )

@@ -1,0 +1,275 @@
+"""CDS Hooks 2.0.1 wire models: discovery, request, response (cards) and feedback.
+
+Written from the 2.0.1 tables (there is no official JSON Schema). Two rules shape every model:
+
+* Responses never carry ``null`` or empty optional fields (spec "Use of JSON"), so serialise with
+  :func:`dump` (``exclude_none``) and let the validators turn empty lists into ``None``.
+* Requests come from real clients that bend the spec (sandbox, Epic); request models are lenient
+  (``extra="allow"``) and only insist on what the spec makes REQUIRED.
+"""
+
+from __future__ import annotations
+
+import uuid as _uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Indicator = Literal["info", "warning", "critical"]
+SelectionBehavior = Literal["at-most-one", "any"]
+ActionType = Literal["create", "update", "delete"]
+LinkType = Literal["absolute", "smart"]
+
+INDICATOR_RANK = {"critical": 0, "warning": 1, "info": 2}
+
+# Keys this service puts in a card's `extension` (reverse-domain style, as the spec asks).
+RULE_ID_EXTENSION = "org.neurosarcoidosis-cds.rule-id"  # stable id: feedback is analysed per rule
+EVIDENCE_EXTENSION = "org.neurosarcoidosis-cds.evidence"  # {"level": ..., "citation": ..., "url": ...}
+FACTS_EXTENSION = "org.neurosarcoidosis-cds.facts"  # [{"fact": ..., "value": ..., "reference": "Type/id"}]
+
+
+def new_uuid() -> str:
+    return str(_uuid.uuid4())
+
+
+class _Out(BaseModel):
+    """Base for response objects: strict about unknown fields so a typo cannot reach an EHR."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_empty(cls, data: Any) -> Any:
+        # The spec forbids "", [] and {} for optional fields; treat them as absent.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v not in ("", [], {}) or k == "cards"}
+        return data
+
+
+# --------------------------------------------------------------------------- data types
+class Coding(_Out):
+    code: str = Field(min_length=1)
+    system: str = Field(min_length=1)
+    display: str | None = None
+
+
+class OverrideReason(Coding):
+    """A Coding whose ``display`` is REQUIRED (spec: overrideReasons)."""
+
+    display: str = Field(min_length=1)
+
+
+class Source(_Out):
+    label: str = Field(min_length=1)
+    url: str | None = None
+    icon: str | None = None
+    topic: Coding | None = None
+
+
+class Link(_Out):
+    label: str = Field(min_length=1)
+    url: str = Field(min_length=1)
+    type: LinkType = "absolute"
+    appContext: str | None = None
+    autolaunchable: bool | None = None
+
+    @model_validator(mode="after")
+    def _app_context_only_for_smart(self) -> Link:
+        if self.appContext is not None and self.type != "smart":
+            raise ValueError("appContext is only allowed on smart links")
+        return self
+
+
+class Action(_Out):
+    type: ActionType
+    description: str = Field(min_length=1)
+    resource: dict[str, Any] | None = None
+    resourceId: str | None = None
+
+    @model_validator(mode="after")
+    def _resource_for_create_update(self) -> Action:
+        if self.type in ("create", "update") and not self.resource:
+            raise ValueError(f"a {self.type} action needs a resource")
+        return self
+
+
+class Suggestion(_Out):
+    label: str = Field(min_length=1)
+    uuid: str = Field(default_factory=new_uuid)
+    isRecommended: bool | None = None
+    actions: list[Action] | None = None
+
+
+class Card(_Out):
+    uuid: str = Field(default_factory=new_uuid)
+    summary: str = Field(min_length=1, max_length=139)  # spec: "<140 characters"
+    detail: str | None = None
+    indicator: Indicator
+    source: Source
+    suggestions: list[Suggestion] | None = None
+    selectionBehavior: SelectionBehavior | None = None
+    overrideReasons: list[OverrideReason] | None = None
+    links: list[Link] | None = None
+    extension: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _selection_behavior_with_suggestions(self) -> Card:
+        if self.suggestions and self.selectionBehavior is None:
+            raise ValueError("selectionBehavior is required when suggestions are present")
+        if not self.suggestions and self.selectionBehavior is not None:
+            self.selectionBehavior = None
+        return self
+
+
+class CDSResponse(_Out):
+    cards: list[Card] = Field(default_factory=list)
+    systemActions: list[Action] | None = None
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """Serialise a response model the way the spec wants it: no nulls, no empties."""
+    return model.model_dump(mode="json", exclude_none=True)
+
+
+# --------------------------------------------------------------------------- discovery
+class ServiceDefinition(_Out):
+    hook: str
+    title: str | None = None
+    description: str
+    id: str
+    prefetch: dict[str, str] | None = None
+    usageRequirements: str | None = None
+    extension: dict[str, Any] | None = None
+
+
+class DiscoveryResponse(_Out):
+    services: list[ServiceDefinition] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_empty(cls, data: Any) -> Any:  # {"services": []} is explicitly allowed
+        return data
+
+
+# --------------------------------------------------------------------------- request
+class FhirAuthorization(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    access_token: str = Field(min_length=1)
+    token_type: str = "Bearer"
+    expires_in: int | None = None
+    scope: str | None = None
+    subject: str | None = None
+    patient: str | None = None
+
+    def __repr__(self) -> str:  # never let the token reach a log line through repr()
+        return "FhirAuthorization(access_token='***')"
+
+    __str__ = __repr__
+
+
+class HookRequestBody(BaseModel):
+    """The top level of a CDS Hooks call. ``context`` is checked per hook in :mod:`cds_service.hooks`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    hook: str = Field(min_length=1)
+    hookInstance: str = Field(min_length=1)
+    fhirServer: str | None = None
+    fhirAuthorization: FhirAuthorization | None = None
+    context: dict[str, Any]
+    prefetch: dict[str, Any] | None = None
+    extension: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _fhir_server_with_token(self) -> HookRequestBody:
+        if self.fhirAuthorization is not None and not self.fhirServer:
+            raise ValueError("fhirServer is required when fhirAuthorization is sent")
+        return self
+
+    @field_validator("fhirServer")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("fhirServer must be an http(s) URL")
+        return v
+
+
+# --------------------------------------------------------------------------- feedback
+class AcceptedSuggestion(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str = Field(min_length=1)
+
+
+class FeedbackCoding(BaseModel):
+    """Feedback codings come without ``display`` from the sandbox: accept that."""
+
+    model_config = ConfigDict(extra="allow")
+    code: str = Field(min_length=1)
+    system: str | None = None
+    display: str | None = None
+
+
+class OverrideReasonFeedback(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    reason: FeedbackCoding | None = None
+    userComment: str | None = None
+    extension: dict[str, Any] | None = None  # Epic puts its reason here instead of `reason`
+
+
+class FeedbackItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    card: str = Field(min_length=1)
+    outcome: Literal["accepted", "overridden"]
+    acceptedSuggestions: list[AcceptedSuggestion] | None = None
+    overrideReason: OverrideReasonFeedback | None = None
+    outcomeTimestamp: str = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _epic_plural(cls, data: Any) -> Any:
+        # Epic documents `overrideReasons` (plural, an object) where the spec says `overrideReason`.
+        if isinstance(data, dict) and "overrideReason" not in data and "overrideReasons" in data:
+            data = dict(data)
+            value = data.pop("overrideReasons")
+            if isinstance(value, list):  # tolerate a one-element list
+                value = value[0] if value else None
+            data["overrideReason"] = value
+        return data
+
+    @model_validator(mode="after")
+    def _accepted_has_suggestions(self) -> FeedbackItem:
+        if self.outcome == "accepted" and not self.acceptedSuggestions:
+            raise ValueError("an accepted outcome needs acceptedSuggestions")
+        return self
+
+    @field_validator("outcomeTimestamp")
+    @classmethod
+    def _rfc3339(cls, v: str) -> str:
+        from datetime import datetime
+
+        try:
+            datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError("outcomeTimestamp must be an RFC 3339 date-time") from exc
+        return v
+
+    def reason_code(self) -> tuple[str | None, str | None]:
+        """(code, display) of the override reason, from the spec shape or Epic's extension."""
+        r = self.overrideReason
+        if r is None:
+            return None, None
+        if r.reason is not None:
+            return r.reason.code, r.reason.display
+        ext = r.extension or {}
+        code = ext.get("com.epic.cdshooks.feedback.overrideReason.reasonCategory")
+        display = ext.get("com.epic.cdshooks.feedback.overrideReason.reasonDisplay") or ext.get(
+            "com.epic.cdshooks.feedback.overrideReason.reasonTitle"
+        )
+        return (str(code) if code is not None else None), display
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    feedback: list[FeedbackItem] = Field(min_length=1, max_length=500)

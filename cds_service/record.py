@@ -1,0 +1,90 @@
+"""PatientRecord: the FHIR data of one hook call, gathered from whichever source had it.
+
+Resources stay raw JSON dicts here. Validating every prefetched resource with full FHIR models
+costs ~200 µs each (see ``../shared/perf``); the clinical facts builder picks the few resources its
+rules read with cheap dict checks and validates only those with ``fhir.resources.R4B``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+# Resource types the rules read. Anything else in a prefetch bundle is ignored.
+CLINICAL_TYPES = (
+    "Patient",
+    "Condition",
+    "MedicationStatement",
+    "MedicationRequest",
+    "MedicationAdministration",
+    "MedicationDispense",
+    "Medication",
+    "Observation",
+    "AllergyIntolerance",
+    "Device",
+    "Encounter",
+    "Procedure",
+)
+
+ORDER_TYPES = ("MedicationRequest", "ServiceRequest", "MedicationOrder", "NutritionOrder", "DeviceRequest")
+
+
+@dataclass
+class PatientRecord:
+    patient_id: str
+    patient: dict[str, Any] | None = None
+    # resourceType -> resources, de-duplicated by (type, id)
+    resources: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # The orders being selected/signed (MedicationRequest, ServiceRequest ...), medicationReference
+    # already resolved into medicationCodeableConcept where the Medication was in the bundle.
+    draft_orders: list[dict[str, Any]] = field(default_factory=list)
+    # order-select: references ("MedicationRequest/123") of the orders just selected
+    selections: list[str] = field(default_factory=list)
+    # Human-readable problems met while gathering (a skipped resource, a failed key); they end up in
+    # the logs and, where they matter clinically, on a card.
+    notes: list[str] = field(default_factory=list)
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    _seen: set[tuple[str, str]] = field(default_factory=set, repr=False)
+
+    def add(self, resource: Any) -> None:
+        """Add one resource (or a searchset/collection Bundle of them)."""
+        if not isinstance(resource, dict):
+            self.notes.append("skipped a prefetch value that is not a JSON object")
+            return
+        rtype = resource.get("resourceType")
+        if rtype == "Bundle":
+            for entry in resource.get("entry") or []:
+                if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
+                    if (entry.get("search") or {}).get("mode") == "outcome":
+                        continue
+                    self.add(entry["resource"])
+            return
+        if not isinstance(rtype, str):
+            self.notes.append("skipped a resource without resourceType")
+            return
+        if rtype == "OperationOutcome":
+            return
+        rid = resource.get("id")
+        if isinstance(rid, str) and rid:
+            key = (rtype, rid)
+            if key in self._seen:
+                return
+            self._seen.add(key)
+        if rtype == "Patient":
+            if self.patient is None or resource.get("id") == self.patient_id:
+                self.patient = resource
+            return
+        self.resources.setdefault(rtype, []).append(resource)
+
+    def extend(self, resources: Iterable[Any]) -> None:
+        for r in resources:
+            self.add(r)
+
+    def of_type(self, *types: str) -> Iterator[dict[str, Any]]:
+        for t in types:
+            yield from self.resources.get(t, ())
+
+    def count(self) -> int:
+        return sum(len(v) for v in self.resources.values()) + (1 if self.patient else 0)

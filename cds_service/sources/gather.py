@@ -1,0 +1,123 @@
+"""Gather a hook call's FHIR data: prefetch first, the FHIR server for what is missing, 412 otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from cds_service.discovery import PREFETCH
+from cds_service.errors import PreconditionFailed
+from cds_service.hooks import HookCall
+from cds_service.record import PatientRecord
+from cds_service.sources.base import SourceError
+from cds_service.sources.bundle import fill_tokens
+from cds_service.sources.fhir_server import FhirServerSource, next_link
+from cds_service.sources.prefetch import PrefetchSource
+
+
+@dataclass
+class GatherStats:
+    prefetched: int = 0
+    fetched: int = 0
+    fhir_requests: int = 0
+    fhir_seconds: float = 0.0
+    fhir_failed: bool = False
+
+
+def queries_for(call: HookCall) -> dict[str, str]:
+    ctx = dict(call.body.context)
+    ctx["patientId"] = call.patient_id  # normalised: no "Patient/" prefix
+    user = call.user_id
+    for rtype in ("Practitioner", "PractitionerRole", "Patient", "RelatedPerson"):
+        if user.startswith(rtype + "/"):
+            ctx_token = "user" + rtype + "Id"
+            ctx[ctx_token] = user.split("/", 1)[1]
+    out = {}
+    for key, template in PREFETCH.items():
+        q = fill_tokens(template, ctx)
+        for tok in ("userPractitionerId", "userPractitionerRoleId", "userPatientId", "userRelatedPersonId"):
+            if tok in ctx:
+                q = q.replace("{{" + tok + "}}", ctx[tok])
+        out[key] = q
+    return out
+
+
+async def gather(
+    call: HookCall,
+    *,
+    http: httpx.AsyncClient | None,
+    deadline: float,
+    max_pages: int = 5,
+    fhir_allowed: Callable[[str], bool] | None = None,
+    now: datetime | None = None,
+    stats: GatherStats | None = None,
+) -> PatientRecord:
+    stats = stats or GatherStats()
+    queries = queries_for(call)
+    prefetch = PrefetchSource(call.body.prefetch)
+    values: dict[str, Any] = prefetch.answer(queries)
+    stats.prefetched = len(values)
+    missing = {k: q for k, q in queries.items() if k not in values}
+    paged = [v for v in values.values() if isinstance(v, dict) and v.get("resourceType") == "Bundle"
+             and next_link(v)]
+    record = PatientRecord(patient_id=call.patient_id, notes=list(call.notes))
+    if now is not None:
+        record.now = now
+
+    if missing or paged:
+        server = call.body.fhirServer
+        if not server:
+            if missing:
+                raise PreconditionFailed(
+                    "Prefetch data is missing for " + ", ".join(sorted(missing))
+                    + " and the request has no fhirServer to fetch it from."
+                )
+            record.notes.append("prefetch was paginated but no fhirServer was given; later pages not read")
+        elif fhir_allowed is not None and not fhir_allowed(server):
+            raise PreconditionFailed(
+                "The fhirServer in the request is not on this service's allow-list for the calling client, "
+                "so the missing prefetch data cannot be fetched."
+            )
+        elif http is None:
+            raise PreconditionFailed("Fetching from the FHIR server is not available in this mode.")
+        else:
+            token = call.body.fhirAuthorization.access_token if call.body.fhirAuthorization else None
+            source = FhirServerSource(http, server, token, max_pages=max_pages)
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(deadline):
+                    fetched, _ = await asyncio.gather(
+                        source.fetch(missing),
+                        asyncio.gather(*(source.follow_pages(b) for b in paged)),
+                    )
+            except TimeoutError as exc:
+                stats.fhir_failed = True
+                raise PreconditionFailed(
+                    f"The FHIR server did not return the missing prefetch data within {deadline:g} s.",
+                    code="timeout",
+                ) from exc
+            except SourceError as exc:
+                stats.fhir_failed = True
+                raise PreconditionFailed(f"Could not fetch the missing prefetch data: {exc}.") from exc
+            finally:
+                stats.fhir_requests = source.requests_made
+                stats.fhir_seconds = time.perf_counter() - started
+            values.update(fetched)
+            stats.fetched = len(fetched)
+    if prefetch.failed:
+        record.notes.append("the EHR reported failed prefetch for " + ", ".join(prefetch.failed))
+
+    for value in values.values():
+        if value is not None:
+            record.add(value)
+    if record.patient is None:
+        record.notes.append("no Patient resource was available; age and sex unknown")
+    record.draft_orders = call.draft_orders
+    record.selections = call.selections
+    return record

@@ -64,6 +64,13 @@ SERVICES: dict[str, Service] = {
             "immune globulin order." + _COMMON,
         ),
         Service(
+            id="neurosarcoidosis-patient-view",
+            hook="patient-view",
+            title="Neurosarcoidosis treatment stage (patient view)",
+            description="A summary of where the patient stands on the neurosarcoidosis treatment ladder, and "
+            "whether IVIG may be considered, when the chart is opened." + _COMMON,
+        ),
+        Service(
             id="neurosarcoidosis-order-sign",
             hook="order-sign",
             title="Neurosarcoidosis treatment and IVIG safety (order sign)",

@@ -147,12 +147,16 @@ def parse_call(service: Service, data: dict[str, Any]) -> HookCall:
     if encounter is not None and not isinstance(encounter, str):
         raise BadRequest("context.encounterId must be a string.")
 
-    if "draftOrders" not in ctx:
+    orders: list[dict[str, Any]] = []
+    if service.hook == "patient-view":
+        pass  # no orders in this hook
+    elif "draftOrders" not in ctx:
         raise BadRequest(
             "context.draftOrders is required for order-select and order-sign. (Epic leaves it out when the "
             "client lacks the unsigned-order scopes; grant them.)"
         )
-    orders = parse_draft_orders(ctx["draftOrders"], notes)
+    else:
+        orders = parse_draft_orders(ctx["draftOrders"], notes)
 
     selections: list[str] = []
     if service.hook == "order-select":

@@ -1,0 +1,36 @@
+"""Shared test fixtures. Paths are relative to the repository so the tests run against an installed wheel too."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+CLIENT_EXAMPLES = SHARED / "spec" / "client-examples"
+SYNTHEA = SHARED / "synthea-r4"
+FIXTURES = REPO / "fixtures"
+
+
+def load_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def settings(tmp_path):
+    from cds_service.config import Settings
+
+    return Settings(data_dir=tmp_path / "data", log_json=True, trusted_issuers={}, redis_url=None,
+                    database_url=None)
+
+
+@pytest.fixture
+def client(settings):
+    from fastapi.testclient import TestClient
+
+    from cds_service.app import create_app
+
+    with TestClient(create_app(settings)) as c:
+        yield c

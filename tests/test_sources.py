@@ -1,0 +1,219 @@
+"""Prefetch, FHIR-server fallback and posted-bundle sources, and how gather() combines them."""
+
+import asyncio
+
+import httpx
+import pytest
+import respx
+
+from cds_service.discovery import PREFETCH, SERVICES
+from cds_service.errors import BadRequest, PreconditionFailed
+from cds_service.hooks import parse_call
+from cds_service.sources.bundle import BundleSource, request_from_bundle
+from cds_service.sources.gather import gather, queries_for
+from cds_service.sources.prefetch import PrefetchSource
+
+FHIR = "https://ehr.example.org/fhir"
+SELECT = SERVICES["neurosarcoidosis-order-select"]
+
+
+def searchset(*resources, next_url=None):
+    b = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
+    if next_url:
+        b["link"] = [{"relation": "next", "url": next_url}]
+    return b
+
+
+def condition(cid):
+    return {"resourceType": "Condition", "id": cid, "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "230193008"}]}}
+
+
+def call(prefetch=None, fhir_server=FHIR, token="secret-access-token"):
+    body = {
+        "hook": "order-select", "hookInstance": "h1",
+        "context": {"patientId": "p1", "userId": "Practitioner/u1", "selections": [],
+                    "draftOrders": {"resourceType": "Bundle", "entry": []}},
+    }
+    if prefetch is not None:
+        body["prefetch"] = prefetch
+    if fhir_server:
+        body["fhirServer"] = fhir_server
+        if token:
+            body["fhirAuthorization"] = {"access_token": token, "token_type": "Bearer", "expires_in": 300,
+                                         "scope": "patient/*.read", "subject": "cds"}
+    return parse_call(SELECT, body)
+
+
+FULL = {"patient": {"resourceType": "Patient", "id": "p1"}, "conditions": searchset(condition("c1")),
+        "medicationStatements": searchset(), "medicationRequests": searchset(), "observations": searchset()}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_templates_use_only_2_0_1_tokens():
+    for template in PREFETCH.values():
+        assert "{{" not in template.replace("{{context.patientId}}", "")
+    assert queries_for(call())["patient"] == "Patient/p1"
+
+
+def test_null_means_known_empty_and_is_never_fetched():
+    prefetch = dict(FULL, conditions=None)
+    with respx.mock(assert_all_called=False) as mock:
+        route = mock.get(url__startswith=FHIR).mock(return_value=httpx.Response(500))
+        record = run(gather(call(prefetch), http=httpx.AsyncClient(), deadline=1))
+    assert not route.called
+    assert record.resources.get("Condition") is None and record.patient["id"] == "p1"
+
+
+def test_missing_keys_are_fetched_in_parallel_with_the_bearer_token():
+    prefetch = {"patient": FULL["patient"]}
+    seen = []
+
+    def answer(request):
+        seen.append(request)
+        if request.url.path.endswith("/Condition"):
+            return httpx.Response(200, json=searchset(condition("c9")))
+        return httpx.Response(200, json=searchset())
+
+    with respx.mock as mock:
+        mock.get(url__startswith=FHIR).mock(side_effect=answer)
+        record = run(gather(call(prefetch), http=httpx.AsyncClient(), deadline=1))
+    assert len(seen) == 4
+    assert all(r.headers["authorization"] == "Bearer secret-access-token" for r in seen)
+    assert [c["id"] for c in record.resources["Condition"]] == ["c9"]
+
+
+def test_operation_outcome_prefetch_value_is_fetched_again():
+    prefetch = dict(FULL, conditions={"resourceType": "OperationOutcome", "issue": []})
+    with respx.mock as mock:
+        route = mock.get(f"{FHIR}/Condition", params={"patient": "p1"}).mock(
+            return_value=httpx.Response(200, json=searchset(condition("c2"))))
+        record = run(gather(call(prefetch), http=httpx.AsyncClient(), deadline=1))
+    assert route.called and record.resources["Condition"][0]["id"] == "c2"
+
+
+def test_next_pages_are_followed_up_to_the_bound():
+    prefetch = dict(FULL, conditions=searchset(condition("c1"), next_url=f"{FHIR}/Condition?page=2"))
+    with respx.mock as mock:
+        mock.get(f"{FHIR}/Condition", params={"page": "2"}).mock(
+            return_value=httpx.Response(200, json=searchset(condition("c2"), next_url=f"{FHIR}/Condition?page=3")))
+        mock.get(f"{FHIR}/Condition", params={"page": "3"}).mock(
+            return_value=httpx.Response(200, json=searchset(condition("c3"), next_url=f"{FHIR}/Condition?page=4")))
+        record = run(gather(call(prefetch), http=httpx.AsyncClient(), deadline=1, max_pages=2))
+    assert [c["id"] for c in record.resources["Condition"]] == ["c1", "c2", "c3"]
+
+
+def test_next_link_to_another_host_is_refused():
+    prefetch = dict(FULL, conditions=searchset(condition("c1"), next_url="https://evil.example.com/steal"))
+    with respx.mock(assert_all_called=False) as mock:
+        evil = mock.get(url__startswith="https://evil.example.com").mock(return_value=httpx.Response(200))
+        with pytest.raises(PreconditionFailed, match="another host"):
+            run(gather(call(prefetch), http=httpx.AsyncClient(), deadline=1))
+    assert not evil.called
+
+
+def test_no_prefetch_and_no_fhir_server_is_412():
+    with pytest.raises(PreconditionFailed, match="no fhirServer"):
+        run(gather(call({"patient": FULL["patient"]}, fhir_server=None), http=None, deadline=1))
+
+
+@pytest.mark.parametrize("response", [httpx.Response(500), httpx.Response(401), httpx.Response(200, text="<html>")])
+def test_fhir_server_errors_are_412(response):
+    with respx.mock as mock:
+        mock.get(url__startswith=FHIR).mock(return_value=response)
+        with pytest.raises(PreconditionFailed):
+            run(gather(call({}), http=httpx.AsyncClient(), deadline=1))
+
+
+def test_slow_fhir_server_hits_the_deadline():
+    async def slow(request):
+        await asyncio.sleep(2)
+        return httpx.Response(200, json=searchset())
+
+    with respx.mock as mock:
+        mock.get(url__startswith=FHIR).mock(side_effect=slow)
+        with pytest.raises(PreconditionFailed, match="within 0.2 s"):
+            run(gather(call({}), http=httpx.AsyncClient(), deadline=0.2))
+
+
+def test_redirects_are_not_followed():
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(url__startswith=FHIR).mock(
+            return_value=httpx.Response(302, headers={"location": "https://evil.example.com/x"}))
+        evil = mock.get(url__startswith="https://evil.example.com").mock(return_value=httpx.Response(200))
+        with pytest.raises(PreconditionFailed, match="302"):
+            run(gather(call({}), http=httpx.AsyncClient(), deadline=1))
+    assert not evil.called
+
+
+def test_anonymous_fetch_when_no_token_like_the_sandbox():
+    with respx.mock as mock:
+        route = mock.get(url__startswith=FHIR).mock(return_value=httpx.Response(200, json=searchset()))
+        run(gather(call({"patient": FULL["patient"]}, token=None), http=httpx.AsyncClient(), deadline=1))
+    assert route.call_count == 4 and "authorization" not in route.calls[0].request.headers
+
+
+def test_prefetch_value_of_wrong_type_is_400():
+    with pytest.raises(BadRequest, match="prefetch.conditions"):
+        PrefetchSource({"conditions": "nope"}).answer({"conditions": "Condition?patient=p1"})
+
+
+def test_epic_empty_search_with_outcome_entry_is_an_empty_result():
+    epic_empty = {"resourceType": "Bundle", "type": "searchset", "total": 0, "entry": [
+        {"resource": {"resourceType": "OperationOutcome", "issue": []}, "search": {"mode": "outcome"}}]}
+    record = run(gather(call(dict(FULL, conditions=epic_empty)), http=None, deadline=1))
+    assert "Condition" not in record.resources
+
+
+def test_fhir_allow_list_refuses_before_any_request():
+    with respx.mock(assert_all_called=False) as mock:
+        route = mock.get(url__startswith=FHIR).mock(return_value=httpx.Response(200, json=searchset()))
+        with pytest.raises(PreconditionFailed, match="allow-list"):
+            run(gather(call({}), http=httpx.AsyncClient(), deadline=1, fhir_allowed=lambda url: False))
+    assert not route.called
+
+
+BUNDLE = {
+    "resourceType": "Bundle", "type": "collection", "timestamp": "2026-11-25T09:00:00Z",
+    "entry": [
+        {"resource": {"resourceType": "Patient", "id": "p1"}},
+        {"resource": condition("c1")},
+        {"resource": {"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/p1"},
+                      "code": {"coding": [{"system": "http://loinc.org", "code": "2160-0"}]}}},
+        {"resource": {"resourceType": "Observation", "id": "o2", "subject": {"reference": "Patient/p1"},
+                      "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}}},
+        {"resource": {"resourceType": "MedicationRequest", "id": "rx1", "status": "draft", "intent": "order",
+                      "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": {"text": "IVIG"}}},
+    ],
+}
+
+
+def test_request_from_bundle_builds_what_an_ehr_sends():
+    req = request_from_bundle(BUNDLE, "order-select")
+    ctx = req["context"]
+    assert ctx["patientId"] == "p1" and ctx["selections"] == ["MedicationRequest/rx1"]
+    assert ctx["draftOrders"]["entry"][0]["resource"]["id"] == "rx1"
+    assert [e["resource"]["id"] for e in req["prefetch"]["observations"]["entry"]] == ["o1"]  # code filter
+    assert req["prefetch"]["medicationRequests"]["entry"] == []  # the draft travels in context only
+    assert "selections" not in request_from_bundle(BUNDLE, "order-sign")["context"]
+
+
+@pytest.mark.parametrize("bundle, message", [
+    ({"resourceType": "Patient"}, "Bundle"),
+    ({"resourceType": "Bundle", "entry": []}, "non-empty"),
+    ({"resourceType": "Bundle", "entry": [{"resource": {"id": "x"}}]}, r"entry\[0\]"),
+    ({"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Patient", "id": "a"}}, "junk"]},
+     r"entry\[1\]"),
+])
+def test_bad_bundles_name_the_wrong_entry(bundle, message):
+    with pytest.raises(BadRequest, match=message):
+        request_from_bundle(bundle, "order-select")
+
+
+def test_bundle_source_reads_by_id():
+    src = BundleSource([{"resourceType": "Patient", "id": "p1"}], "p1")
+    assert src.answer({"patient": "Patient/p1", "missing": "Patient/p2"}) == {
+        "patient": {"resourceType": "Patient", "id": "p1"}, "missing": None}

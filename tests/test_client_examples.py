@@ -20,7 +20,8 @@ def our_prefetch(example: dict) -> dict:
                     if isinstance(v, dict) and v.get("resourceType") == "Patient"),
                    {"resourceType": "Patient", "id": patient_id})
     return {"patient": patient, "conditions": EMPTY, "medicationStatements": EMPTY,
-            "medicationRequests": EMPTY, "observations": EMPTY}
+            "medicationRequests": EMPTY, "observations": EMPTY, "allergies": EMPTY,
+            "medicationAdministrations": EMPTY, "devices": EMPTY}
 
 
 def requests():
@@ -55,11 +56,14 @@ def test_example_as_sent_falls_back_to_its_fhir_server(client, example):
     with respx.mock(base_url=base, assert_all_called=False) as mock:
         mock.get(f"/Patient/{patient_id}").mock(
             return_value=httpx.Response(200, json={"resourceType": "Patient", "id": patient_id}))
-        searches = mock.get(path__regex=r".*/(Condition|MedicationStatement|MedicationRequest|Observation)$").mock(
+        searched = "Condition|MedicationStatement|MedicationRequest|Observation|AllergyIntolerance|" \
+            "MedicationAdministration|Device"
+        searches = mock.get(path__regex=rf".*/({searched})$").mock(
             return_value=httpx.Response(200, json=EMPTY))
         resp = client.post(f"/cds-services/{SERVICE_FOR_HOOK[body['hook']]}", json=body)
     assert resp.status_code == 200, resp.text
-    ours = {"conditions", "medicationStatements", "medicationRequests", "observations"}
+    ours = {"conditions", "medicationStatements", "medicationRequests", "observations", "allergies",
+            "medicationAdministrations", "devices"}
     assert searches.call_count == len(ours - set(example.get("prefetch") or {}))
     if body.get("fhirAuthorization"):
         assert searches.calls[0].request.headers["authorization"].startswith("Bearer ")

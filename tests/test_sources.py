@@ -46,7 +46,8 @@ def call(prefetch=None, fhir_server=FHIR, token="secret-access-token"):
 
 
 FULL = {"patient": {"resourceType": "Patient", "id": "p1"}, "conditions": searchset(condition("c1")),
-        "medicationStatements": searchset(), "medicationRequests": searchset(), "observations": searchset()}
+        "medicationStatements": searchset(), "medicationRequests": searchset(), "observations": searchset(),
+        "allergies": searchset(), "medicationAdministrations": searchset(), "devices": searchset()}
 
 
 def run(coro):
@@ -81,7 +82,7 @@ def test_missing_keys_are_fetched_in_parallel_with_the_bearer_token():
     with respx.mock as mock:
         mock.get(url__startswith=FHIR).mock(side_effect=answer)
         record = run(gather(call(prefetch), http=httpx.AsyncClient(), deadline=1))
-    assert len(seen) == 4
+    assert len(seen) == 7  # 4 required searches + 3 optional ones, all at once
     assert all(r.headers["authorization"] == "Bearer secret-access-token" for r in seen)
     assert [c["id"] for c in record.resources["Condition"]] == ["c9"]
 
@@ -113,6 +114,23 @@ def test_next_link_to_another_host_is_refused():
         with pytest.raises(PreconditionFailed, match="another host"):
             run(gather(call(prefetch), http=httpx.AsyncClient(), deadline=1))
     assert not evil.called
+
+
+def test_optional_keys_that_fail_become_a_note_not_a_412():
+    prefetch = {k: v for k, v in FULL.items() if k not in ("allergies", "devices")}
+    with respx.mock as mock:
+        mock.get(f"{FHIR}/AllergyIntolerance").mock(return_value=httpx.Response(200, json=searchset(
+            {"resourceType": "AllergyIntolerance", "id": "a1", "patient": {"reference": "Patient/p1"}})))
+        mock.get(f"{FHIR}/Device").mock(return_value=httpx.Response(400))
+        record = run(gather(call(prefetch), http=httpx.AsyncClient(), deadline=1))
+    assert record.resources["AllergyIntolerance"][0]["id"] == "a1"
+    assert any("devices" in n for n in record.notes)
+
+
+def test_optional_keys_without_fhir_server_are_noted():
+    prefetch = {k: v for k, v in FULL.items() if k != "devices"}
+    record = run(gather(call(prefetch, fhir_server=None), http=None, deadline=1))
+    assert any("devices" in n for n in record.notes)
 
 
 def test_no_prefetch_and_no_fhir_server_is_412():
@@ -153,7 +171,7 @@ def test_anonymous_fetch_when_no_token_like_the_sandbox():
     with respx.mock as mock:
         route = mock.get(url__startswith=FHIR).mock(return_value=httpx.Response(200, json=searchset()))
         run(gather(call({"patient": FULL["patient"]}, token=None), http=httpx.AsyncClient(), deadline=1))
-    assert route.call_count == 4 and "authorization" not in route.calls[0].request.headers
+    assert route.call_count == 7 and "authorization" not in route.calls[0].request.headers
 
 
 def test_prefetch_value_of_wrong_type_is_400():

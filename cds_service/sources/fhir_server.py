@@ -53,7 +53,7 @@ class FhirServerSource(DataSource):
 
     async def fetch(self, queries: dict[str, str]) -> dict[str, Any]:
         keys = list(queries)
-        results = await asyncio.gather(*(self._fetch_one(queries[k]) for k in keys))
+        results = await asyncio.gather(*(self.fetch_one(queries[k]) for k in keys))
         return dict(zip(keys, results, strict=True))
 
     async def _get(self, url: str) -> dict[str, Any] | None:
@@ -82,7 +82,7 @@ class FhirServerSource(DataSource):
             raise SourceError("the FHIR server answered with an OperationOutcome")
         return data
 
-    async def _fetch_one(self, query: str) -> dict[str, Any] | None:
+    async def fetch_one(self, query: str) -> dict[str, Any] | None:
         data = await self._get(urljoin(self.base_url, query.lstrip("/")))
         if data is not None and data.get("resourceType") == "Bundle":
             await self.follow_pages(data)

@@ -8,10 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
-from cds_service.discovery import PREFETCH
+from cds_service.discovery import OPTIONAL_KEYS, PREFETCH
 from cds_service.errors import PreconditionFailed
 from cds_service.hooks import HookCall
 from cds_service.record import PatientRecord
@@ -32,12 +33,13 @@ class GatherStats:
 
 def queries_for(call: HookCall) -> dict[str, str]:
     ctx = dict(call.body.context)
-    ctx["patientId"] = call.patient_id  # normalised: no "Patient/" prefix
+    # Ids come from the caller: percent-encoded, so "../x" or "1&_include=..." cannot change the query.
+    ctx["patientId"] = quote(call.patient_id, safe="")  # normalised: no "Patient/" prefix
     user = call.user_id
     for rtype in ("Practitioner", "PractitionerRole", "Patient", "RelatedPerson"):
         if user.startswith(rtype + "/"):
             ctx_token = "user" + rtype + "Id"
-            ctx[ctx_token] = user.split("/", 1)[1]
+            ctx[ctx_token] = quote(user.split("/", 1)[1], safe="")
     out = {}
     for key, template in PREFETCH.items():
         q = fill_tokens(template, ctx)
@@ -63,14 +65,15 @@ async def gather(
     prefetch = PrefetchSource(call.body.prefetch)
     values: dict[str, Any] = prefetch.answer(queries)
     stats.prefetched = len(values)
-    missing = {k: q for k, q in queries.items() if k not in values}
+    missing = {k: q for k, q in queries.items() if k not in values and k not in OPTIONAL_KEYS}
+    optional = {k: q for k, q in queries.items() if k not in values and k in OPTIONAL_KEYS}
     paged = [v for v in values.values() if isinstance(v, dict) and v.get("resourceType") == "Bundle"
              and next_link(v)]
     record = PatientRecord(patient_id=call.patient_id, notes=list(call.notes))
     if now is not None:
         record.now = now
 
-    if missing or paged:
+    if missing or paged or optional:
         server = call.body.fhirServer
         if not server:
             if missing:
@@ -78,24 +81,33 @@ async def gather(
                     "Prefetch data is missing for " + ", ".join(sorted(missing))
                     + " and the request has no fhirServer to fetch it from."
                 )
-            record.notes.append("prefetch was paginated but no fhirServer was given; later pages not read")
+            if paged:
+                record.notes.append("prefetch was paginated but no fhirServer was given; later pages not read")
+            if optional:
+                record.notes.append("not available: " + ", ".join(sorted(optional)))
         elif fhir_allowed is not None and not fhir_allowed(server):
             raise PreconditionFailed(
                 "The fhirServer in the request is not on this service's allow-list for the calling client, "
                 "so the missing prefetch data cannot be fetched."
             )
         elif http is None:
-            raise PreconditionFailed("Fetching from the FHIR server is not available in this mode.")
+            if missing:
+                raise PreconditionFailed("Fetching from the FHIR server is not available in this mode.")
         else:
             token = call.body.fhirAuthorization.access_token if call.body.fhirAuthorization else None
             source = FhirServerSource(http, server, token, max_pages=max_pages)
             started = time.perf_counter()
+            # Optional keys run beside the required ones; they may fail or be cut at the deadline.
+            optional_tasks = {k: asyncio.ensure_future(source.fetch_one(q)) for k, q in optional.items()}
             try:
                 async with asyncio.timeout(deadline):
                     fetched, _ = await asyncio.gather(
                         source.fetch(missing),
                         asyncio.gather(*(source.follow_pages(b) for b in paged)),
                     )
+                    if optional_tasks:
+                        await asyncio.wait(optional_tasks.values(),
+                                           timeout=max(0.0, deadline - (time.perf_counter() - started)))
             except TimeoutError as exc:
                 stats.fhir_failed = True
                 raise PreconditionFailed(
@@ -106,9 +118,21 @@ async def gather(
                 stats.fhir_failed = True
                 raise PreconditionFailed(f"Could not fetch the missing prefetch data: {exc}.") from exc
             finally:
+                for task in optional_tasks.values():
+                    if not task.done():
+                        task.cancel()
                 stats.fhir_requests = source.requests_made
                 stats.fhir_seconds = time.perf_counter() - started
             values.update(fetched)
+            unavailable = []
+            for key, task in optional_tasks.items():
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    values[key] = task.result()
+                    fetched[key] = task.result()
+                else:
+                    unavailable.append(key)
+            if unavailable:
+                record.notes.append("not available from the FHIR server: " + ", ".join(sorted(unavailable)))
             stats.fetched = len(fetched)
     if prefetch.failed:
         record.notes.append("the EHR reported failed prefetch for " + ", ".join(prefetch.failed))

@@ -32,10 +32,17 @@ def serve(
 ) -> None:
     """Run the service with uvicorn."""
     import uvicorn
+    from pydantic import ValidationError
 
     from cds_service.config import get_settings
 
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:  # e.g. a malformed CDS_TRUSTED_ISSUERS: say what, without a traceback
+        for err in exc.errors():
+            name = "CDS_" + str(err["loc"][0]).upper() if err.get("loc") else "the settings"
+            typer.secho(f"Configuration error in {name}: {err['msg']}", fg="red", err=True)
+        raise typer.Exit(2) from None
     host = host or settings.host
     port = port or settings.port
     if not settings.auth_enabled:
@@ -51,6 +58,9 @@ def serve(
             "Development use only.",
             fg="yellow", err=True,
         )
+    from cds_service.metrics import prepare_multiprocess_dir
+
+    prepare_multiprocess_dir()  # PROMETHEUS_MULTIPROC_DIR must start empty (stale worker files add up)
     uvicorn.run(
         "cds_service.app:create_app",
         factory=True,
@@ -72,32 +82,46 @@ def _bundle_paths(target: Path) -> list[Path]:
 @app.command()
 def evaluate(
     bundle: Path = typer.Argument(..., exists=True, help="A FHIR R4 Bundle (JSON), or a folder of them."),
-    hook: str = typer.Option("order-select", help="order-select or order-sign."),
-    order: str = typer.Option(None, help="The order to place, e.g. MedicationRequest/ivig-1 (default: "
-                                         "every draft order in the bundle)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the raw CDS Hooks response."),
+    hook: str = typer.Option(None, help="order-select or order-sign (default: the fixture's own hook from "
+                                        "fixtures/expected/<name>.yaml, else order-select)."),
+    order: str = typer.Option(None, help="The order to place, e.g. MedicationRequest/ivig-1 (default: the "
+                                         "fixture's own order, else every draft order in the bundle)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw CDS Hooks response (for a folder: a JSON "
+                                                       "array of {bundle, hook, response})."),
 ) -> None:
-    """Run the rules on a fixture bundle and print the cards."""
+    """Run the rules on a fixture bundle and print the cards (a folder: one line per bundle)."""
     from cds_service.evaluate import evaluate_bundle
+    from cds_service.preview.fixtures import expectation_for
+    from cds_service.preview.validate import validate_bundle
     from cds_service.render import print_cards, print_summary_line
 
     paths = _bundle_paths(bundle)
+    if not paths:
+        typer.secho(f"{bundle}: no *.json bundles in this folder.", fg="red", err=True)
+        raise typer.Exit(1)
     failed = False
+    collected = []
     for path in paths:
+        meta = expectation_for(path)
+        run_hook = hook or meta.get("hook") or "order-select"
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            request, response = evaluate_bundle(data, hook, order)
+            validate_bundle(data)  # the same entry-naming checks as POST /fixtures/evaluate
+            request, response = evaluate_bundle(data, run_hook, order or meta.get("order"))
         except Exception as exc:  # noqa: BLE001 - report every bundle, keep going
             failed = True
             typer.secho(f"{path.name}: {exc}", fg="red", err=True)
             continue
         if as_json:
-            out = response if len(paths) == 1 else {"bundle": path.name, "response": response}
-            sys.stdout.write(json.dumps(out, indent=2) + "\n")
+            collected.append({"bundle": path.name, "hook": run_hook, "response": response})
         elif len(paths) > 1:
-            print_summary_line(path.name, response)
+            print_summary_line(path.name, response, expected=meta.get("cards") if meta else None)
         else:
-            print_cards(response, title=path.name)
+            print_cards(response, title=f"{path.name} ({run_hook})")
+    if as_json:
+        out = collected if bundle.is_dir() else (collected[0]["response"] if collected else None)
+        if out is not None:
+            sys.stdout.write(json.dumps(out, indent=2) + "\n")
     if failed:
         raise typer.Exit(1)
 

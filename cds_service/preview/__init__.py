@@ -1,0 +1,129 @@
+"""Developer preview: post a FHIR fixture bundle and see the cards an EHR would show.
+
+* ``POST /fixtures/evaluate?hook=order-select|order-sign[&order=MedicationRequest/x]`` — the bundle is
+  turned into the CDS Hooks request an EHR would send (:func:`cds_service.evaluate.build_request`) and
+  evaluated; the answer holds that request, the CDS Hooks response, and a ``preview`` part (sanitised
+  detail HTML, http(s)-only links) that is never part of a CDS Hooks response.
+* ``GET /fixtures`` and ``GET /fixtures/{name}`` — the fixture bundles shipped with the package.
+* ``GET /`` and ``GET /preview`` — a card preview page (plain HTML, CSS and one script, served from
+  this package: no build step, no CDN, works offline) under a strict Content-Security-Policy.
+
+All of it is off (404) when authentication is on, unless ``CDS_ENABLE_FIXTURE_ENDPOINT=true``; then
+the JSON endpoints demand the same JWT as the hook endpoints, with the path as audience.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources as _ilr
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Query, Request
+from starlette.responses import Response
+
+from cds_service import logs
+from cds_service.body import read_json
+from cds_service.config import Settings
+from cds_service.errors import BadRequest, NotFound, Unauthorized
+from cds_service.evaluate import build_request, evaluate_request_async
+from cds_service.preview.fixtures import list_fixtures, load_fixture
+from cds_service.preview.markdown import preview_cards
+from cds_service.preview.validate import validate_bundle
+
+log = logs.get_logger("cds_service.preview")
+
+HOOKS = ("order-select", "order-sign")
+ORDER_RE = re.compile(r"^[A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
+
+# The page loads only its own script, stylesheet and JSON; no inline script or style can run, so even
+# a card text that slipped past the sanitiser could not execute.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-cache",
+}
+STATIC_FILES = {  # an allow-list, so no path from the URL ever reaches the file system
+    "preview.css": "text/css; charset=utf-8",
+    "preview.js": "text/javascript; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+
+
+def _static(name: str) -> bytes:
+    return (_ilr.files("cds_service.preview") / "static" / name).read_bytes()
+
+
+def _json(data: Any) -> Response:
+    return Response(orjson.dumps(data), media_type="application/json")
+
+
+async def _authenticate(request: Request, path: str) -> None:
+    auth = request.app.state.authenticator  # read per request: cds_service.auth may install it later
+    if auth is not None:
+        await auth.authenticate(request, path)
+    elif request.app.state.settings.auth_enabled:
+        # Trusted issuers are configured but nothing checks tokens (auth module missing): fail closed.
+        raise Unauthorized("authentication is configured but no authenticator is installed")
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    if not settings.fixture_endpoint_enabled:
+        # With authentication on, a bundle-in/cards-out endpoint is a way around the EHR's controls;
+        # leave every route out so the paths answer 404 like any unknown path.
+        return
+
+    @app.post("/fixtures/evaluate", tags=["Developer preview"],
+              summary="Evaluate a FHIR R4 Bundle as if an EHR had sent it",
+              responses={400: {}, 401: {}, 413: {}, 415: {}})
+    async def evaluate_fixture(
+        request: Request,
+        hook: str = Query("order-select", description="order-select or order-sign"),
+        order: str | None = Query(None, description="The order to place, e.g. MedicationRequest/ivig-1 "
+                                                     "(default: every draft order in the bundle)"),
+    ) -> Response:
+        await _authenticate(request, "/fixtures/evaluate")
+        if hook not in HOOKS:
+            raise BadRequest(f"hook must be order-select or order-sign, not '{hook[:40]}'.")
+        if order is not None and not ORDER_RE.match(order):
+            raise BadRequest("order must be a reference such as 'MedicationRequest/ivig-1'.")
+        bundle = await read_json(request, limit=settings.max_body_bytes, max_depth=settings.max_json_depth,
+                                 max_array=settings.max_array_length)
+        validate_bundle(bundle)
+        cds_request = build_request(bundle, hook, order)
+        response = await evaluate_request_async(cds_request, hook)
+        # Not audited and not counted in the hook metrics: a developer's fixture is not a clinical call.
+        log.info("fixture_evaluated", hook=hook, cards=len(response.get("cards") or []))
+        return _json({"request": cds_request, "response": response,
+                      "preview": {"cards": preview_cards(response)}})
+
+    @app.get("/fixtures", tags=["Developer preview"], summary="The fixture bundles shipped with the service")
+    async def fixtures(request: Request) -> Response:
+        await _authenticate(request, "/fixtures")
+        return _json({"fixtures": list_fixtures()})
+
+    @app.get("/fixtures/{name}", tags=["Developer preview"], summary="One shipped fixture bundle",
+             responses={404: {}})
+    async def fixture(name: str, request: Request) -> Response:
+        await _authenticate(request, f"/fixtures/{name}")
+        return _json(load_fixture(name))
+
+    async def page() -> Response:
+        return Response(_static("index.html"), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+    # The page holds no data (it fetches everything with the caller's rights), so it needs no token.
+    app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/preview", page, methods=["GET"], include_in_schema=False)
+
+    @app.get("/preview/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        media_type = STATIC_FILES.get(name)
+        if media_type is None:
+            raise NotFound(f"No resource at /preview/static/{name[:80]}.")
+        return Response(_static(name), media_type=media_type, headers=PAGE_HEADERS)

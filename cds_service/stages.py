@@ -1,0 +1,311 @@
+"""Treatment stage S0-S7 (incl. S2b, S3R, S3I) per KNOWLEDGE.md §4.2 with DECISIONS 4-5.
+
+Gate S0 first, then the first predicate from S7 down to S1 that holds is the stage (the highest tier
+reached wins). Minimum trials (DECISIONS 5) decide when continued disease (B4) counts against a drug.
+Every predicate that placed the patient is returned as :class:`~cds_service.facts.FactRef` evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from .facts import Exposure, FactRef, Facts, NSCondition, fmt
+from .terminology import ANTI_TNF, GC, SECOND_LINE
+from .thresholds import Thresholds
+
+STAGES = ("S0", "S1", "S2", "S2b", "S3R", "S3I", "S4", "S5", "S6", "S7")
+
+
+@dataclass
+class ClassState:
+    drug_class: str
+    exposures: list[Exposure] = field(default_factory=list)
+    trial_start: datetime | None = None
+    refractory: list[FactRef] = field(default_factory=list)  # B4 evidence after a complete trial
+    all_failed: bool = False  # every agent stopped for intolerance / ineffective
+
+    @property
+    def ever(self) -> bool:
+        return any(e.exposed for e in self.exposures)
+
+    @property
+    def current(self) -> list[Exposure]:
+        return [e for e in self.exposures if e.current]
+
+
+@dataclass
+class StageResult:
+    stage: str
+    reasons: list[FactRef] = field(default_factory=list)
+    in_scope: bool = False  # ladder scope (adult, NS active/suspected/possible, not SFN-only)
+    conditional: bool = False  # suspected / possible NS: conditional wording (A16)
+    sfn_pathway: bool = False  # only SFN: IVIG-SFN card, no ladder (KNOWLEDGE §4.2)
+    scope_note: str = ""
+    gc: ClassState = field(default_factory=lambda: ClassState(GC))
+    second_line: ClassState = field(default_factory=lambda: ClassState(SECOND_LINE))
+    anti_tnf: ClassState = field(default_factory=lambda: ClassState(ANTI_TNF))
+    gc_max_pred_eq: float | None = None
+    gc_pulse: bool = False
+    gc_dose_known: bool = False
+    gc_trial_days: int | None = None
+    gc_intolerance: list[FactRef] = field(default_factory=list)
+    gc_dependence: FactRef | None = None
+    relapse_after_completed_gc: bool = False
+    prior_therapy: bool = False
+    mtx_daily: list[FactRef] = field(default_factory=list)  # A9
+    mtx_subtherapeutic: list[FactRef] = field(default_factory=list)
+    remission: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def refractory_to_gc(self) -> bool:
+        return self.stage in ("S3R", "S5", "S7")
+
+
+def _days(a: datetime | None, b: datetime | None) -> int | None:
+    if a is None or b is None:
+        return None
+    return (b - a).days
+
+
+def _ladder_gc(facts: Facts, th: Thresholds) -> list[Exposure]:
+    """GC exposures that count for the ladder (A3 other indications, A4 replacement, A5 route)."""
+    out = []
+    onset = facts.ns_onset
+    for e in facts.of_class(GC):
+        if not e.exposed:
+            continue
+        if e.ingredient == "hydrocortisone":
+            if e.reason_replacement or e.daily_mg is None or e.daily_mg <= th.gc_replacement_hydrocortisone_max_mg:
+                continue  # A4
+        if e.reason_replacement:
+            continue
+        if onset is not None and e.end is not None and e.end < onset:
+            continue  # before NS: not a neurosarcoidosis trial
+        end = e.end or (facts.now if e.current else None)
+        length = _days(e.start, end)
+        if e.reason_sarcoid or e.pulse:
+            out.append(e)
+        elif length is not None and length >= th.gc_other_indication_min_days:
+            out.append(e)  # A3: a long systemic course while NS is active counts whatever the reason
+        elif e.current and e.start is None:
+            out.append(e)  # ongoing without dates: assume it is the NS treatment
+        elif e.current and e.reason_sarcoid is None and (length is None or length >= 0):
+            out.append(e)  # current course without a stated other reason
+    return out
+
+
+def _evidence_after(facts: Facts, t0: datetime | None, min_days: int, label: str) -> list[FactRef]:
+    """B4 items 1-2: relapse / new manifestation dated at least ``min_days`` after ``t0``."""
+    if t0 is None:
+        return []
+    limit = t0 + timedelta(days=min_days)
+    out: list[FactRef] = []
+    seen: set[str | None] = set()
+    cands: list[NSCondition] = list(facts.relapses)
+    for c in facts.ns_conditions:
+        if c.kind != "sfn" and c.onset is not None:
+            cands.append(c)
+    for c in cands:
+        d = c.relapse_date if c in facts.relapses else c.onset
+        if d is not None and d >= limit and c.reference not in seen:
+            seen.add(c.reference)
+            what = "relapse" if c in facts.relapses else "new manifestation"
+            out.append(FactRef(f"Continued disease on {label} ({what})",
+                               f"{c.label}, {d.date().isoformat()} ({(d - t0).days} days after start; "
+                               f"minimum trial {min_days} days)", c.reference))
+    return out
+
+
+def _ineffective(exposures: list[Exposure], label: str) -> list[FactRef]:
+    return [FactRef(f"{label} stopped as ineffective", e.stop_text or e.label, e.reference)
+            for e in exposures if e.stop_reason == "ineffective"]
+
+
+def compute_stage(facts: Facts, th: Thresholds) -> StageResult:
+    r = StageResult("S0")
+    # ---------------------------------------------------------------- A9: methotrexate recorded daily
+    for e in facts.of_class(SECOND_LINE):
+        if e.ingredient == "methotrexate" and e.daily_frequency and e.current:
+            r.mtx_daily.append(FactRef("Methotrexate recorded with a daily frequency", e.label, e.reference))
+    for o in facts.planned_orders:
+        if o.ingredient == "methotrexate" and o.daily_frequency:
+            r.mtx_daily.append(FactRef("Methotrexate ordered with a daily frequency", o.label, o.reference))
+
+    # ---------------------------------------------------------------- S0 gate
+    if facts.age is not None and facts.age < th.adult_age_years:
+        r.scope_note = f"age {facts.age} < {th.adult_age_years} (A20: paediatric, out of scope)"
+        return r
+    if facts.ns_status == "none":
+        r.scope_note = "no active neurosarcoidosis (B1)"
+        return r
+    at = ClassState(ANTI_TNF, [e for e in facts.of_class(ANTI_TNF) if e.exposed])
+    sl = ClassState(SECOND_LINE, [e for e in facts.of_class(SECOND_LINE) if e.exposed])
+    gc = ClassState(GC, _ladder_gc(facts, th))
+    r.gc, r.second_line, r.anti_tnf = gc, sl, at
+    if facts.ns_status == "history":  # A14
+        r.remission = True
+        if facts.ns_in_remission and at.current:
+            r.stage, r.in_scope = "S6", True
+            r.reasons = [e.fact() for e in at.current] + [c.fact() for c in facts.ns_conditions[:1]]
+        elif facts.ns_in_remission and sl.current:
+            r.stage, r.in_scope = "S4", True
+            r.reasons = [e.fact() for e in sl.current] + [c.fact() for c in facts.ns_conditions[:1]]
+        else:
+            r.scope_note = "neurosarcoidosis recorded as resolved/inactive (A14)"
+        return r
+    non_sfn = [c for c in facts.ns_conditions if c.kind != "sfn" and c.active]
+    if facts.ns_status in ("active", "suspected") and not non_sfn and facts.sfn:
+        r.sfn_pathway = True
+        r.scope_note = "small-fibre neuropathy only: SFN pathway, not the GC-MTX-IFX ladder"
+        return r
+    r.in_scope = True
+    r.conditional = facts.ns_status in ("suspected", "possible")
+    ns_facts = [c.fact() for c in (facts.ns_conditions or facts.possible_ns) if c.active][:3]
+
+    # ---------------------------------------------------------------- glucocorticoid summary (B5)
+    doses = [e.pred_eq_mg for e in gc.exposures if e.pred_eq_mg is not None]
+    r.gc_max_pred_eq = max(doses) if doses else None
+    r.gc_dose_known = bool(doses)
+    r.gc_pulse = any(e.pulse for e in gc.exposures)
+    high = [e for e in gc.exposures if e.pulse or (e.pred_eq_mg is not None and e.pred_eq_mg >= th.gc_high_dose_mg)]
+    starts = [e.start for e in high if e.start]
+    gc.trial_start = min(starts) if starts else None
+    pulse_starts = [e.start for e in high if e.pulse and e.start]
+    all_starts = [e.start for e in gc.exposures if e.start]
+    gc_first = min(all_starts) if all_starts else None
+    if gc_first:
+        r.gc_trial_days = (facts.now - gc_first).days if any(e.current for e in gc.exposures) else _days(
+            gc_first, max((e.end for e in gc.exposures if e.end), default=None))
+    # B4 against GC: relapse/new manifestation >= 14 days after high-dose start (or after any pulse)
+    if gc.trial_start is not None:
+        t0 = min(pulse_starts) if pulse_starts else gc.trial_start
+        gc.refractory = _evidence_after(facts, t0, 0 if pulse_starts else th.gc_min_trial_days, "glucocorticoid")
+        # escalation while on GC: IV pulse after oral high dose >= minimum trial
+        oral = [e for e in high if not e.pulse and e.start]
+        if oral:
+            o0 = min(e.start for e in oral if e.start)
+            for e in gc.exposures:
+                if e.pulse and e.start and e.start >= o0 + timedelta(days=th.gc_min_trial_days):
+                    gc.refractory.append(FactRef("Escalation: IV glucocorticoid pulse after oral course",
+                                                 e.label + f", {e.start.date().isoformat()}", e.reference))
+        gc.refractory += _relapse_on_taper(gc.exposures)
+    gc.refractory += _ineffective(gc.exposures, "Glucocorticoid")
+    # S3I evidence: intolerance stop, adverse-effect condition after GC start, dependence
+    for e in gc.exposures:
+        if e.stop_reason == "intolerance":
+            r.gc_intolerance.append(FactRef("Glucocorticoid stopped for intolerance", e.stop_text or e.label,
+                                            e.reference))
+    for c in facts.gc_intolerance:
+        if gc_first is None and not gc.exposures:
+            continue
+        if c.onset is None or gc_first is None or c.onset >= gc_first:
+            r.gc_intolerance.append(FactRef("Glucocorticoid adverse effect", c.label, c.reference))
+    cur = [e for e in gc.exposures if e.current and e.pred_eq_mg is not None]
+    if cur and gc_first and (facts.now - gc_first).days >= th.gc_dependence_after_days:
+        latest = max(cur, key=lambda e: e.start or gc_first)
+        if latest.pred_eq_mg is not None and latest.pred_eq_mg > th.gc_dependence_mg:
+            r.gc_dependence = FactRef(
+                "Glucocorticoid dependence",
+                f"{fmt(latest.pred_eq_mg)} mg/day prednisone-equivalent after {(facts.now - gc_first).days} days "
+                f"(> {fmt(th.gc_dependence_mg)} mg/day after {th.gc_dependence_after_days} days)",
+                latest.reference)
+            r.gc_intolerance.append(r.gc_dependence)
+    r.relapse_after_completed_gc = bool(gc.refractory) and not gc.current and any(
+        e.raw_status == "completed" for e in gc.exposures)
+
+    # ---------------------------------------------------------------- second line
+    therapeutic = []
+    for e in sl.exposures:
+        if e.ingredient == "methotrexate" and e.weekly_mg is not None and e.weekly_mg < th.mtx_subtherapeutic_mg_week:
+            r.mtx_subtherapeutic.append(FactRef("Methotrexate below the therapeutic range",
+                                                f"{fmt(e.weekly_mg)} mg/week (< {fmt(th.mtx_subtherapeutic_mg_week)})",
+                                                e.reference))
+            continue
+        therapeutic.append(e)
+    sl_starts = [e.start for e in therapeutic if e.start]
+    sl.trial_start = min(sl_starts) if sl_starts else None
+    sl.refractory = _evidence_after(facts, sl.trial_start, th.second_line_min_trial_days, "second-line agent")
+    sl.refractory += _pulse_after(gc.exposures, sl.trial_start, th.second_line_min_trial_days, "second-line agent")
+    sl.refractory += _ineffective(sl.exposures, "Second-line agent")
+    stopped = [e for e in sl.exposures if not e.current]
+    sl.all_failed = bool(sl.exposures) and not sl.current and all(
+        e.stop_reason in ("intolerance", "ineffective") for e in stopped)
+
+    # ---------------------------------------------------------------- anti-TNF
+    at_starts = [e.start for e in at.exposures if e.start]
+    at.trial_start = min(at_starts) if at_starts else None
+    infusions = sorted(e.start for e in at.exposures if e.resource_type == "MedicationAdministration" and e.start)
+    min_days = th.anti_tnf_min_trial_days
+    if at.trial_start is not None and len(infusions) >= th.anti_tnf_min_infusions:
+        min_days = min(min_days, (infusions[th.anti_tnf_min_infusions - 1] - at.trial_start).days)
+    at.refractory = _evidence_after(facts, at.trial_start, min_days, "anti-TNF")
+    at.refractory += _pulse_after(gc.exposures, at.trial_start, min_days, "anti-TNF")
+    at.refractory += _ineffective(at.exposures, "Anti-TNF")
+    at.all_failed = bool(at.exposures) and not at.current and all(
+        e.stop_reason in ("intolerance", "ineffective") for e in at.exposures) and gc.ever and sl.ever
+
+    # ---------------------------------------------------------------- S7 -> S1
+    if at.ever and (at.refractory or at.all_failed):
+        r.stage = "S7"
+        r.reasons = at.refractory + [e.fact() for e in at.exposures if e.stop_reason]
+    elif at.current:
+        r.stage = "S6"
+        r.reasons = [e.fact() for e in at.current]
+    elif sl.ever and (sl.refractory or sl.all_failed):
+        r.stage = "S5"
+        r.reasons = sl.refractory + [e.fact() for e in sl.exposures if e.stop_reason in ("intolerance",
+                                                                                           "ineffective")]
+    elif sl.current:
+        r.stage = "S4"
+        r.reasons = [e.fact() for e in sl.current] + r.mtx_subtherapeutic
+    elif gc.refractory:
+        r.stage = "S3R"
+        r.reasons = gc.refractory + [e.fact() for e in high[:2]]
+    elif r.gc_intolerance:
+        r.stage = "S3I"
+        r.reasons = list(r.gc_intolerance)
+    elif gc.current:
+        r.stage = "S2" if high else "S2b"  # A6: the maximum dose of the course counts, not the tapered one
+        r.reasons = [e.fact() for e in gc.current]
+    elif not gc.ever and not sl.ever and not at.ever:
+        r.stage = "S1"
+        r.reasons = []
+    else:
+        r.stage = "S1"  # A7: therapy recorded but nothing current and no continued-disease evidence
+        r.prior_therapy = True
+        r.reasons = [e.fact() for e in (gc.exposures + sl.exposures + at.exposures)[:3]]
+    r.reasons = ns_facts + r.reasons
+    return r
+
+
+def _pulse_after(gc_exposures: list[Exposure], t0: datetime | None, min_days: int, label: str) -> list[FactRef]:
+    if t0 is None:
+        return []
+    return [FactRef(f"Escalation: IV glucocorticoid pulse on {label}", f"{e.label}, {e.start.date().isoformat()}",
+                    e.reference)
+            for e in gc_exposures if e.pulse and e.start and e.start >= t0 + timedelta(days=min_days)]
+
+
+def _relapse_on_taper(exposures: list[Exposure]) -> list[FactRef]:
+    """B4.3: a GC dose re-increased to at least twice the tapered dose."""
+    seq = sorted((e for e in exposures if e.start and e.pred_eq_mg is not None and not e.pulse),
+                 key=lambda e: e.start)  # type: ignore[arg-type,return-value]
+    out = []
+    peak = None
+    low = None
+    for e in seq:
+        v = e.pred_eq_mg
+        assert v is not None
+        if peak is None or (low is None and v >= peak):
+            peak = v
+            continue
+        if v < (low if low is not None else peak):
+            low = v
+            continue
+        if low is not None and v >= 2 * low:
+            out.append(FactRef("Relapse on taper: glucocorticoid dose re-increased",
+                               f"{fmt(low)} -> {fmt(v)} mg/day prednisone-equivalent", e.reference))
+            peak, low = v, None
+    return out

@@ -1,0 +1,582 @@
+"""Value sets and code matching.
+
+Sources, in order:
+
+1. ``data/terminology.json`` (418 entries with ``group``/``system``/``code``/``verified``): every entry is
+   a member of its ``group`` value set. ATC entries match by prefix (``G03C`` covers ``G03CA03``).
+2. :data:`CATEGORIES`: finer value sets the rules need (e.g. ``renal.dialysis``, ``thrombosis.history``).
+   They list codes of ``terminology.json`` (whose ``verified`` flag they inherit) and the ICD-10-CM
+   *families* KNOWLEDGE.md names (``N18.x``, ``E08-E13``, ``I50.x`` ...), matched by prefix.
+3. The site file named by ``CDS_EXTRA_CODES`` (YAML or JSON): a list of ``{group, system, code, display,
+   verified?, prefix?}`` entries (``group`` may be a terminology group or a category), or a mapping with
+   ``codes: [...]`` and ``ivig_rxnorm: [...]`` (site RxNorm codes for IVIG products, DECISIONS 14).
+
+DECISIONS 13 (an unverified code is never the only way a rule fires) is enforced in :meth:`Terminology.match`:
+a hit on an unverified code counts only when the same CodeableConcept also carries a verified code or an
+ATC code of the same value set, or its text/display contains the display that ``terminology.json`` gives
+for that code (so a mistyped or re-used code with a different meaning cannot fire a rule on its own).
+
+Medication concepts are also matched by ingredient name (A12: biosimilars ``infliximab-dyyb``, brand
+names, local codes) and immune globulin by name and brand (DECISIONS 14). Condition concepts are never
+matched by free text alone.
+
+Everything is loaded once (:func:`get_terminology`) and matching is plain dict/set lookups.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .resources import data_path
+
+SNOMED = "SNOMED"
+ICD10 = "ICD10"
+RXNORM = "RXNORM"
+LOINC = "LOINC"
+ATC = "ATC"
+
+SYSTEM_URI = {
+    SNOMED: "http://snomed.info/sct",
+    ICD10: "http://hl7.org/fhir/sid/icd-10-cm",
+    RXNORM: "http://www.nlm.nih.gov/research/umls/rxnorm",
+    LOINC: "http://loinc.org",
+    ATC: "http://www.whocc.no/atc",
+}
+
+_SYSTEM_ALIASES = {
+    "http://snomed.info/sct": SNOMED,
+    "https://snomed.info/sct": SNOMED,
+    "urn:oid:2.16.840.1.113883.6.96": SNOMED,
+    "http://hl7.org/fhir/sid/icd-10-cm": ICD10,
+    "http://hl7.org/fhir/sid/icd-10": ICD10,
+    "urn:oid:2.16.840.1.113883.6.90": ICD10,
+    "urn:oid:2.16.840.1.113883.6.3": ICD10,
+    "http://www.icd10data.com/icd10pcs": None,
+    "http://www.nlm.nih.gov/research/umls/rxnorm": RXNORM,
+    "urn:oid:2.16.840.1.113883.6.88": RXNORM,
+    "http://loinc.org": LOINC,
+    "urn:oid:2.16.840.1.113883.6.1": LOINC,
+    "http://www.whocc.no/atc": ATC,
+    "http://www.whocc.no/atc/": ATC,
+    "urn:oid:2.16.840.1.113883.6.73": ATC,
+}
+
+# Systems whose codes form a hierarchy readable from the code itself: prefixes are meaningful.
+_PREFIX_SYSTEMS = (ICD10, ATC)
+
+
+def system_key(uri: Any) -> str | None:
+    if not isinstance(uri, str):
+        return None
+    return _SYSTEM_ALIASES.get(uri.strip().rstrip("/")) or _SYSTEM_ALIASES.get(uri.strip())
+
+
+def norm_code(sys: str, code: Any) -> str:
+    if not isinstance(code, str):
+        code = str(code) if isinstance(code, int) else ""
+    code = code.strip()
+    if sys == ICD10:
+        return code.replace(".", "").replace(" ", "").upper()
+    if sys == ATC:
+        return code.replace(" ", "").upper()
+    return code
+
+
+def _norm_text(text: str) -> str:
+    text = re.sub(r"\((disorder|finding|clinical|situation|morphologic abnormality)\)", " ", text.lower())
+    return re.sub(r"[^a-z0-9]+", " ", text).strip()
+
+
+# --------------------------------------------------------------------------------------------- categories
+# name -> (system, code-or-prefix, is_prefix). ICD codes written with dots as in KNOWLEDGE.md.
+def _icd(*codes: str) -> list[tuple[str, str, bool]]:
+    return [(ICD10, c, False) for c in codes]
+
+
+def _icdp(*prefixes: str) -> list[tuple[str, str, bool]]:
+    return [(ICD10, p, True) for p in prefixes]
+
+
+def _sct(*codes: str) -> list[tuple[str, str, bool]]:
+    return [(SNOMED, c, False) for c in codes]
+
+
+_DIABETES = _icdp("E08", "E09", "E10", "E11", "E13") + _sct("73211009", "44054006", "46635009")
+_PARAPROTEIN = _icdp("C90.0", "C88.0", "D47.2") + _sct("109989006", "190818004", "277577000", "109983007",
+                                                         "267440005")
+
+CATEGORIES: dict[str, list[tuple[str, str, bool]]] = {
+    # --- neurosarcoidosis (KNOWLEDGE §2.2)
+    "sarcoidosis": _icdp("D86") + _sct("31541009", "24369008", "75403004", "55941000", "230193008",
+                                       "192673008", "193101001", "193195000", "193251003", "203042003",
+                                       "111936002"),
+    "ns.specific": _icd("D86.81", "D86.82") + _sct("230193008", "111936002", "192673008", "193101001",
+                                                   "193195000"),
+    "ns.neuromuscular": _icd("D86.87") + _sct("193251003", "203042003"),
+    "ns.manifestation": _icdp("G53", "G63", "G73.7", "G05.3", "G05.4", "G99.2", "G94", "G99.8"),
+    "ns.meningitis": _icd("D86.81") + _sct("192673008"),
+    "ns.cranial": _icd("D86.82") + _icdp("G53") + _sct("193101001"),
+    "ns.myelopathy": _icdp("G05.4", "G99.2"),
+    "neuro.other": _icdp("G51", "H46", "G91", "E23.0") + _sct("66760008", "280816001", "386033004", "42345000",
+                                                             "302226006"),
+    "neuro.sfn": _sct("709489006"),
+    "neuro.sfn-proxy": _icdp("G63", "G60.8", "G62.9", "G90.09"),
+    "neuro.conduction-block": _icd("G61.82", "G61.81") + _sct("230591002"),
+    "neuro.bulbar": _icd("G52.7", "G52.1", "G52.2", "G52.3", "R49.0", "R47.1") + _icdp("R13.1")
+    + _sct("40739000"),
+    "neuro.bulbar-exclusion": _icd("G12.22") + _sct("54304004", "7379000"),
+    # --- intolerance evidence (B3)
+    "gc.intolerance": _icdp("T38.0X5", "E24.2", "E09"),
+    "is.intolerance": _icdp("T45.1X5"),
+    "adrenal-insufficiency": _icdp("E27.1", "E27.2", "E27.4", "E23.0"),
+    # --- thrombosis (KNOWLEDGE §3.2 THR-*)
+    "thrombosis.history": _icdp("I82", "I26", "I63", "I21", "I22", "I25.2", "G45", "Z86.71", "Z86.73")
+    + _sct("128053003", "111293003", "59282003", "230690007", "432504007", "22298006", "1755008"),
+    "thrombosis.hypercoagulable": _icdp("D68.5", "D68.6") + _sct("26843008", "421527008", "234467004"),
+    "thrombosis.immobility": _icd("Z74.01", "Z74.09", "Z99.3") + _sct("160685001"),
+    "thrombosis.catheter": _icd("Z45.2", "Z95.828"),
+    "thrombosis.estrogen-status": _icd("Z79.3", "Z79.890", "Z79.810", "Z79.818"),
+    "thrombosis.cardiovascular": _icdp("I10", "I11", "I12", "I13", "I15", "I16", "E78", "E66", "Z68.3",
+                                       "Z68.4", "F17", "Z72.0", "I25.1", "I70", "I73.9", "I48", "I50")
+    + _DIABETES + _sct("38341003", "55822004", "414916001", "53741008", "400047006", "110483000", "49436004",
+                       "84114007", "42343007"),
+    # --- hyperviscosity
+    "hyperviscosity.paraprotein": _PARAPROTEIN,
+    "hyperviscosity.other": _icdp("D89.1", "D45", "D75.1", "R70.1", "E78.1", "E78.3")
+    + _sct("30911005", "302870006"),
+    # --- renal (REN-*)
+    "renal.ckd": _icdp("N18") + _sct("709044004", "431855005", "433144002", "700378005", "700379002",
+                                      "431857002", "433146000", "46177005"),
+    "renal.ckd-severe": _icdp("N18.4", "N18.5", "N18.6") + _sct("431857002", "433146000", "46177005"),
+    "renal.dialysis": _icdp("Z99.2"),
+    "renal.aki": _icdp("N17") + _sct("14669001"),
+    "renal.transplant": _icdp("Z94.0"),
+    "renal.diabetes": _DIABETES,
+    "renal.volume-depletion": _icdp("E86") + _sct("34095006", "28560003"),
+    "renal.sepsis": _icdp("A40", "A41", "R65.2") + _sct("91302008"),
+    "renal.paraprotein": _PARAPROTEIN,
+    # --- heart failure / volume
+    "heart-failure": _icdp("I50", "I11.0", "I13.0", "I13.2", "E87.70") + _sct("84114007", "42343007"),
+    # --- IgA / prior immune globulin reaction
+    "iga.deficiency": _icd("D80.2") + _sct("190979003", "29260007"),
+    "ig.adverse-effect": _icdp("T50.Z15"),
+    "drug.anaphylaxis": _icdp("T88.6"),
+    # --- pregnancy (A19); families only: terminology.json has no SNOMED/LOINC pregnancy codes
+    "pregnancy": _icdp("Z33.1", "Z34", "O09"),
+    # --- contraindications to standard immunosuppression (IVIG best-candidate modifier)
+    "contra.tuberculosis": _icdp("A15", "A16", "A17", "A18", "A19", "Z22.7", "R76.11"),
+    "contra.demyelinating": _icdp("G35", "G36", "G37"),
+    "contra.heart-failure": _icdp("I50"),
+    "contra.liver": _icdp("K70.3", "K74.6", "K72"),
+    "contra.renal": _icdp("N18.4", "N18.5", "N18.6"),
+    "contra.malignancy": _icdp("Z85"),
+    "contra.fungal": _icdp("B38", "B39", "B44", "B45"),
+}
+
+# ATC prefixes excluded from a value set even though a broader prefix matches (KNOWLEDGE §2.3).
+ATC_EXCLUSIONS = {"estrogen-thrombosis-risk": ("G03AC",)}
+
+# --------------------------------------------------------------------------------------------- ingredients
+GC = "glucocorticoid"
+SECOND_LINE = "second-line"
+ANTI_TNF = "anti-tnf"
+RITUXIMAB = "rituximab"
+IG = "immune-globulin"
+
+LADDER_TIER = {GC: 1, SECOND_LINE: 2, ANTI_TNF: 3, RITUXIMAB: 4}
+
+
+@dataclass(frozen=True, slots=True)
+class Ingredient:
+    key: str
+    drug_class: str | None  # GC / SECOND_LINE / ANTI_TNF / RITUXIMAB / IG / None (risk drugs)
+    stems: tuple[str, ...]  # lower-case word starts (generic and brand names); two-word names joined
+    pred_equiv: float | None = None  # B5 prednisone-equivalent factor (GC only)
+    tier: int | None = None  # escalation tier for suppression (DECISIONS 6)
+    groups: tuple[str, ...] = ()  # value sets this ingredient belongs to (risk drugs)
+
+
+INGREDIENTS: tuple[Ingredient, ...] = (
+    Ingredient("methylprednisolone", GC, ("methylprednisolone", "medrol", "solumedrol", "depomedrol"), 1.25, 1),
+    Ingredient("prednisolone", GC, ("prednisolone",), 1.0, 1),
+    Ingredient("prednisone", GC, ("prednisone",), 1.0, 1),
+    Ingredient("dexamethasone", GC, ("dexamethasone",), 6.67, 1),
+    Ingredient("hydrocortisone", GC, ("hydrocortisone",), 0.25, 1),
+    Ingredient("methotrexate", SECOND_LINE, ("methotrexate", "otrexup", "rasuvo", "trexall"), tier=2),
+    Ingredient("mycophenolate", SECOND_LINE, ("mycophenol", "cellcept", "myfortic"), tier=2),
+    Ingredient("azathioprine", SECOND_LINE, ("azathioprine", "imuran"), tier=2),
+    Ingredient("leflunomide", SECOND_LINE, ("leflunomide", "arava"), tier=2),
+    Ingredient("hydroxychloroquine", SECOND_LINE, ("hydroxychloroquine", "plaquenil"), tier=2),
+    # cyclophosphamide is a B2 second-line exposure but sits with anti-TNF for escalation suppression
+    Ingredient("cyclophosphamide", SECOND_LINE, ("cyclophosphamide", "cytoxan"), tier=3),
+    Ingredient("infliximab", ANTI_TNF, ("infliximab", "remicade", "inflectra", "renflexis", "avsola", "ixifi",
+                                        "zymfentra"), tier=3),
+    Ingredient("adalimumab", ANTI_TNF, ("adalimumab", "humira", "amjevita", "hadlima", "hyrimoz", "cyltezo",
+                                        "yusimry", "idacio", "hulio", "yuflyma", "simlandi", "abrilada"), tier=3),
+    Ingredient("etanercept", ANTI_TNF, ("etanercept", "enbrel", "erelzi", "eticovo"), tier=3),
+    Ingredient("rituximab", RITUXIMAB, ("rituximab", "rituxan", "truxima", "ruxience", "riabni"), tier=4),
+    Ingredient("immune globulin", IG, ("immuneglobulin", "immunoglobulin", "ivig", "igiv", "scig", "gammagard",
+                                       "gamunex", "privigen", "octagam", "flebogamma", "gammaplex", "gammaked",
+                                       "bivigam", "panzyga", "asceniv", "carimune", "yimmugo", "alyglo",
+                                       "qivigy", "hizentra", "cuvitru", "xembify", "cutaquig", "hyqvia")),
+    # risk drugs (thrombosis: estrogen; renal: nephrotoxic)
+    Ingredient("estrogen", None, ("estradiol", "ethinyl", "estrogen", "premarin", "raloxifene", "tamoxifen",
+                                  "estrone", "estriol", "mestranol"), groups=("estrogen-thrombosis-risk",)),
+    Ingredient("nsaid", None, ("ibuprofen", "naproxen", "ketorolac", "diclofenac", "celecoxib", "indomethacin",
+                               "meloxicam"), groups=("nephrotoxic-drug",)),
+    Ingredient("aminoglycoside", None, ("gentamicin", "tobramycin", "amikacin", "streptomycin", "plazomicin"),
+               groups=("nephrotoxic-drug",)),
+    Ingredient("vancomycin", None, ("vancomycin",), groups=("nephrotoxic-drug",)),
+    Ingredient("calcineurin inhibitor", None, ("cyclosporin", "ciclosporin", "tacrolimus"),
+               groups=("nephrotoxic-drug",)),
+    Ingredient("cisplatin", None, ("cisplatin",), groups=("nephrotoxic-drug",)),
+    Ingredient("lithium", None, ("lithium",), groups=("nephrotoxic-drug",)),
+    Ingredient("acyclovir", None, ("acyclovir", "aciclovir"), groups=("nephrotoxic-drug",)),
+    Ingredient("polymyxin", None, ("polymyxin", "colistin"), groups=("nephrotoxic-drug",)),
+)
+_ING_BY_KEY = {i.key: i for i in INGREDIENTS}
+_STEMS: dict[str, Ingredient] = {stem: i for i in INGREDIENTS for stem in i.stems}
+_STEM_LENGTHS = tuple(sorted({len(s) for s in _STEMS}))
+_WORD_RE = re.compile(r"[a-z]+")
+
+# Hyperimmune / specific immune globulins (ATC J06BB) are not normal human immune globulin.
+_HYPERIMMUNE_RE = re.compile(
+    r"hepatitis|\brho|\brh\b|\brh\(|anti-?d\b|tetanus|rabies|varicella|zoster|botulism|cytomegalovirus|\bcmv|"
+    r"anthrax|vaccinia|thymocyte|antivenin|antivenom|winrho|rhogam|rhophylac|hyperhep|hyperrab|hypertet|"
+    r"nabi-?hb|kedrab|imogam|varizig|cytogam|\bhbig|\batg\b|botulism",
+    re.IGNORECASE,
+)
+_SC_IG_RE = re.compile(r"subcutaneous|\bscig\b|hizentra|cuvitru|xembify|cutaquig|hyqvia|\bsubq|\bs\.?c\.?\b",
+                       re.IGNORECASE)
+_IV_IG_RE = re.compile(r"intravenous|\bivig\b|\bigiv\b|\bi\.?v\.?\b|injection|infusion", re.IGNORECASE)
+
+# Medication value sets whose entries identify an ingredient through their display text.
+_MED_GROUPS = ("glucocorticoid", "second-line", "third-line-anti-tnf", "other-biologic", "ivig", "scig",
+               "estrogen-thrombosis-risk", "nephrotoxic-drug")
+_GROUP_CLASS = {"glucocorticoid": GC, "second-line": SECOND_LINE, "third-line-anti-tnf": ANTI_TNF,
+                "other-biologic": RITUXIMAB, "ivig": IG, "scig": IG}
+
+
+def ingredient_from_text(text: str) -> Ingredient | None:
+    """The first ingredient named in ``text`` (generic or brand name at the start of a word)."""
+    if not text:
+        return None
+    words = _WORD_RE.findall(text.lower())
+    for n, word in enumerate(words):
+        candidates = (word, word + words[n + 1]) if n + 1 < len(words) else (word,)
+        for cand in candidates:
+            for length in _STEM_LENGTHS:
+                if length > len(cand):
+                    break
+                ing = _STEMS.get(cand[:length])
+                if ing is not None:
+                    if ing.drug_class == IG and _HYPERIMMUNE_RE.search(text):
+                        return None
+                    return ing
+    return None
+
+
+def ingredient(key: str) -> Ingredient:
+    return _ING_BY_KEY[key]
+
+
+# --------------------------------------------------------------------------------------------- registry
+@dataclass(frozen=True, slots=True)
+class Entry:
+    name: str  # group or category
+    system: str
+    code: str  # normalised
+    display: str
+    verified: bool
+    prefix: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    name: str
+    system: str
+    code: str
+    display: str
+    verified: bool
+    via: str  # "code" | "prefix" | "atc" | "text"
+
+
+@dataclass(slots=True)
+class ConceptMatch:
+    names: frozenset[str]  # value sets confirmed for this concept (DECISIONS 13 applied)
+    hits: tuple[Hit, ...]
+    ingredient: Ingredient | None = None
+    text: str = ""
+    rejected: tuple[str, ...] = ()  # value sets hit only through an unverified code without partner
+
+    @property
+    def drug_class(self) -> str | None:
+        if self.ingredient is not None and self.ingredient.drug_class:
+            return self.ingredient.drug_class
+        for group, cls in _GROUP_CLASS.items():
+            if group in self.names:
+                return cls
+        return None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names
+
+    def codes_for(self, name: str) -> list[Hit]:
+        return [h for h in self.hits if h.name == name]
+
+
+_EMPTY = ConceptMatch(frozenset(), ())
+
+
+@dataclass
+class Terminology:
+    entries: list[Entry] = field(default_factory=list)
+    ivig_rxnorm: set[str] = field(default_factory=set)
+    _exact: dict[tuple[str, str], list[Entry]] = field(default_factory=dict)
+    _prefix: dict[tuple[str, str], list[Entry]] = field(default_factory=dict)
+    _max_prefix: int = 0
+
+    # ------------------------------------------------------------------ building
+    def add(self, entry: Entry) -> None:
+        self.entries.append(entry)
+        key = (entry.system, entry.code)
+        if entry.prefix:
+            self._prefix.setdefault(key, []).append(entry)
+            self._max_prefix = max(self._max_prefix, len(entry.code))
+        else:
+            self._exact.setdefault(key, []).append(entry)
+
+    def members(self, name: str) -> list[Entry]:
+        return [e for e in self.entries if e.name == name]
+
+    def value_sets(self) -> dict[str, list[Entry]]:
+        out: dict[str, list[Entry]] = {}
+        for e in self.entries:
+            out.setdefault(e.name, []).append(e)
+        return out
+
+    def display_for(self, system: str, code: str) -> str | None:
+        for e in self._exact.get((system, norm_code(system, code)), ()):
+            return e.display
+        return None
+
+    # ------------------------------------------------------------------ matching
+    def coding_hits(self, system_uri: Any, code: Any) -> list[Hit]:
+        sys = system_key(system_uri)
+        if sys is None:
+            return []
+        c = norm_code(sys, code)
+        if not c:
+            return []
+        hits: list[Hit] = []
+        for e in self._exact.get((sys, c), ()):
+            hits.append(Hit(e.name, sys, c, e.display, e.verified, "atc" if sys == ATC else "code"))
+        if sys in _PREFIX_SYSTEMS:
+            for n in range(1, min(len(c), self._max_prefix) + 1):
+                for e in self._prefix.get((sys, c[:n]), ()):
+                    hits.append(Hit(e.name, sys, c, e.display, e.verified, "atc" if sys == ATC else "prefix"))
+            if sys == ATC:
+                hits = [h for h in hits if not any(c.startswith(x) for x in ATC_EXCLUSIONS.get(h.name, ()))]
+        if sys == RXNORM and c in self.ivig_rxnorm:
+            hits.append(Hit("ivig", sys, c, "site IVIG product", True, "code"))
+        return hits
+
+    def match(self, concept: Any, *, medication: bool = False) -> ConceptMatch:
+        """Value sets a CodeableConcept belongs to (DECISIONS 13 enforced)."""
+        if not isinstance(concept, dict):
+            return _EMPTY
+        hits: list[Hit] = []
+        texts: list[str] = []
+        t = concept.get("text")
+        if isinstance(t, str) and t:
+            texts.append(t)
+        codings = concept.get("coding")
+        if isinstance(codings, dict):
+            codings = [codings]
+        if isinstance(codings, list):
+            for cd in codings:
+                if not isinstance(cd, dict):
+                    continue
+                hits.extend(self.coding_hits(cd.get("system"), cd.get("code")))
+                d = cd.get("display")
+                if isinstance(d, str) and d:
+                    texts.append(d)
+        text = " | ".join(texts)
+        ing: Ingredient | None = None
+        if medication:
+            ing = ingredient_from_text(text)
+            if ing is None:  # no name in the record: derive the ingredient from a matched code's display
+                for h in hits:
+                    if h.verified and h.name in _MED_GROUPS:
+                        ing = ingredient_from_text(h.display)
+                        if ing is not None:
+                            break
+            if ing is not None:
+                for g in ing.groups:
+                    hits.append(Hit(g, "TEXT", ing.key, ing.key, True, "text"))
+                if ing.drug_class == IG:
+                    hits.append(Hit("immune-globulin", "TEXT", ing.key, ing.key, True, "text"))
+        if not hits:
+            return ConceptMatch(frozenset(), (), ing, text)
+        confirmed: set[str] = set()
+        pending: dict[str, list[Hit]] = {}
+        for h in hits:
+            if h.verified:
+                confirmed.add(h.name)
+            else:
+                pending.setdefault(h.name, []).append(h)
+        rejected: list[str] = []
+        if pending:
+            ntext = _norm_text(text) if text else ""
+            for name, unverified in pending.items():
+                if name in confirmed:
+                    continue
+                if ntext and any(_norm_text(h.display) and _norm_text(h.display) in ntext for h in unverified):
+                    confirmed.add(name)
+                elif (medication and ing is not None and name in _MED_GROUPS
+                      and _GROUP_CLASS.get(name) == ing.drug_class):
+                    confirmed.add(name)
+                else:
+                    rejected.append(name)
+        if medication:
+            if ("ivig" in confirmed or "scig" in confirmed) and "immune-globulin" not in confirmed:
+                confirmed.add("immune-globulin")
+        return ConceptMatch(frozenset(confirmed), tuple(hits), ing, text, tuple(rejected))
+
+    def in_set(self, concept: Any, name: str, *, medication: bool = False) -> bool:
+        return name in self.match(concept, medication=medication).names
+
+
+def immune_globulin_route(concept_text: str, route_kind: str | None, atc_codes: Iterable[str] = ()) -> str:
+    """'ivig' or 'scig' for an immune globulin order/exposure (DECISIONS 14).
+
+    Route wins; then ATC J06BA02/J06BA01; then the product name. Unknown -> 'ivig' (assumed intravenous:
+    the dose and safety rules then apply, which errs on the safe side).
+    """
+    if route_kind == "iv":
+        return "ivig"
+    if route_kind == "sc":
+        return "scig"
+    codes = set(atc_codes)
+    if "J06BA02" in codes:
+        return "ivig"
+    if "J06BA01" in codes:
+        return "scig"
+    if concept_text and _SC_IG_RE.search(concept_text):
+        return "scig"
+    return "ivig"
+
+
+# --------------------------------------------------------------------------------------------- loading
+def _load_json_terminology(term: Terminology, path: Path) -> dict[tuple[str, str], bool]:
+    with path.open(encoding="utf-8") as fh:
+        doc = json.load(fh)
+    verified: dict[tuple[str, str], bool] = {}
+    for raw in doc.get("codes", []):
+        sys = system_key(raw.get("system"))
+        code = raw.get("code")
+        if sys is None or not code:  # e.g. the IVIG RxNorm ingredient without a numeric code
+            continue
+        c = norm_code(sys, code)
+        ok = bool(raw.get("verified"))
+        key = (sys, c)
+        verified[key] = verified.get(key, False) or ok
+        term.add(Entry(raw.get("group", ""), sys, c, raw.get("display") or "", ok, prefix=(sys == ATC)))
+    return verified
+
+
+def _load_extra(term: Terminology, path: str) -> None:
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    if p.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        doc = yaml.safe_load(text)
+    else:
+        doc = json.loads(text)
+    if isinstance(doc, list):
+        doc = {"codes": doc}
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a list of codes or a mapping with 'codes'")
+    for raw in doc.get("codes") or []:
+        sys = system_key(raw.get("system")) or (raw.get("system") if raw.get("system") in SYSTEM_URI else None)
+        if sys is None or not raw.get("code") or not raw.get("group"):
+            raise ValueError(f"{path}: entry needs group, a known system and code: {raw!r}")
+        term.add(Entry(raw["group"], sys, norm_code(sys, raw["code"]), str(raw.get("display") or ""),
+                       bool(raw.get("verified", True)), prefix=bool(raw.get("prefix", sys == ATC))))
+    for code in doc.get("ivig_rxnorm") or []:
+        term.ivig_rxnorm.add(str(code).strip())
+
+
+def build_terminology(extra_codes: str | None = None) -> Terminology:
+    term = Terminology()
+    verified = _load_json_terminology(term, data_path("data") / "terminology.json")
+    for name, members in CATEGORIES.items():
+        for sys, code, is_prefix in members:
+            c = norm_code(sys, code)
+            display = term.display_for(sys, c) or code
+            # inherit verification from terminology.json; ICD families named in KNOWLEDGE.md count as verified
+            ok = verified.get((sys, c), sys == ICD10)
+            term.add(Entry(name, sys, c, display, ok, prefix=is_prefix))
+    if extra_codes:
+        _load_extra(term, extra_codes)
+    return term
+
+
+@functools.lru_cache(maxsize=1)
+def get_terminology() -> Terminology:
+    return build_terminology(os.environ.get("CDS_EXTRA_CODES") or None)
+
+
+def concept_codes(concept: Any, system: str) -> list[str]:
+    """Normalised codes of one system in a CodeableConcept."""
+    out: list[str] = []
+    if isinstance(concept, dict):
+        codings = concept.get("coding")
+        if isinstance(codings, dict):
+            codings = [codings]
+        for cd in codings or ():
+            if isinstance(cd, dict) and system_key(cd.get("system")) == system and cd.get("code"):
+                out.append(norm_code(system, cd.get("code")))
+    return out
+
+
+def concept_text(concept: Any) -> str:
+    if not isinstance(concept, dict):
+        return ""
+    parts = []
+    if isinstance(concept.get("text"), str):
+        parts.append(concept["text"])
+    codings = concept.get("coding")
+    if isinstance(codings, dict):
+        codings = [codings]
+    for cd in codings or ():
+        if isinstance(cd, dict) and isinstance(cd.get("display"), str):
+            parts.append(cd["display"])
+    return " | ".join(parts)
+
+
+def concept_label(concept: Any) -> str:
+    """Short human label for a concept: its text, else first display, else first code."""
+    if not isinstance(concept, dict):
+        return "?"
+    if isinstance(concept.get("text"), str) and concept["text"]:
+        return concept["text"]
+    codings = concept.get("coding")
+    if isinstance(codings, dict):
+        codings = [codings]
+    for cd in codings or ():
+        if isinstance(cd, dict):
+            if cd.get("display"):
+                return str(cd["display"])
+    for cd in codings or ():
+        if isinstance(cd, dict) and cd.get("code"):
+            return str(cd["code"])
+    return "?"

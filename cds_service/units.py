@@ -1,0 +1,89 @@
+"""UCUM unit conversion for the few quantities the rules read (DECISIONS 15, A18).
+
+The unit is read from ``valueQuantity.code`` (UCUM). When ``code`` is missing, ``unit`` is accepted only
+if it is literally one of the known UCUM spellings below (many EHRs put the UCUM code there). Anything
+else is an unknown unit: :func:`convert` returns a :class:`Converted` with ``value=None`` and a
+``problem`` text that the card shows ("value not used").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# kind -> (target unit shown on cards, {UCUM code: factor to target}); factors multiply.
+_FACTORS: dict[str, tuple[str, dict[str, float]]] = {
+    "creatinine": ("mg/dL", {
+        "mg/dL": 1.0,
+        "mg/dl": 1.0,
+        "umol/L": 1 / 88.4,
+        "µmol/L": 1 / 88.4,
+        "mmol/L": 1000 / 88.4,
+        "mg/L": 0.1,
+    }),
+    "weight": ("kg", {"kg": 1.0, "g": 0.001, "[lb_av]": 0.45359237, "lb": 0.45359237, "[oz_av]": 0.028349523125}),
+    "height": ("cm", {"cm": 1.0, "m": 100.0, "mm": 0.1, "[in_i]": 2.54, "in": 2.54, "[ft_i]": 30.48}),
+    "iga": ("mg/dL", {"mg/dL": 1.0, "mg/dl": 1.0, "g/L": 100.0, "mg/L": 0.1, "g/dL": 1000.0}),
+    "egfr": ("mL/min/{1.73_m2}", {
+        "mL/min/{1.73_m2}": 1.0,
+        "mL/min/1.73m2": 1.0,
+        "mL/min/{1.73m2}": 1.0,
+        "mL/min/1.73_m2": 1.0,
+        "mL/min/(1.73.m2)": 1.0,
+        "mL/min/{1.73.m2}": 1.0,
+        "mL/min": 1.0,  # reported per 1.73 m2 by the LOINC code itself
+        "mL/s/{1.73_m2}": 60.0,
+    }),
+    "hba1c": ("%", {"%": 1.0}),
+    "protein": ("g/dL", {"g/dL": 1.0, "g/L": 0.1, "mg/dL": 0.001}),
+    "viscosity": ("cP", {"cP": 1.0, "mPa.s": 1.0, "{relative_viscosity}": 1.0, "1": 1.0}),
+    "mass_dose": ("mg", {"mg": 1.0, "g": 1000.0, "ug": 0.001, "mcg": 0.001}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Converted:
+    value: float | None  # in the target unit; None = not usable
+    unit: str  # target unit
+    original: str  # "1.2 mg/dL" as recorded, for the card
+    problem: str | None = None
+
+
+def target_unit(kind: str) -> str:
+    return _FACTORS[kind][0]
+
+
+def factor(kind: str, code: str | None) -> float | None:
+    if not code:
+        return None
+    return _FACTORS[kind][1].get(code.strip())
+
+
+def convert(value: Any, code: str | None, kind: str) -> Converted:
+    """Convert ``value`` recorded in UCUM ``code`` to the kind's target unit."""
+    target = _FACTORS[kind][0]
+    shown = f"{value} {code or ''}".strip()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return Converted(None, target, shown, f"value {value!r} is not a number")
+    f = factor(kind, code)
+    if f is None:
+        return Converted(None, target, shown, f"unknown unit {code!r} for {kind}; value not used")
+    return Converted(float(value) * f, target, shown)
+
+
+def convert_quantity(quantity: Any, kind: str) -> Converted:
+    """Convert a FHIR Quantity dict (``valueQuantity``) of the given kind."""
+    if not isinstance(quantity, dict):
+        return Converted(None, _FACTORS[kind][0], "", "no valueQuantity")
+    code = quantity.get("code")
+    if not code:
+        unit = quantity.get("unit")
+        # fallback: a unit text that is itself a known UCUM code
+        if isinstance(unit, str) and unit.strip() in _FACTORS[kind][1]:
+            code = unit.strip()
+    return convert(quantity.get("value"), code, kind)
+
+
+def kg(value: float, code: str) -> float | None:
+    f = factor("weight", code)
+    return None if f is None else value * f

@@ -1,0 +1,134 @@
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from cds_service.engine import Evaluation, evaluate, warm_up
+from cds_service.record import PatientRecord
+from tests.fhir_builders import (
+    AMOXICILLIN,
+    PREDNISONE,
+    dosage,
+    draft,
+    egfr,
+    ivig_order,
+    med_statement,
+    ns,
+    ns_patient,
+    record,
+    weight,
+)
+
+SYNTHEA = sorted(Path("/work/shared/synthea-r4").glob("*.json"))
+
+
+def _synthea(path: Path, drafts=()) -> PatientRecord:
+    bundle = json.loads(path.read_text())
+    pid = next(e["resource"]["id"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    rec = PatientRecord(patient_id=pid)
+    rec.add(bundle)
+    rec.draft_orders.extend(drafts)
+    return rec
+
+
+def test_unrelated_order_gets_no_cards():
+    ev = evaluate(ns_patient(weight(70), drafts=[draft("amox", AMOXICILLIN, dosage(500))]), "order-sign")
+    assert isinstance(ev, Evaluation) and ev.cards == [] and ev.rule_ids == []
+    assert ev.stage == "S1" and ev.facts.ns_status == "active"
+
+
+def test_evaluation_shape():
+    ev = evaluate(ns_patient(weight(70), egfr(48), drafts=[ivig_order()]), "order-select")
+    assert ev.stage == "S1"
+    assert ev.rule_ids == [c.extension["org.neurosarcoidosis-cds.rule-id"] for c in ev.cards]
+    assert "ivig.safety.renal" in ev.rule_ids and "stage.s1-untreated" in ev.rule_ids
+
+
+@pytest.mark.parametrize("path", SYNTHEA, ids=lambda p: p.name[:20])
+@pytest.mark.parametrize("hook", ["order-select", "order-sign", "patient-view"])
+def test_synthea_records_evaluate_without_exceptions(path, hook):
+    # an IVIG order makes the safety rules read the whole record
+    ev = evaluate(_synthea(path, [ivig_order()]), hook)
+    assert ev.stage == "S0"
+    assert all(r.startswith("ivig.") for r in ev.rule_ids)  # no sarcoidosis: never a ladder card
+    if hook == "patient-view":
+        assert ev.cards == []
+    else:
+        assert "ivig.dose.weight-missing" in ev.rule_ids  # synthea weights are years old
+
+
+def test_synthea_unrelated_order_gets_nothing():
+    for path in SYNTHEA:
+        assert evaluate(_synthea(path, [draft("a", AMOXICILLIN, dosage(500))]), "order-sign").cards == []
+
+
+def test_fast_after_warm_up():
+    warm_up()
+    rec = _synthea(SYNTHEA[0], [ivig_order()])
+    evaluate(rec, "order-sign")
+    n = 20
+    t0 = time.perf_counter()
+    for _ in range(n):
+        evaluate(rec, "order-sign")
+    per_call_ms = (time.perf_counter() - t0) / n * 1000
+    assert per_call_ms < 25  # generous bound for slow CI; typical is ~1 ms
+
+
+JUNK = (None, 7, "x", [], {}, True, [1], {"coding": "x"}, [{"coding": [{"code": 5}]}])
+
+
+def _rich_resources():
+    from tests import test_rules as tr
+    from tests.fhir_builders import (
+        creatinine,
+        height,
+        icd,
+        med_admin,
+        obs,
+    )
+    return [tr.pred(), tr.relapse(), tr.mtx(), weight(110), height(165), egfr(48), creatinine(1.2),
+            icd("htn", "I10"), obs("iga", "2458-8", 3, "mg/dL"), med_admin("i1", tr.INFLIXIMAB, days_ago=20),
+            {"resourceType": "AllergyIntolerance", "id": "al", "code": {"text": "immune globulin"},
+             "reaction": [{"manifestation": [{"text": "anaphylaxis"}]}]},
+            {"resourceType": "Device", "id": "d", "type": {"text": "PICC line"}},
+            {"resourceType": "Encounter", "id": "e", "status": "in-progress", "class": {"code": "IMP"},
+             "reasonReference": [{"reference": "Condition/ns-1"}]}]
+
+
+def test_junk_values_in_any_field_never_raise():
+    """A broken resource (or draft order) must never break the request."""
+    import copy
+
+    from tests.fhir_builders import patient
+
+    base = _rich_resources()
+    drafts = [ivig_order(), draft("m", AMOXICILLIN, dosage(15))]
+    for i, res in enumerate(base + drafts):
+        for key in list(res):
+            if key in ("resourceType",):
+                continue
+            for junk in JUNK:
+                resources = copy.deepcopy(base)
+                ds = copy.deepcopy(drafts)
+                target = (resources + ds)[i]
+                target[key] = junk
+                rec = ns_patient(*resources, drafts=ds)
+                evaluate(rec, "order-sign")
+                evaluate(rec, "patient-view")
+    # junk inside dosage and doseQuantity
+    for junk in JUNK:
+        o = ivig_order()
+        o["dosageInstruction"][0]["timing"] = junk
+        o2 = ivig_order()
+        o2["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] = junk
+        o3 = ivig_order()
+        o3["dosageInstruction"] = [junk]
+        evaluate(ns_patient(*base, drafts=[o, o2, o3, junk]), "order-sign")
+        p = patient()
+        p["birthDate"] = junk
+        p["gender"] = junk
+        evaluate(record(p, ns(), weight(70), drafts=[ivig_order()]), "order-sign")
+        ms = med_statement("j", PREDNISONE, dose={"timing": {"repeat": junk}, "doseAndRate": [{"doseQuantity": junk}],
+                                                  "route": junk})
+        evaluate(ns_patient(ms, drafts=[ivig_order()]), "order-sign")

@@ -55,7 +55,11 @@ class PatientRecord:
             return
         rtype = resource.get("resourceType")
         if rtype == "Bundle":
-            for entry in resource.get("entry") or []:
+            entries = resource.get("entry") or []
+            if not isinstance(entries, list):
+                self.notes.append("skipped a Bundle whose entry is not an array")
+                return
+            for entry in entries:
                 if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
                     if (entry.get("search") or {}).get("mode") == "outcome":
                         continue

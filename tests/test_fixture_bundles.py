@@ -44,6 +44,7 @@ INDICATION_RULES = {
     "ivig.indication.immunosuppression-contraindicated",
 }
 SAFETY_RULES = {
+    "ivig.safety.prior-reaction",
     "ivig.safety.renal",
     "ivig.safety.renal-baseline-missing",
     "ivig.safety.thrombosis",

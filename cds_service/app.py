@@ -127,6 +127,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _service_error(request: Request, exc: ServiceError) -> Response:
         if exc.status == 401:
             log.warning("auth_refused", reason=getattr(exc, "reason", "unknown"), path=request.url.path)
+        elif exc.status == 503 and hasattr(exc, "reason"):  # auth.AuthUnavailable: JWKS or replay cache down
+            log.error("auth_unavailable", reason=exc.reason, path=request.url.path)
         elif exc.status >= 400:
             log.info("request_refused", status=exc.status, path=request.url.path, message=exc.message)
         return exc.response()
@@ -178,7 +180,9 @@ def _install_routes(app: FastAPI) -> None:
         data = await read_json(request, limit=settings.max_body_bytes, max_depth=settings.max_json_depth,
                                max_array=settings.max_array_length)
         call = parse_call(service, data)
+        logs.bind(hookInstance=call.hook_instance)  # on every log line of this request, errors included
         stats = GatherStats()
+        request.state.gather_stats = stats  # the metrics middleware reads it, also when gather fails (412)
         record = await gather(
             call,
             http=request.app.state.http,
@@ -215,8 +219,8 @@ def _install_routes(app: FastAPI) -> None:
                                max_array=settings.max_array_length)
         items = parse_feedback(data)
         audit = request.app.state.audit
-        if audit is not None:
-            audit.feedback_received(service=service.id, items=items)
+        if audit is not None:  # awaited: a 200 means stored (idempotently); a database outage is a 503
+            await audit.feedback_received(service=service.id, items=items)
         for item in items:
             code, _ = item.reason_code()
             log.info("feedback", service=service.id, card=item.card, outcome=item.outcome, reason=code,

@@ -17,6 +17,16 @@ def _orjson_dumps(obj, default=None) -> str:  # structlog wants str
     return orjson.dumps(obj, default=default).decode()
 
 
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is at write time, not at configure time (pytest swaps and closes it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(level: str = "INFO", json: bool = True) -> None:
     processors = [
         structlog.contextvars.merge_contextvars,
@@ -30,10 +40,15 @@ def configure(level: str = "INFO", json: bool = True) -> None:
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),
         cache_logger_on_first_use=False,
     )
 
 
 def get_logger(name: str = "cds_service"):
     return structlog.get_logger(name)
+
+
+def bind(**values) -> None:
+    """Add fields to every log line of the current request (the middleware resets them per request)."""
+    structlog.contextvars.bind_contextvars(**values)

@@ -1,0 +1,37 @@
+"""Audit and feedback store. Pick an implementation with :func:`open_store`.
+
+* :class:`~cds_service.store.base.Store` is the interface the rest of the service uses.
+* :class:`~cds_service.store.sql.SqlStore` implements it with SQLAlchemy 2 async Core for both SQLite
+  (embedded default) and PostgreSQL; only the engine differs, built by the small factories in
+  :mod:`cds_service.store.sqlite` and :mod:`cds_service.store.postgres`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cds_service.store.base import CardRow, FeedbackRow, RuleReport, Store, StoreError
+
+__all__ = ["CardRow", "FeedbackRow", "RuleReport", "Store", "StoreError", "make_engine", "open_store"]
+
+
+def make_engine(url: str) -> AsyncEngine:
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        from cds_service.store.sqlite import make_sqlite_engine
+
+        return make_sqlite_engine(url)
+    if backend == "postgresql":
+        from cds_service.store.postgres import make_postgres_engine
+
+        return make_postgres_engine(url)
+    raise StoreError(f"Unsupported database '{backend}': use sqlite or postgresql (CDS_DATABASE_URL).")
+
+
+def open_store(url_or_settings) -> Store:
+    """A store for a SQLAlchemy URL or a :class:`~cds_service.config.Settings` (its ``sqlalchemy_url``)."""
+    from cds_service.store.sql import SqlStore
+
+    url = url_or_settings if isinstance(url_or_settings, str) else url_or_settings.sqlalchemy_url
+    return SqlStore(url)

@@ -1,0 +1,173 @@
+"""Operations commands: ``cds-service report``, ``cds-service db upgrade|current|revision``, ``cds-service purge``.
+
+They read the same settings as the service (``CDS_DATABASE_URL`` or the SQLite file in ``CDS_DATA_DIR``),
+so run them with the service's environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import UTC, date, datetime, timedelta
+
+import typer
+
+from cds_service.store.base import RuleReport, StoreError
+
+db_app = typer.Typer(help="Database schema (migrations ship inside the package).", no_args_is_help=True)
+
+
+def _settings():
+    from cds_service.config import get_settings
+
+    return get_settings()
+
+
+def _run(coro_fn):
+    """Open the store, run ``coro_fn(store)``, close; a store error is a one-line message and exit 1."""
+    from cds_service.store import open_store
+
+    async def main():
+        store = open_store(_settings())
+        try:
+            return await coro_fn(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(main())
+    except StoreError as exc:
+        typer.secho(f"Error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+def parse_when(value: str | None, *, end: bool = False) -> datetime | None:
+    """``2026-01-31`` or an ISO date-time; a bare date as ``--until`` includes that whole day."""
+    if not value:
+        return None
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            return start + timedelta(days=1) if end else start
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"'{value}' is not a date (YYYY-MM-DD) or ISO date-time.") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def report_json(rules: list[RuleReport]) -> dict:
+    return {"rules": [r.to_dict() for r in rules]}
+
+
+def _print_table(rules: list[RuleReport], since, until, top: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    period = f"{since:%Y-%m-%d %H:%M} .. {until:%Y-%m-%d %H:%M} UTC" if since and until else (
+        f"since {since:%Y-%m-%d %H:%M} UTC" if since else (f"until {until:%Y-%m-%d %H:%M} UTC" if until else
+                                                            "all time"))
+    table = Table(title=f"Cards and feedback per rule ({period})")
+    table.add_column("Rule", no_wrap=True)
+    table.add_column("Shown", justify="right")
+    table.add_column("Accepted", justify="right")
+    table.add_column("Overridden", justify="right")
+    table.add_column("Override rate", justify="right")
+    table.add_column("Top override reasons")
+    for r in rules:
+        reasons = sorted(r.override_reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        text = "\n".join(f"{code}" + (f" ({r.reason_displays[code]})" if code in r.reason_displays else "")
+                         + f": {n}" for code, n in reasons)
+        rate = f"{r.override_rate:.0%}" if r.override_rate is not None else "-"
+        table.add_row(r.rule, str(r.shown), str(r.accepted), str(r.overridden), rate, text or "-")
+    console = Console()
+    if not rules:
+        console.print(f"No cards or feedback recorded ({period}).")
+        return
+    console.print(table)
+    console.print("Feedback counts distinct cards and is attributed to the period the card was shown in; "
+                  "'unknown' collects feedback on cards not in the store (by feedback time).", style="dim")
+
+
+def report(
+    since: str = typer.Option(None, help="From this date (YYYY-MM-DD or ISO date-time, UTC); default: all time."),
+    until: str = typer.Option(None, help="Up to and including this date (or before this date-time)."),
+    as_json: bool = typer.Option(False, "--json", help='Print {"rules": [...]} as JSON.'),
+    top: int = typer.Option(3, min=1, help="Override reasons shown per rule in the table."),
+) -> None:
+    """Override analytics per rule: cards shown, accepted, overridden, override rate and reasons."""
+    start, end = parse_when(since), parse_when(until, end=True)
+
+    async def go(store):
+        if await store.revision() is None:
+            typer.secho("Warning: the database has no audit tables yet (the service creates them on its "
+                        "first start; or run `cds-service db upgrade`).", fg="yellow", err=True)
+            return []
+        return await store.report(start, end)
+
+    rules = _run(go)
+    if as_json:
+        sys.stdout.write(json.dumps(report_json(rules), indent=2) + "\n")
+    else:
+        _print_table(rules, start, end, top)
+
+
+def purge(
+    older_than_days: int = typer.Option(None, min=1, help="Delete cards and feedback older than this many "
+                                                          "days (default CDS_AUDIT_RETENTION_DAYS, 365)."),
+) -> None:
+    """Delete audit rows past the retention period (the service also does this every 6 hours)."""
+    days = older_than_days or _settings().audit_retention_days
+    if days <= 0:
+        typer.secho("Retention is disabled (CDS_AUDIT_RETENTION_DAYS <= 0); pass --older-than-days.",
+                    fg="yellow", err=True)
+        raise typer.Exit(2)
+    before = datetime.now(UTC) - timedelta(days=days)
+
+    async def go(store):
+        await store.upgrade()
+        return await store.purge(before)
+
+    deleted = _run(go)
+    typer.echo(f"Deleted {deleted} rows recorded before {before:%Y-%m-%d %H:%M} UTC ({days} days).")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the tables to the latest version (idempotent; the service also does it at start)."""
+    from cds_service.store.migrate import head_revision
+
+    async def go(store):
+        await store.upgrade()
+        return await store.revision()
+
+    revision = _run(go)
+    typer.echo(f"Database is at revision {revision} (head {head_revision()}).")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the schema revision of the database (none when never initialised)."""
+    async def go(store):
+        return await store.revision()
+
+    typer.echo(_run(go) or "none")
+
+
+@db_app.command("revision")
+def db_revision(message: str = typer.Option(..., "-m", "--message", help="What the migration changes.")) -> None:
+    """(Developers) autogenerate a migration from store/schema.py against an up-to-date database."""
+    from cds_service.store import migrate
+
+    async def go(store):
+        await store.upgrade()
+        await migrate.autogenerate(store.engine, message)
+
+    _run(go)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report)
+    app.command("purge")(purge)
+    app.add_typer(db_app, name="db")

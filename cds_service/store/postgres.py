@@ -1,0 +1,19 @@
+"""PostgreSQL engine (several instances share one database): psycopg 3, async.
+
+psycopg 3 rather than asyncpg: the same speed here, and one driver serves the async service and the sync
+Alembic/CLI paths (shared/perf/REPORT.md §4). A plain ``postgresql://`` URL is mapped to it by
+``Settings.sqlalchemy_url``; libpq parameters in the query string pass through, e.g.
+``?sslmode=require`` or ``?options=-csearch_path%3Dcds`` to keep the tables in their own schema.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+def make_postgres_engine(url: str) -> AsyncEngine:
+    # Each process needs one connection for the audit writer and a few for feedback and reports; a
+    # small pool keeps N instances x M workers well under max_connections. pre_ping recovers from
+    # connections cut by a database restart or failover.
+    return create_async_engine(url, pool_size=3, max_overflow=5, pool_pre_ping=True, pool_recycle=1800,
+                               pool_timeout=5)

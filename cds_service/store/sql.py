@@ -1,0 +1,204 @@
+"""The SQL implementation of :class:`~cds_service.store.base.Store`, shared by SQLite and PostgreSQL.
+
+Writes are multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` in one transaction: a batch of 100
+costs about as much as one row (shared/perf/REPORT.md §4), repeats are skipped by the database itself
+(so several instances can never double count), and RETURNING tells how many rows were new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from cds_service.store import migrate
+from cds_service.store.base import (
+    NO_REASON,
+    UNKNOWN_RULE,
+    CardRow,
+    FeedbackRow,
+    RuleReport,
+    Store,
+    StoreError,
+    dedupe_feedback,
+)
+from cds_service.store.schema import cards, feedback
+
+# Free text from the EHR: keep it, but bounded.
+MAX_COMMENT = 2000
+
+
+def _safe_message(exc: Exception) -> str:
+    """The driver's first line only: SQLAlchemy's full text carries the SQL parameters (comments...)."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        first = (str(exc.orig).strip().splitlines() or [""])[0]
+        return f"{type(exc.orig).__name__}: {first[:200]}"
+    return type(exc).__name__
+
+
+class SqlStore(Store):
+    def __init__(self, url: str) -> None:
+        from cds_service.store import make_engine
+
+        self.url = url
+        self.engine = make_engine(url)
+        self.dialect = self.engine.dialect.name
+
+    def __repr__(self) -> str:
+        return f"SqlStore({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def _insert(self, table: sa.Table):
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(table).on_conflict_do_nothing()
+
+    # ------------------------------------------------------------------ writes
+    async def record_cards(self, rows: Sequence[CardRow]) -> int:
+        if not rows:
+            return 0
+        values = [
+            {
+                "card_uuid": r.card_uuid[:64], "service": r.service[:100], "hook": r.hook[:64],
+                "rule_id": r.rule_id[:200], "indicator": r.indicator[:16], "hook_instance": r.hook_instance[:128],
+                "issued_at": r.issued_at, "patient_key": r.patient_key,
+            }
+            for r in rows
+        ]
+        stmt = self._insert(cards).returning(cards.c.card_uuid)
+        try:
+            async with self.engine.begin() as conn:
+                return len((await conn.execute(stmt, values)).all())
+        except SQLAlchemyError as exc:
+            raise StoreError(f"writing cards failed ({_safe_message(exc)})") from exc
+
+    async def record_feedback(self, items: Sequence[FeedbackRow]) -> int:
+        items = dedupe_feedback(items)
+        if not items:
+            return 0
+        values = [
+            {
+                "card_uuid": i.card_uuid[:64], "service": i.service[:100], "outcome": i.outcome,
+                "outcome_at": i.outcome_at, "received_at": i.received_at,
+                "accepted_suggestions": list(i.accepted_suggestions) or None,
+                "reason_code": i.reason_code[:200] if i.reason_code else None,
+                "reason_system": i.reason_system[:500] if i.reason_system else None,
+                "reason_display": i.reason_display[:500] if i.reason_display else None,
+                "user_comment": i.user_comment[:MAX_COMMENT] if i.user_comment else None,
+            }
+            for i in items
+        ]
+        stmt = self._insert(feedback).returning(feedback.c.id)
+        try:
+            async with self.engine.begin() as conn:
+                return len((await conn.execute(stmt, values)).all())
+        except SQLAlchemyError as exc:
+            raise StoreError(f"writing feedback failed ({_safe_message(exc)})") from exc
+
+    # ------------------------------------------------------------------ analytics
+    async def report(self, since: datetime | None, until: datetime | None) -> list[RuleReport]:
+        c, f = cards, feedback
+        window = []
+        if since is not None:
+            window.append(c.c.issued_at >= since)
+        if until is not None:
+            window.append(c.c.issued_at < until)
+        # Feedback is attributed to the period its card was shown in, so an override rate is a share of
+        # the cards shown in that period. Feedback on unknown cards falls back to its own outcome time.
+        unknown_window = []
+        if since is not None:
+            unknown_window.append(f.c.outcome_at >= since)
+        if until is not None:
+            unknown_window.append(f.c.outcome_at < until)
+
+        def distinct_cards(outcome: str):
+            return sa.func.count(sa.distinct(sa.case((f.c.outcome == outcome, f.c.card_uuid))))
+
+        shown_q = sa.select(c.c.rule_id, sa.func.count()).where(*window).group_by(c.c.rule_id)
+        joined = f.join(c, f.c.card_uuid == c.c.card_uuid)
+        outcomes_q = (sa.select(c.c.rule_id, distinct_cards("accepted"), distinct_cards("overridden"))
+                      .select_from(joined).where(*window).group_by(c.c.rule_id))
+        reason = sa.func.coalesce(f.c.reason_code, NO_REASON)
+        reasons_q = (sa.select(c.c.rule_id, reason, sa.func.count(sa.distinct(f.c.card_uuid)),
+                               sa.func.max(f.c.reason_display))
+                     .select_from(joined).where(f.c.outcome == "overridden", *window)
+                     .group_by(c.c.rule_id, reason))
+        orphan = f.outerjoin(c, f.c.card_uuid == c.c.card_uuid)
+        unknown_q = (sa.select(distinct_cards("accepted"), distinct_cards("overridden"))
+                     .select_from(orphan).where(c.c.card_uuid.is_(None), *unknown_window))
+        unknown_reasons_q = (sa.select(reason, sa.func.count(sa.distinct(f.c.card_uuid)),
+                                       sa.func.max(f.c.reason_display))
+                             .select_from(orphan)
+                             .where(c.c.card_uuid.is_(None), f.c.outcome == "overridden", *unknown_window)
+                             .group_by(reason))
+        try:
+            async with self.engine.connect() as conn:
+                shown = (await conn.execute(shown_q)).all()
+                outcomes = (await conn.execute(outcomes_q)).all()
+                reasons = (await conn.execute(reasons_q)).all()
+                unknown = (await conn.execute(unknown_q)).one()
+                unknown_reasons = (await conn.execute(unknown_reasons_q)).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"reading the report failed ({_safe_message(exc)})") from exc
+
+        by_rule: dict[str, RuleReport] = {}
+
+        def rule(rule_id: str) -> RuleReport:
+            return by_rule.setdefault(rule_id, RuleReport(rule=rule_id))
+
+        for rule_id, n in shown:
+            rule(rule_id).shown = n
+        for rule_id, accepted, overridden in outcomes:
+            r = rule(rule_id)
+            r.accepted, r.overridden = accepted, overridden
+        for rule_id, code, n, display in reasons:
+            r = rule(rule_id)
+            r.override_reasons[code] = n
+            if display:
+                r.reason_displays[code] = display
+        if unknown[0] or unknown[1]:
+            r = rule(UNKNOWN_RULE)
+            r.accepted, r.overridden = unknown
+            for code, n, display in unknown_reasons:
+                r.override_reasons[code] = n
+                if display:
+                    r.reason_displays[code] = display
+        return sorted(by_rule.values(), key=lambda r: (r.rule == UNKNOWN_RULE, -r.shown, r.rule))
+
+    # ------------------------------------------------------------------ housekeeping
+    async def purge(self, before: datetime) -> int:
+        old_cards = sa.select(cards.c.card_uuid).where(cards.c.issued_at < before)
+        try:
+            async with self.engine.begin() as conn:
+                # Feedback goes with its card, so a purge never turns old feedback into "unknown" rows.
+                n = (await conn.execute(sa.delete(feedback).where(
+                    sa.or_(feedback.c.received_at < before, feedback.c.card_uuid.in_(old_cards))))).rowcount
+                n += (await conn.execute(sa.delete(cards).where(cards.c.issued_at < before))).rowcount
+                return n
+        except SQLAlchemyError as exc:
+            raise StoreError(f"purging failed ({_safe_message(exc)})") from exc
+
+    async def ping(self) -> None:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"the database cannot be reached ({_safe_message(exc)})") from exc
+
+    async def upgrade(self) -> None:
+        try:
+            await migrate.upgrade(self.engine)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"migrating the database failed ({_safe_message(exc)})") from exc
+
+    async def revision(self) -> str | None:
+        try:
+            return await migrate.current_revision(self.engine)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"the database cannot be read ({_safe_message(exc)})") from exc
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,178 @@
+"""docker-compose.yml, the Dockerfile and the fixture loader (collection -> transaction Bundles).
+
+No container engine runs in CI here: the compose file is checked structurally always, and with
+``docker compose config`` when the compose CLI is available.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+from conftest import CLIENT_EXAMPLES, FIXTURES, REPO, load_json
+
+from cds_service.config import Settings
+
+COMPOSE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
+FIXTURE_FILES = sorted((FIXTURES / "fhir").glob("*.json"))
+
+
+def _loader():
+    spec = importlib.util.spec_from_file_location("load_fixtures", REPO / "scripts" / "load_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+loader = _loader()
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+# --------------------------------------------------------------------------- compose file
+def test_compose_has_service_postgres_redis_hapi_and_a_fixture_loader(compose):
+    services = compose["services"]
+    assert {"cds", "postgres", "redis", "hapi", "fixtures"} <= set(services)
+    assert services["hapi"]["image"].startswith("hapiproject/hapi")
+    assert services["cds"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["cds"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    loader_cmd = " ".join(services["fixtures"]["command"])
+    assert "load_fixtures.py" in loader_cmd and "http://hapi:8080/fhir" in loader_cmd and "--wait" in loader_cmd
+
+
+def test_service_environment_points_at_the_compose_databases(compose):
+    env = compose["services"]["cds"]["environment"]
+    settings = Settings(_env_file=None, database_url=env["CDS_DATABASE_URL"])
+    assert settings.sqlalchemy_url.startswith("postgresql+psycopg://") and "@postgres:5432/" in env["CDS_DATABASE_URL"]
+    assert env["CDS_REDIS_URL"].startswith("redis://redis:")
+    assert env["CDS_PATIENT_KEY_SECRET"]  # shared by all workers/instances
+    assert env["PROMETHEUS_MULTIPROC_DIR"]
+    cmd = compose["services"]["cds"]["command"]
+    assert "--workers" in cmd
+
+
+def test_published_ports_are_loopback_only(compose):
+    """The demo runs without authentication: nothing may be reachable from other machines."""
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on all interfaces"
+
+
+def test_dockerfile_runs_unprivileged_and_ships_the_loader():
+    text = DOCKERFILE.read_text()
+    assert "\nUSER cds" in text
+    assert "COPY scripts" in text and "COPY fixtures" in text
+    assert "CDS_DATA_DIR=/data" in text and "HEALTHCHECK" in text
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="docker CLI not installed")
+def test_docker_compose_config_accepts_the_file():
+    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip("docker CLI has no compose plugin here")
+    result = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------- collection -> transaction
+@pytest.mark.skipif(not FIXTURE_FILES, reason="no fixtures in fixtures/fhir yet")
+@pytest.mark.parametrize("path", FIXTURE_FILES, ids=lambda p: p.stem)
+def test_every_fixture_becomes_a_transaction_of_puts(path):
+    bundle = load_json(path)
+    tx = loader.to_transaction(bundle)
+    assert tx["type"] == "transaction" and len(tx["entry"]) == len(bundle["entry"])
+    for src, entry in zip(bundle["entry"], tx["entry"], strict=True):
+        res = src["resource"]
+        assert entry["resource"] == res
+        assert entry["request"] == {"method": "PUT", "url": f"{res['resourceType']}/{res['id']}"}
+        assert "search" not in entry
+    assert loader.to_transaction(bundle) == tx  # deterministic: loading twice is a no-op for the server
+
+
+def test_entries_without_id_are_posted_under_their_urn():
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"fullUrl": "urn:uuid:1b0c", "resource": {"resourceType": "Patient"}},
+        {"resource": {"resourceType": "Observation", "subject": {"reference": "urn:uuid:1b0c"}}},
+        {"fullUrl": "urn:uuid:2c", "resource": {"resourceType": "Condition", "id": "c1"}},
+        {"fullUrl": "http://old/Condition/c2", "resource": {"resourceType": "Condition", "id": "c2"},
+         "search": {"mode": "match"}},
+    ]}
+    e = loader.to_transaction(bundle)["entry"]
+    assert e[0]["fullUrl"] == "urn:uuid:1b0c" and e[0]["request"] == {"method": "POST", "url": "Patient"}
+    assert e[1]["fullUrl"].startswith("urn:uuid:") and e[1]["request"]["method"] == "POST"
+    assert e[2]["fullUrl"] == "urn:uuid:2c" and e[2]["request"] == {"method": "PUT", "url": "Condition/c1"}
+    assert "fullUrl" not in e[3] and "search" not in e[3]
+
+
+def test_transaction_bundles_pass_through_and_garbage_is_refused():
+    tx = load_json(CLIENT_EXAMPLES / "fhir-fixture-transaction-bundle.json")
+    assert loader.to_transaction(tx) == tx
+    for bad in ({"resourceType": "Patient"}, {"resourceType": "Bundle", "type": "collection", "entry": []},
+                {"resourceType": "Bundle", "entry": [{"fullUrl": "x"}]}):
+        with pytest.raises(ValueError):
+            loader.to_transaction(bad)
+
+
+class _FakeFhir(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        self._answer(200, {"resourceType": "CapabilityStatement"})
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).received.append((self.path, self.headers["Content-Type"], body))
+        if any(e["resource"].get("id") == "reject-me" for e in body["entry"]):
+            self._answer(400, {"resourceType": "OperationOutcome", "issue": [{"diagnostics": "bad id"}]})
+        else:
+            self._answer(200, {"resourceType": "Bundle", "type": "transaction-response"})
+
+    def _answer(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_loader_posts_transactions_and_reports_failures(tmp_path, capsys):
+    good = {"resourceType": "Bundle", "type": "collection",
+            "entry": [{"resource": {"resourceType": "Patient", "id": "p1"}}]}
+    bad = {"resourceType": "Bundle", "type": "collection",
+           "entry": [{"resource": {"resourceType": "Patient", "id": "reject-me"}}]}
+    (tmp_path / "a.json").write_text(json.dumps(good))
+    (tmp_path / "b.json").write_text(json.dumps(bad))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeFhir)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}/fhir"
+    try:
+        _FakeFhir.received.clear()
+        assert loader.main(["--server", base, "--wait", "5", str(tmp_path)]) == 1
+    finally:
+        server.shutdown()
+    assert [(p, ct) for p, ct, _ in _FakeFhir.received] == [("/fhir", "application/fhir+json")] * 2
+    assert _FakeFhir.received[0][2]["type"] == "transaction"
+    out = capsys.readouterr()
+    assert "ok   a.json" in out.out and "FAIL b.json: HTTP 400: bad id" in out.err
+
+
+@pytest.mark.skipif(not FIXTURE_FILES, reason="no fixtures in fixtures/fhir yet")
+def test_request_for_a_fixture_makes_the_service_read_the_fhir_server():
+    request = loader.hook_request(FIXTURE_FILES[0], "http://hapi:8080/fhir")
+    assert "prefetch" not in request and request["fhirServer"] == "http://hapi:8080/fhir"
+    assert request["hook"] in ("order-select", "order-sign") and request["context"]["patientId"]

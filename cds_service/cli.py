@@ -61,6 +61,12 @@ def serve(
     from cds_service.metrics import prepare_multiprocess_dir
 
     prepare_multiprocess_dir()  # PROMETHEUS_MULTIPROC_DIR must start empty (stale worker files add up)
+    if settings.auth_enabled and workers > 1 and not settings.redis_url:
+        typer.secho(
+            "WARNING: several workers without CDS_REDIS_URL: each keeps its own JWT replay cache, so a token "
+            "could be replayed once against every worker. Set CDS_REDIS_URL.",
+            fg="yellow", err=True,
+        )
     uvicorn.run(
         "cds_service.app:create_app",
         factory=True,

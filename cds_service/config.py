@@ -38,7 +38,7 @@ class Settings(BaseSettings):
 
     # --- security (see README "Security")
     # JSON object: issuer -> JWKS URL, or issuer -> {"jwks_url": ..., "fhir_servers": [...]}.
-    trusted_issuers: dict[str, Any] = Field(default_factory=dict)
+    trusted_issuers: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
     allow_insecure: bool = False
     jwt_leeway_seconds: int = 30
     redis_url: str | None = None
@@ -67,6 +67,25 @@ class Settings(BaseSettings):
 
                 return json.loads(v)
             return [o.strip() for o in v.split(",") if o.strip()]
+        return v
+
+    @field_validator("trusted_issuers", mode="before")
+    @classmethod
+    def _check_issuers(cls, v: Any) -> Any:
+        # Checked here (cds_service.auth.issuers) so a typo stops start-up with a message naming the
+        # issuer and key, instead of surfacing as 401s at the first request.
+        from cds_service.auth.issuers import parse_trusted_issuers
+
+        if isinstance(v, str):
+            import json
+
+            if not v.strip():
+                return {}
+            try:
+                v = json.loads(v)
+            except ValueError as exc:
+                raise ValueError(f"CDS_TRUSTED_ISSUERS is not valid JSON ({exc}).") from exc
+        parse_trusted_issuers(v)
         return v
 
     @property

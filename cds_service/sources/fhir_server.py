@@ -25,8 +25,22 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme, parts.hostname or "", parts.port
 
 
+async def gather_all(*aws: Any) -> list[Any]:
+    """``asyncio.gather`` that lets every awaitable finish, then raises the first error.
+
+    Plain gather raises at the first failure and leaves the siblings running; their later exceptions are
+    never retrieved, and asyncio then logs them with a traceback that can hold request URLs (patient ids).
+    """
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
 def next_link(bundle: dict[str, Any]) -> str | None:
-    for link in bundle.get("link") or []:
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else ():
         if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
             return link["url"]
     return None
@@ -53,19 +67,28 @@ class FhirServerSource(DataSource):
 
     async def fetch(self, queries: dict[str, str]) -> dict[str, Any]:
         keys = list(queries)
-        results = await asyncio.gather(*(self.fetch_one(queries[k]) for k in keys))
+        results = await gather_all(*(self.fetch_one(queries[k]) for k in keys))
         return dict(zip(keys, results, strict=True))
 
-    async def _get(self, url: str) -> dict[str, Any] | None:
-        if _origin(url) != _origin(self.base_url):
+    def _join(self, ref: str) -> str:
+        try:  # a hostile fhirServer or next link ("http://[", port 99999) must be a 412, not a 500
+            url = urljoin(self.base_url, ref)
+            same = _origin(url) == _origin(self.base_url)
+        except ValueError:
+            raise SourceError("the FHIR server URL is not valid") from None  # no URL (patient id) in the chain
+        if not same:
             raise SourceError("the FHIR server pointed to another host; not followed")
+        return url
+
+    async def _get(self, url: str) -> dict[str, Any] | None:
+        url = self._join(url)
         self.requests_made += 1
         try:
             resp = await self.client.get(url, headers=self.headers, follow_redirects=False)
         except httpx.TimeoutException as exc:
             raise SourceError("the FHIR server did not answer in time") from exc
-        except httpx.HTTPError as exc:
-            raise SourceError(f"the FHIR server could not be reached ({type(exc).__name__})") from exc
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:  # ValueError: httpx on host-less URLs
+            raise SourceError(f"the FHIR server could not be reached ({type(exc).__name__})") from None
         if resp.status_code == 404:
             return None  # a read of a resource that does not exist: known empty
         if resp.status_code >= 300:
@@ -83,7 +106,7 @@ class FhirServerSource(DataSource):
         return data
 
     async def fetch_one(self, query: str) -> dict[str, Any] | None:
-        data = await self._get(urljoin(self.base_url, query.lstrip("/")))
+        data = await self._get(query.lstrip("/"))
         if data is not None and data.get("resourceType") == "Bundle":
             await self.follow_pages(data)
         return data
@@ -96,13 +119,17 @@ class FhirServerSource(DataSource):
         if not isinstance(entries, list):
             raise SourceError("a searchset Bundle has an entry that is not an array")
         while url and pages < self.max_pages:
-            page = await self._get(urljoin(self.base_url, url))
+            page = await self._get(url)
             pages += 1
             if page is None or page.get("resourceType") != "Bundle":
                 break
-            entries.extend(page.get("entry") or [])
+            more = page.get("entry")
+            if isinstance(more, list):
+                entries.extend(more)
             url = next_link(page)
-        bundle["link"] = [ln for ln in bundle.get("link") or [] if ln.get("relation") != "next"]
+        links = bundle.get("link")
+        bundle["link"] = [ln for ln in links if not (isinstance(ln, dict) and ln.get("relation") == "next")] \
+            if isinstance(links, list) else []
         if url:
             bundle["_truncated"] = True
         return pages

@@ -18,7 +18,7 @@ from cds_service.hooks import HookCall
 from cds_service.record import PatientRecord
 from cds_service.sources.base import SourceError
 from cds_service.sources.bundle import fill_tokens
-from cds_service.sources.fhir_server import FhirServerSource, next_link
+from cds_service.sources.fhir_server import FhirServerSource, gather_all, next_link
 from cds_service.sources.prefetch import PrefetchSource
 
 
@@ -101,9 +101,9 @@ async def gather(
             optional_tasks = {k: asyncio.ensure_future(source.fetch_one(q)) for k, q in optional.items()}
             try:
                 async with asyncio.timeout(deadline):
-                    fetched, _ = await asyncio.gather(
+                    fetched, _ = await gather_all(
                         source.fetch(missing),
-                        asyncio.gather(*(source.follow_pages(b) for b in paged)),
+                        gather_all(*(source.follow_pages(b) for b in paged)),
                     )
                     if optional_tasks:
                         await asyncio.wait(optional_tasks.values(),
@@ -121,6 +121,10 @@ async def gather(
                 for task in optional_tasks.values():
                     if not task.done():
                         task.cancel()
+                    elif not task.cancelled():
+                        task.exception()  # mark a failure as seen: it is reported as "not available"
+                    elif not task.cancelled():
+                        task.exception()  # retrieved, so asyncio does not log it (and its URL) later
                 stats.fhir_requests = source.requests_made
                 stats.fhir_seconds = time.perf_counter() - started
             values.update(fetched)

@@ -16,14 +16,15 @@ from cds_service.sources.base import DataSource
 
 def _is_outcome_only(value: dict[str, Any]) -> bool:
     """A Bundle that holds nothing but OperationOutcome entries with search.mode 'error'."""
-    entries = value.get("entry") or []
-    if not entries:
+    entries = value.get("entry")
+    if not isinstance(entries, list) or not entries:  # a non-array entry is refused by the caller (400)
         return False
     for e in entries:
         res = e.get("resource") if isinstance(e, dict) else None
         if not isinstance(res, dict) or res.get("resourceType") != "OperationOutcome":
             return False
-        mode = (e.get("search") or {}).get("mode")
+        search = e.get("search")
+        mode = search.get("mode") if isinstance(search, dict) else None
         if mode == "outcome":  # Epic's "no results" marker inside an otherwise valid searchset
             return False
     return True

@@ -1,0 +1,66 @@
+"""Authentication of CDS clients (EHRs) by their signed JWT; on when CDS_TRUSTED_ISSUERS is set.
+
+``install`` builds the :class:`Authenticator` that ``app.py`` calls for discovery, service and feedback
+requests. See docs/security.md for the trust model and configuration.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cds_service import logs
+from cds_service.auth.issuers import FhirBase, IssuerConfig, IssuerConfigError, parse_trusted_issuers
+from cds_service.auth.jwks import JwksCache
+from cds_service.auth.verify import Authenticator, AuthUnavailable, TrustedClient
+from cds_service.replay import make_replay_cache
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from cds_service.config import Settings
+
+__all__ = [
+    "AuthUnavailable",
+    "Authenticator",
+    "FhirBase",
+    "IssuerConfig",
+    "IssuerConfigError",
+    "TrustedClient",
+    "install",
+    "parse_trusted_issuers",
+]
+
+log = logs.get_logger("cds_service.auth")
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    if not settings.trusted_issuers:
+        return  # no-issuer mode: cds-service serve refuses a non-loopback bind unless --insecure
+    issuers = parse_trusted_issuers(settings.trusted_issuers)
+    redis = None
+    if settings.redis_url:
+        from cds_service.replay.redis import connect
+
+        redis = connect(settings.redis_url)
+    jwks = JwksCache(lambda: app.state.http, redis=redis)
+    replay = make_replay_cache(settings, redis)
+    app.state.authenticator = Authenticator(
+        issuers,
+        jwks,
+        replay,
+        leeway_seconds=settings.jwt_leeway_seconds,
+        public_base_url=settings.public_base_url,
+    )
+
+    async def _close(_app: FastAPI) -> None:
+        await replay.close()
+        if redis is not None:
+            await redis.aclose()
+
+    app.state.shutdown_hooks.append(_close)
+    if not settings.public_base_url:
+        log.warning("public_base_url_unset",
+                    detail="JWT aud is checked against the request's own Host header; set CDS_PUBLIC_BASE_URL "
+                           "to the URL the EHR calls")
+    log.info("auth_enabled", issuers=sorted(issuers), replay_cache="redis" if redis else "memory",
+             jwks_cache="redis" if redis else "memory")

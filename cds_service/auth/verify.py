@@ -1,0 +1,264 @@
+"""Verify the CDS client's JWT (CDS Hooks 2.0.1 "Security and Safety"; shared/spec/NOTES.md §1.9).
+
+Order of checks: cheap header and claim checks on the still-unverified token first (so an expired or
+misaddressed token never costs a JWKS fetch), then the signature with a key from an allowed JWKS (which
+re-checks exp/iat/nbf on the now-authentic claims), and the ``jti`` replay check last, so only tokens
+with a valid signature are ever recorded. Every refusal is :class:`Unauthorized` whose reason is logged
+by the app and never sent to the caller; the token itself is never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+import orjson
+from starlette.requests import Request
+
+from cds_service.auth.issuers import IssuerConfig
+from cds_service.auth.jwks import ALLOWED_ALGORITHMS, JwksCache, JwksUnavailable, KeyRefused
+from cds_service.errors import ServiceError, Unauthorized
+from cds_service.replay import ReplayCache, ReplayCacheUnavailable
+
+MAX_TOKEN_CHARS = 16 * 1024
+MAX_JTI_CHARS = 256
+MAX_KID_CHARS = 256
+# The sandbox mints 300 s tokens; Epic's are short-lived too. A longer lifetime would pin its jti in the
+# replay cache for that long, so anything over an hour is refused as implausible.
+MAX_LIFETIME_SECONDS = 3600
+_REQUIRED = ("iss", "aud", "exp", "iat", "jti")
+
+
+class AuthUnavailable(ServiceError):
+    """A dependency of authentication (JWKS endpoint, replay cache) is down: fail closed, retryable."""
+
+    status, code = 503, "transient"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("Authentication is temporarily unavailable; try again shortly.")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TrustedClient:
+    """The authenticated caller; ``fhir_allowed`` is its FHIR-server allow-list."""
+
+    issuer: str
+    jti: str
+    config: IssuerConfig
+
+    def fhir_allowed(self, url: str) -> bool:
+        return self.config.fhir_allowed(url)
+
+
+def _b64decode(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """For log reasons: attacker-chosen header values, bounded (never the token)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def normalise_url(url: str) -> str | None:
+    """scheme://host[:port]/path with scheme and host lower-cased and the default port dropped."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if scheme not in ("http", "https") or not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port in (None, {"http": 80, "https": 443}[scheme]) else f"{host}:{port}"
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{scheme}://{netloc}{parts.path}{query}"
+
+
+class Authenticator:
+    def __init__(
+        self,
+        issuers: dict[str, IssuerConfig],
+        jwks: JwksCache,
+        replay: ReplayCache,
+        *,
+        leeway_seconds: int = 30,
+        public_base_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.issuers = issuers
+        self.jwks = jwks
+        self.replay = replay
+        self.leeway = leeway_seconds
+        self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
+        self._clock = clock
+
+    def expected_audience(self, request: Request, path: str) -> str:
+        """The exact URL the client called, as it saw it.
+
+        Behind a proxy the service cannot see that URL, so CDS_PUBLIC_BASE_URL (which may include a
+        path prefix) is used. Without it the request's own scheme and Host are used; uvicorn honours
+        X-Forwarded-Proto from trusted proxies only.
+        """
+        if self.public_base_url:
+            return self.public_base_url + path
+        root = request.scope.get("root_path", "") or ""
+        return f"{request.url.scheme}://{request.url.netloc}{root.rstrip('/')}{path}"
+
+    async def authenticate(self, request: Request, path: str) -> TrustedClient:
+        token = self._bearer(request)
+        raw_header, claims = self._split(token)
+        header = self._header(raw_header)
+        alg, kid = header["alg"], header["kid"]
+        self._required(claims)
+        issuer = self._issuer(claims)
+        jku = header.get("jku")
+        if jku is not None and jku not in issuer.jwks_urls:
+            raise Unauthorized(f"jku {_short(jku, 200)} is not an allowed JWKS URL for issuer {issuer.issuer!r}")
+        self._check_audience(claims.get("aud"), self.expected_audience(request, path))
+        now = self._clock()
+        self._check_times(claims, now)
+        jti = claims["jti"]
+        if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_CHARS:
+            raise Unauthorized("jti must be a non-empty string of at most 256 characters")
+
+        try:
+            key = await self.jwks.key(issuer, kid, alg, jku)
+        except KeyRefused as exc:
+            raise Unauthorized(f"key {_short(kid)} refused: {exc}") from exc
+        except JwksUnavailable as exc:
+            raise AuthUnavailable(f"JWKS unavailable for issuer {issuer.issuer!r}") from exc
+        if key is None:
+            raise Unauthorized(f"unknown kid {_short(kid)} for issuer {issuer.issuer!r}")
+        verified = self._verify_signature(token, key, alg, issuer.issuer)
+        # Both parses read the same signed bytes; a difference would mean a parser disagreement
+        # (duplicate keys, odd numbers) that an attacker could exploit, so refuse rather than pick one.
+        if any(verified.get(c) != claims.get(c) for c in _REQUIRED):
+            raise Unauthorized("claims parse differently; refused")
+        claims = verified
+
+        ttl = int(float(claims["exp"]) - now) + self.leeway + 1
+        try:
+            replayed = await self.replay.seen(jti, issuer.issuer, ttl)
+        except ReplayCacheUnavailable as exc:
+            raise AuthUnavailable(f"replay cache unavailable ({exc})") from exc
+        if replayed:
+            raise Unauthorized(f"replayed jti from issuer {issuer.issuer!r}")
+        return TrustedClient(issuer=issuer.issuer, jti=jti, config=issuer)
+
+    # ------------------------------------------------------------------ steps
+    @staticmethod
+    def _bearer(request: Request) -> str:
+        value = request.headers.get("authorization")
+        if not value:
+            raise Unauthorized("no Authorization header")
+        scheme, _, token = value.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("Authorization is not a Bearer token")
+        if len(token) > MAX_TOKEN_CHARS:
+            raise Unauthorized(f"token longer than {MAX_TOKEN_CHARS} characters")
+        return token
+
+    @staticmethod
+    def _split(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Header and claims of the still-unverified token, parsed once.
+
+        PyJWT's own parser checks the base64 alphabet character by character in Python (~100 µs per
+        parse); it runs once, in the final verifying ``jwt.decode``, which re-parses strictly.
+        """
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise Unauthorized("malformed JWT (not three segments)")
+        try:
+            header = orjson.loads(_b64decode(parts[0]))
+            claims = orjson.loads(_b64decode(parts[1]))
+        except (ValueError, binascii.Error) as exc:
+            raise Unauthorized(f"malformed JWT ({type(exc).__name__})") from exc
+        if not isinstance(header, dict) or not isinstance(claims, dict):
+            raise Unauthorized("malformed JWT (header or payload is not a JSON object)")
+        return header, claims
+
+    @staticmethod
+    def _header(header: dict[str, Any]) -> dict[str, Any]:
+        alg = header.get("alg")
+        if alg not in ALLOWED_ALGORITHMS:  # no "none", no HMAC, nothing weaker or unexpected
+            raise Unauthorized(f"alg {_short(alg)} is not accepted (ES384 or RS384 only)")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not 0 < len(kid) <= MAX_KID_CHARS:
+            raise Unauthorized("kid is missing")
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
+            raise Unauthorized(f"typ {_short(typ)} is not JWT")
+        if "crit" in header:  # we implement no JWS extensions, so a critical one cannot be honoured
+            raise Unauthorized("crit header parameters are not supported")
+        jku = header.get("jku")
+        if jku is not None and not isinstance(jku, str):
+            raise Unauthorized("jku is not a string")
+        return header
+
+    @staticmethod
+    def _required(claims: dict[str, Any]) -> None:
+        missing = [c for c in _REQUIRED if c not in claims]
+        if missing:
+            raise Unauthorized(f"missing claim(s) {', '.join(missing)}")
+
+    def _issuer(self, claims: dict[str, Any]) -> IssuerConfig:
+        iss = claims["iss"]
+        issuer = self.issuers.get(iss) if isinstance(iss, str) else None
+        if issuer is None:
+            raise Unauthorized(f"issuer {_short(iss, 200)} is not trusted")
+        return issuer
+
+    @staticmethod
+    def _check_audience(aud: Any, expected: str) -> None:
+        values = [aud] if isinstance(aud, str) else aud
+        if not isinstance(values, list) or not values or not all(isinstance(a, str) for a in values):
+            raise Unauthorized("aud must be a string or an array of strings")
+        want = normalise_url(expected)
+        if want is None or not any(normalise_url(a) == want for a in values):
+            raise Unauthorized(f"aud does not name this endpoint ({expected})")
+
+    def _check_times(self, claims: dict[str, Any], now: float) -> None:
+        try:
+            exp, iat = float(claims["exp"]), float(claims["iat"])
+            nbf = float(claims["nbf"]) if "nbf" in claims else None
+        except (TypeError, ValueError) as exc:
+            raise Unauthorized("exp, iat and nbf must be numbers") from exc
+        if not all(math.isfinite(v) for v in (exp, iat, nbf or 0.0)):  # Python's json reads NaN/Infinity
+            raise Unauthorized("exp, iat and nbf must be finite numbers")
+        if exp + self.leeway <= now:
+            raise Unauthorized("token expired")
+        if iat - self.leeway > now:
+            raise Unauthorized("iat is in the future")
+        if nbf is not None and nbf - self.leeway > now:
+            raise Unauthorized("token not yet valid (nbf)")
+        if exp - iat > MAX_LIFETIME_SECONDS:
+            raise Unauthorized(f"token lifetime longer than {MAX_LIFETIME_SECONDS} s")
+
+    def _verify_signature(self, token: str, key: jwt.PyJWK, alg: str, issuer: str) -> dict[str, Any]:
+        try:
+            return jwt.decode(
+                token,
+                key=key,
+                algorithms=[alg],  # one of ALLOWED_ALGORITHMS, and equal to the key's bound algorithm
+                issuer=issuer,
+                leeway=self.leeway,
+                options={"require": list(_REQUIRED), "verify_aud": False, "verify_sub": False,
+                         "enforce_minimum_key_length": True},
+            )
+        except jwt.InvalidSignatureError as exc:
+            raise Unauthorized("signature does not verify") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"token refused ({type(exc).__name__})") from exc

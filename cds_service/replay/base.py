@@ -1,0 +1,26 @@
+"""The replay-cache interface: remember each JWT ``jti`` for as long as its token could be replayed.
+
+CDS Hooks best practice: a service stores the ``jti`` of every accepted token for the token's lifetime
+and refuses a second token with the same ``jti``. The check must be an atomic add-if-absent, or two
+concurrent requests carrying the same token could both pass.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+
+class ReplayCacheUnavailable(Exception):
+    """The cache could not answer (e.g. Redis is down). Callers fail closed (503), never open."""
+
+
+class ReplayCache(ABC):
+    @abstractmethod
+    async def seen(self, jti: str, issuer: str, ttl_seconds: int) -> bool:
+        """Atomically record ``(issuer, jti)`` for ``ttl_seconds``; True if it was already recorded.
+
+        The issuer is part of the key: two issuers may pick the same ``jti`` independently.
+        """
+
+    async def close(self) -> None:  # noqa: B027 - optional hook; most caches hold nothing to release
+        """Release connections (called at application shutdown)."""

@@ -107,18 +107,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _install_extensions(app: FastAPI, settings: Settings) -> None:
-    """Optional parts that live in their own modules (auth, audit, metrics, preview)."""
-    import importlib
+    """The parts beside the request path, each in its own module with an ``install(app, settings)``."""
+    from cds_service import audit, auth, metrics, preview
 
-    for name in ("cds_service.auth", "cds_service.audit", "cds_service.metrics", "cds_service.preview"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        if hasattr(module, "install"):  # DEV-TRANSITION: made strict once every extension has landed
-            module.install(app, settings)
+    for module in (auth, audit, metrics, preview):
+        module.install(app, settings)
 
 
 # --------------------------------------------------------------------------- errors
@@ -126,7 +119,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:
         if exc.status == 401:
-            log.warning("auth_refused", reason=getattr(exc, "reason", "unknown"), path=request.url.path)
+            reason = getattr(exc, "reason", "unknown")
+            log.warning("auth_refused", reason=reason, path=request.url.path)
+            metrics = getattr(request.app.state, "metrics", None)
+            if metrics is not None:
+                from cds_service.auth.verify import reason_category
+
+                metrics.auth_failed(reason_category(reason))
         elif exc.status == 503 and hasattr(exc, "reason"):  # auth.AuthUnavailable: JWKS or replay cache down
             log.error("auth_unavailable", reason=exc.reason, path=request.url.path)
         elif exc.status >= 400:

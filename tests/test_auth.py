@@ -604,3 +604,13 @@ def test_serve_warns_when_workers_would_not_share_the_replay_cache(serve, monkey
     result = invoke("--workers", "2", env={"CDS_TRUSTED_ISSUERS": json.dumps(trusted())})
     assert result.exit_code == 0
     assert "replay cache" in result.output and runs[0]["workers"] == 2
+
+
+def test_auth_failures_are_counted_by_a_bounded_reason(client, keys):
+    """Metric labels never carry caller-chosen text (kid, iss): only a fixed category."""
+    assert call(client, keys.token(iss="https://attacker.example/" + "x" * 50)).status_code == 401
+    assert call(client, keys.token(aud="https://elsewhere.example/cds-services/x")).status_code == 401
+    text = client.get("/metrics").text
+    assert 'cds_auth_failures_total{reason="untrusted-issuer"} 1.0' in text
+    assert 'cds_auth_failures_total{reason="wrong-audience"} 1.0' in text
+    assert "attacker.example" not in text

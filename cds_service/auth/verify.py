@@ -262,3 +262,40 @@ class Authenticator:
             raise Unauthorized("signature does not verify") from exc
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"token refused ({type(exc).__name__})") from exc
+
+
+# Metric labels must come from a small fixed set: the reasons above embed caller-controlled text
+# (kid, iss, alg), which would otherwise become unbounded (and attacker-chosen) label values.
+_REASON_CATEGORIES = (
+    ("no Authorization header", "missing-token"),
+    ("Authorization is not a Bearer", "not-bearer"),
+    ("token longer", "malformed"),
+    ("malformed JWT", "malformed"),
+    ("alg ", "bad-alg"),
+    ("kid is missing", "bad-kid"),
+    ("unknown kid", "bad-kid"),
+    ("key ", "bad-kid"),
+    ("typ ", "bad-header"),
+    ("crit ", "bad-header"),
+    ("jku", "bad-jku"),
+    ("missing claim", "bad-claims"),
+    ("jti must", "bad-claims"),
+    ("claims parse", "bad-claims"),
+    ("aud must", "bad-claims"),
+    ("exp, iat", "bad-claims"),
+    ("issuer ", "untrusted-issuer"),
+    ("aud does not", "wrong-audience"),
+    ("token expired", "expired"),
+    ("iat is in the future", "not-yet-valid"),
+    ("token not yet valid", "not-yet-valid"),
+    ("token lifetime", "lifetime-too-long"),
+    ("replayed jti", "replayed-jti"),
+    ("signature does not verify", "bad-signature"),
+)
+
+
+def reason_category(reason: str) -> str:
+    for prefix, category in _REASON_CATEGORIES:
+        if reason.startswith(prefix):
+            return category
+    return "other"

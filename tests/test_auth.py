@@ -608,9 +608,14 @@ def test_serve_warns_when_workers_would_not_share_the_replay_cache(serve, monkey
 
 def test_auth_failures_are_counted_by_a_bounded_reason(client, keys):
     """Metric labels never carry caller-chosen text (kid, iss): only a fixed category."""
+    import re
+
+    def count(reason: str) -> float:  # the registry is process-wide: compare before and after
+        m = re.search(rf'cds_auth_failures_total{{reason="{reason}"}} ([0-9.]+)', client.get("/metrics").text)
+        return float(m.group(1)) if m else 0.0
+
+    before = count("untrusted-issuer"), count("wrong-audience")
     assert call(client, keys.token(iss="https://attacker.example/" + "x" * 50)).status_code == 401
     assert call(client, keys.token(aud="https://elsewhere.example/cds-services/x")).status_code == 401
-    text = client.get("/metrics").text
-    assert 'cds_auth_failures_total{reason="untrusted-issuer"} 1.0' in text
-    assert 'cds_auth_failures_total{reason="wrong-audience"} 1.0' in text
-    assert "attacker.example" not in text
+    assert (count("untrusted-issuer"), count("wrong-audience")) == (before[0] + 1, before[1] + 1)
+    assert "attacker.example" not in client.get("/metrics").text

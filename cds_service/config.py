@@ -32,7 +32,7 @@ class Settings(BaseSettings):
 
     # --- FHIR fallback
     # One deadline for all prefetch fallback queries of a request (seconds).
-    fhir_deadline_seconds: float = 0.8
+    fhir_deadline_seconds: float = 0.5
     fhir_max_pages: int = 5
     fhir_page_size: int = 100
 

@@ -155,3 +155,11 @@ def test_ivig_suggestion_uses_site_rxnorm_when_configured(tmp_path, monkeypatch)
     codes = [cd["code"] for cd in c.suggestions[0].actions[0].resource["medicationCodeableConcept"]["coding"]]
     assert codes == ["999001", "J06BA02"]
     assert IVIG  # builder constant used by the scenarios
+
+
+def test_readme_lists_every_threshold_with_its_default():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = markdown_table()
+    rows = table[table.index("| setting |"):].rstrip("\n")
+    start, end = "<!-- thresholds:start -->\n", "\n<!-- thresholds:end -->"
+    assert readme[readme.index(start) + len(start):readme.index(end)] == rows

@@ -18,7 +18,7 @@ from store_support import PG_URL, PgSchema, db_url, postgres_unavailable  # noqa
 from cds_service.config import Settings
 from cds_service.store import CardRow, FeedbackRow, StoreError, open_store
 from cds_service.store.base import NO_REASON, UNKNOWN_RULE
-from cds_service.store.migrate import head_revision
+from cds_service.store.migrate import HEAD, head_revision
 from cds_service.store.pseudonym import SECRET_FILE, load_secret, patient_key
 from cds_service.store.schema import cards, feedback
 
@@ -223,3 +223,8 @@ def test_generated_secret_is_private_and_survives_restarts(tmp_path):
 def test_configured_secret_wins_and_writes_no_file(tmp_path):
     assert load_secret("from-the-environment", tmp_path) == b"from-the-environment"
     assert not (tmp_path / SECRET_FILE).exists()
+
+
+def test_head_constant_matches_the_migration_scripts():
+    """Start-up skips Alembic when the database is at HEAD; a new migration must move HEAD too."""
+    assert HEAD == head_revision()

@@ -11,20 +11,25 @@ import asyncio
 import contextlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# The newest revision in migrations/versions (tests/test_store.py checks it against Alembic's view).
+# Start-up compares the database with it and imports Alembic (~0.2 s) only when there is work to do.
+HEAD = "0001"
 # Arbitrary but fixed: every instance must take the same advisory lock.
 PG_LOCK_KEY = 0x4E53_4344_5301
 
 
 def alembic_config(url: str | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     if url:
@@ -33,6 +38,8 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
@@ -63,8 +70,22 @@ def _lock_path(engine: AsyncEngine) -> Path | None:
     return db.with_name(db.name + ".migrate.lock") if db else None
 
 
+async def _at_head(engine: AsyncEngine) -> bool:
+    try:
+        async with engine.connect() as conn:
+            row = (await conn.execute(text("SELECT version_num FROM alembic_version"))).first()
+    except Exception:  # noqa: BLE001 - no table yet (new database) or any doubt: let Alembic decide
+        return False
+    return row is not None and row[0] == HEAD
+
+
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    if revision == "head" and await _at_head(engine):
+        return
+
     def _run(sync_conn) -> None:
+        from alembic import command
+
         cfg = alembic_config()
         cfg.attributes["connection"] = sync_conn
         command.upgrade(cfg, revision)
@@ -78,6 +99,8 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
 
 async def current_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as conn:
+        from alembic.runtime.migration import MigrationContext
+
         return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
 
 
@@ -85,6 +108,8 @@ async def autogenerate(engine: AsyncEngine, message: str) -> None:
     """For developers: write a new migration from the difference between schema.py and the database."""
 
     def _run(sync_conn) -> None:
+        from alembic import command
+
         cfg = alembic_config()
         cfg.attributes["connection"] = sync_conn
         command.revision(cfg, message=message, autogenerate=True)

@@ -32,9 +32,50 @@ async def read_limited(request: Request, limit: int) -> bytes:
 def check_bounds(value: Any, max_depth: int, max_array: int) -> None:
     """Refuse documents nested deeper than ``max_depth`` or with an array longer than ``max_array``.
 
-    Iterative (no recursion limit to hit) and only visits containers, so a 50 KB request costs
-    tens of microseconds.
+    Iterative (no recursion limit to hit) and only descends into containers. Level by level: the
+    containers of one depth are kept as two lists (objects, arrays), so the depth is a counter and the
+    loop over every value does one ``type()`` and one or two identity tests, with no per-container
+    ``(node, depth)`` tuple. About 30 % faster than a stack walk (bench/engine_micro.py); a scan of the
+    raw bytes (strings stripped with replace/translate/split, nesting by repeated regex collapse) and
+    itertools pipelines were measured slower than either.
     """
+    t = type(value)
+    if t is dict:
+        dicts, lists = [value], []
+    elif t is list:
+        dicts, lists = [], [value]
+    else:  # not a container: what the stack walk did with it (parse_json only passes objects)
+        _check_bounds_walk(value, max_depth, max_array)
+        return
+    depth = 1
+    while dicts or lists:
+        if depth > max_depth:
+            raise BadRequest(f"JSON nesting deeper than {max_depth} levels is not accepted.")
+        next_dicts: list[dict[str, Any]] = []
+        next_lists: list[list[Any]] = []
+        add_dict, add_list = next_dicts.append, next_lists.append
+        for node in dicts:
+            for v in node.values():
+                t = type(v)
+                if t is dict:
+                    add_dict(v)
+                elif t is list:
+                    add_list(v)
+        for node in lists:
+            if len(node) > max_array:
+                raise BadRequest(f"A JSON array longer than {max_array} items is not accepted.")
+            for v in node:
+                t = type(v)
+                if t is dict:
+                    add_dict(v)
+                elif t is list:
+                    add_list(v)
+        dicts, lists = next_dicts, next_lists
+        depth += 1
+
+
+def _check_bounds_walk(value: Any, max_depth: int, max_array: int) -> None:
+    """The stack walk check_bounds used to be; kept for a root that is not a container."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     pop, push = stack.pop, stack.append
     while stack:

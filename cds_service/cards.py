@@ -11,8 +11,8 @@ with ``selectionBehavior: any`` and a uuid on the card and on every suggestion.
 from __future__ import annotations
 
 import functools
+import os
 import re
-import uuid
 from typing import Any
 
 from . import models
@@ -53,7 +53,10 @@ def spec_for(rule_id: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------- templates
 class _ThresholdView:
-    """``{t.name}`` in templates: the threshold value formatted for people."""
+    """``{t.name}`` in templates: the threshold value formatted for people.
+
+    A view lives for one ``render_all`` call (the thresholds do not change meanwhile); a formatted value
+    is kept on the instance, so the next ``{t.name}`` is a plain attribute read."""
 
     def __init__(self, th: Thresholds) -> None:
         self._th = th
@@ -61,27 +64,41 @@ class _ThresholdView:
     def __getattr__(self, name: str) -> str:
         value = getattr(self._th, name)
         if isinstance(value, bool):
-            return "yes" if value else "no"
-        if isinstance(value, int | float):
-            return fmt(float(value), 2)
-        return str(value)
+            text = "yes" if value else "no"
+        elif isinstance(value, int | float):
+            text = fmt(float(value), 2)
+        else:
+            text = str(value)
+        self.__dict__[name] = text
+        return text
 
 
-def fill(template: str, values: dict[str, Any], th: Thresholds) -> str:
+def _mapping(values: dict[str, Any], th: Thresholds, view: _ThresholdView | None = None) -> dict[str, Any]:
+    """What a template is formatted with: lists joined, floats formatted, ``t`` the threshold view."""
     mapping = dict(values)
-    mapping["t"] = _ThresholdView(th)
+    mapping["t"] = view if view is not None else _ThresholdView(th)
     for k, v in list(mapping.items()):
         if isinstance(v, list):
             mapping[k] = ", ".join(str(x) for x in v)
         elif isinstance(v, float):
             mapping[k] = fmt(v)
-    return template.format_map(mapping).strip()
+    return mapping
 
 
-def fit_summary(template: str, values: dict[str, Any], th: Thresholds, prefix: str = "") -> str:
-    """Fill the summary; shorten list values ("+N more") until it is under 140 characters."""
+def fill(template: str, values: dict[str, Any], th: Thresholds) -> str:
+    return template.format_map(_mapping(values, th)).strip()
+
+
+def fit_summary(template: str, values: dict[str, Any], th: Thresholds, prefix: str = "",
+                mapping: dict[str, Any] | None = None) -> str:
+    """Fill the summary; shorten list values ("+N more") until it is under 140 characters.
+
+    ``mapping``: ``_mapping(values, th)`` when the caller has it already (render fills several templates
+    with the same values)."""
+    text = prefix + (template.format_map(mapping).strip() if mapping is not None else fill(template, values, th))
+    if len(text) <= MAX_SUMMARY:  # the usual case: nothing to shorten
+        return text
     values = dict(values)
-    text = prefix + fill(template, values, th)
     lists = [k for k, v in values.items() if isinstance(v, list) and v]
     while len(text) > MAX_SUMMARY and lists:
         k = max(lists, key=lambda key: len(values[key]))
@@ -99,11 +116,35 @@ def fit_summary(template: str, values: dict[str, Any], th: Thresholds, prefix: s
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
+_MD_TOUCHED = re.compile(r"[\\`*_\[\]<>#|\n]")  # what md_escape changes: the specials and newlines
+_MD_TABLE = str.maketrans({c: "\\" + c for c in "\\`*_[]<>#|"} | {"\n": " "})
 
 
 def md_escape(text: str) -> str:
-    """Escape EHR-supplied text before it goes into Markdown (no links/HTML from the record)."""
-    return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
+    """Escape EHR-supplied text before it goes into Markdown (no links/HTML from the record).
+
+    A backslash before each of ``\\`*_[]<>#|`` and newlines as spaces. Most fact texts have none of
+    them: one regex scan answers that, and only the others pay for the ``str.translate`` pass. Short
+    strings are memoised (fact labels and values repeat from request to request)."""
+    if type(text) is str and len(text) <= 256:
+        return _md_escape_memo(text)
+    return _md_escape(str(text))
+
+
+def _md_escape(text: str) -> str:
+    return text if _MD_TOUCHED.search(text) is None else text.translate(_MD_TABLE)
+
+
+_md_escape_memo = functools.lru_cache(maxsize=4096)(_md_escape)
+
+
+def _uuid4() -> str:
+    """``str(uuid.uuid4())`` without the UUID object: 16 random bytes with the version-4 and RFC 4122
+    variant bits set, formatted 8-4-4-4-12 in lower-case hex."""
+    n = int.from_bytes(os.urandom(16), "big")
+    n = (n & ~(0xF000 << 64) | (4 << 76)) & ~(0xC000 << 48) | (0x8000 << 48)
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 # ------------------------------------------------------------------------------------------- resources
@@ -125,13 +166,13 @@ def _num(value: str) -> float | int:
 
 
 def build_resource(sug: dict[str, Any], values: dict[str, Any], facts: Facts, th: Thresholds,
-                   label: str) -> dict[str, Any]:
+                   label: str, mapping: dict[str, Any] | None = None) -> dict[str, Any]:
     rtype = sug.get("resourceType", "MedicationRequest")
     codings = _coding(sug["code"])
     display = codings[0].get("display") or label
     subject = {"reference": facts.patient_ref}
     if rtype == "ServiceRequest":
-        return {"resourceType": "ServiceRequest", "id": str(uuid.uuid4()), "status": "draft", "intent": "order",
+        return {"resourceType": "ServiceRequest", "id": _uuid4(), "status": "draft", "intent": "order",
                 "code": {"coding": codings, "text": display}, "subject": subject}
     if sug["code"].get("system") == "ivig":
         display = "Immune globulin G (human), intravenous (IVIG)"
@@ -140,20 +181,22 @@ def build_resource(sug: dict[str, Any], values: dict[str, Any], facts: Facts, th
     if route in _ROUTES:
         code, disp = _ROUTES[route]
         dosage["route"] = {"coding": [{"system": SYSTEM_URI["SNOMED"], "code": code, "display": disp}]}
+    if mapping is None:
+        mapping = _mapping(values, th)
     timing = sug.get("timing")
     if isinstance(timing, dict):
         rep = {}
         for k, v in timing.items():
-            rep[k] = _num(fill(v, values, th)) if isinstance(v, str) and "{" in v else v
+            rep[k] = _num(v.format_map(mapping).strip()) if isinstance(v, str) and "{" in v else v
         dosage["timing"] = {"repeat": rep}
     dose = sug.get("dose")
     if isinstance(dose, dict):
         unit = dose.get("unit", "mg")
-        dosage["doseAndRate"] = [{"doseQuantity": {"value": _num(fill(str(dose["value"]), values, th)),
+        dosage["doseAndRate"] = [{"doseQuantity": {"value": _num(str(dose["value"]).format_map(mapping).strip()),
                                                     "unit": unit, "system": UCUM, "code": unit}}]
     return {
         "resourceType": "MedicationRequest",
-        "id": str(uuid.uuid4()),
+        "id": _uuid4(),
         "status": "draft",
         "intent": "order",
         "medicationCodeableConcept": {"coding": codings, "text": display},
@@ -163,26 +206,42 @@ def build_resource(sug: dict[str, Any], values: dict[str, Any], facts: Facts, th
 
 
 # ------------------------------------------------------------------------------------------- cards
-def render(fired: Fired, facts: Facts, th: Thresholds) -> models.Card:
+# The source and override reasons of a card come from the card texts, the same for every request: they
+# are validated once (keyed by their content) and the validated models are shared by the cards, which
+# pydantic accepts without validating them again. Nothing mutates a card after rendering.
+@functools.lru_cache(maxsize=64)
+def _source_model(label: str, url: str) -> models.Source:
+    return models.Source.model_validate({"label": label, "url": url})
+
+
+@functools.lru_cache(maxsize=64)
+def _override_models(system: str, reasons: tuple[tuple[str, str], ...]) -> tuple[models.OverrideReason, ...]:
+    return tuple(models.OverrideReason.model_validate({"code": code, "system": system, "display": display})
+                 for code, display in reasons)
+
+
+def render(fired: Fired, facts: Facts, th: Thresholds, *, _view: _ThresholdView | None = None) -> models.Card:
     lib = card_library()
-    spec = dict(spec_for(fired.rule_id))
+    spec = spec_for(fired.rule_id)  # read only; copied below before a variant is merged in
     if fired.variant:
+        spec = dict(spec)
         variant = (spec.get("variants") or {}).get(fired.variant)
         if variant is None:
             raise CardSpecError(f"{fired.rule_id}: no variant {fired.variant!r}")
         spec.update(variant)
     values = dict(fired.values)
     values.setdefault("ns_status", facts.ns_status)
+    mapping = _mapping(values, th, _view)  # one mapping for every template of this card (values do not change)
     cond = lib["_conditional"]
     prefix = cond["summary_prefix"] if fired.conditional else ""
-    summary = fit_summary(spec["summary"], values, th, prefix)
+    summary = fit_summary(spec["summary"], values, th, prefix, mapping)
 
     evidence = spec["evidence"]
     src = lib["_sources"][spec.get("source") or evidence["source"]]
     parts: list[str] = []
     if fired.conditional:
-        parts.append(fill(cond["detail"], values, th))
-    parts.append(fill(spec.get("detail", ""), values, th))
+        parts.append(cond["detail"].format_map(mapping).strip())
+    parts.append(spec.get("detail", "").format_map(mapping).strip())
     parts.append(f"**{lib.get('_evidence_heading', 'Evidence level')}:** {evidence['level']}. "
                  f"Source: {src['citation']}.")
     if fired.facts:
@@ -193,44 +252,47 @@ def render(fired: Fired, facts: Facts, th: Thresholds) -> models.Card:
         parts.append("\n".join(lines))
     detail = "\n\n".join(p for p in parts if p)
 
+    # The card is validated once as a whole (one pydantic call instead of one per nested object: same
+    # models, same checks, a third of the cost).
     suggestions = []
     for sug in spec.get("suggestions") or ():
         if sug.get("key") not in fired.suggestions:
             continue
-        label = fill(sug["label"], values, th)
-        resource = build_resource(sug, values, facts, th, label)
-        suggestions.append(models.Suggestion(label=label, uuid=str(uuid.uuid4()), actions=[
-            models.Action(type="create", description=label, resource=resource)]))
+        label = sug["label"].format_map(mapping).strip()
+        resource = build_resource(sug, values, facts, th, label, mapping)
+        suggestions.append({"label": label, "uuid": _uuid4(),
+                            "actions": [{"type": "create", "description": label, "resource": resource}]})
 
     indicator = spec["indicator"]
     override = None
     if indicator in ("warning", "critical"):
         ors = lib["_override_reasons"]
         system = ors["system"]
-        override = [models.OverrideReason(code=r["code"], system=system, display=r["display"])
-                    for r in ors["sets"][spec.get("override_reasons") or "default"]]
-    links = [models.Link(label=lk["label"], url=lk["url"], type="absolute") for lk in spec.get("links") or ()]
+        override = list(_override_models(system, tuple(
+            (r["code"], r["display"]) for r in ors["sets"][spec.get("override_reasons") or "default"])))
+    links = [{"label": lk["label"], "url": lk["url"], "type": "absolute"} for lk in spec.get("links") or ()]
     extension = {
         models.RULE_ID_EXTENSION: fired.rule_id,
         models.EVIDENCE_EXTENSION: {"level": evidence["level"], "citation": src["citation"], "url": src["url"]},
         models.FACTS_EXTENSION: [fr.as_dict() for fr in fired.facts],
     }
-    return models.Card(
-        uuid=str(uuid.uuid4()),
-        summary=summary,
-        detail=detail,
-        indicator=indicator,
-        source=models.Source(label=src["label"], url=src["url"]),
-        suggestions=suggestions or None,
-        selectionBehavior="any" if suggestions else None,
-        overrideReasons=override,
-        links=links or None,
-        extension=extension,
-    )
+    return models.Card.model_validate({
+        "uuid": _uuid4(),
+        "summary": summary,
+        "detail": detail,
+        "indicator": indicator,
+        "source": _source_model(src["label"], src["url"]),
+        "suggestions": suggestions or None,
+        "selectionBehavior": "any" if suggestions else None,
+        "overrideReasons": override,
+        "links": links or None,
+        "extension": extension,
+    })
 
 
 def render_all(fired: list[Fired], facts: Facts, th: Thresholds) -> list[models.Card]:
-    cards = [render(f, facts, th) for f in fired]
+    view = _ThresholdView(th)  # shared by this call's cards: each threshold is formatted once
+    cards = [render(f, facts, th, _view=view) for f in fired]
     cards.sort(key=lambda c: models.INDICATOR_RANK[c.indicator])  # stable: rule order within a rank
     return cards
 

@@ -82,10 +82,15 @@ class Context:
     stage: StageResult
     hook: str
     th: Thresholds
+    # computed once per evaluation (the rules only read the facts): six safety rules ask for the same orders
+    _orders: list[PlannedOrder] | None = field(default=None, repr=False)
+    _ig: list[PlannedOrder] | None = field(default=None, repr=False)
 
     @property
     def orders(self) -> list[PlannedOrder]:
-        return self.facts.the_orders
+        if self._orders is None:
+            self._orders = self.facts.the_orders
+        return list(self._orders)
 
     @property
     def ladder_trigger(self) -> bool:
@@ -327,6 +332,12 @@ def rule_ivig_indications(ctx: Context) -> list[Fired]:
 
 
 def _ig_context(ctx: Context) -> list[PlannedOrder]:
+    if ctx._ig is None:
+        ctx._ig = _ig_orders(ctx)
+    return list(ctx._ig)  # a copy: a rule may not change what the next one sees
+
+
+def _ig_orders(ctx: Context) -> list[PlannedOrder]:
     f = ctx.facts
     if ctx.hook not in ORDER_HOOKS:
         return []

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .resources import data_path
 
 SNOMED = "SNOMED"
@@ -264,10 +266,33 @@ _GROUP_CLASS = {"glucocorticoid": GC, "second-line": SECOND_LINE, "third-line-an
                 "other-biologic": RITUXIMAB, "ivig": IG, "scig": IG}
 
 
+# Memo limits. A text or concept beyond these sizes is matched without the memo: hostile input (megabyte
+# texts, thousands of distinct codes) can neither grow memory nor evict much; the memos are cleared whole
+# when full (cheap, and a steady service refills them with the few hundred codes it really sees).
+MEMO_MAX_ENTRIES = 4096
+MEMO_MAX_TEXT = 256  # characters of a text memoised by itself
+MEMO_MAX_KEY = 1024  # bytes of a concept memoised by its JSON content (concept_key)
+
+
 def ingredient_from_text(text: str) -> Ingredient | None:
-    """The first ingredient named in ``text`` (generic or brand name at the start of a word)."""
+    """The first ingredient named in ``text`` (generic or brand name at the start of a word).
+
+    Memoised by the exact text (it depends on nothing else): the word scan is the costliest step of
+    matching a medication, and the same product names come back in every request.
+    """
     if not text:
         return None
+    if type(text) is str and len(text) <= MEMO_MAX_TEXT:
+        return _ingredient_from_text_memo(text)
+    return _ingredient_from_text(text)
+
+
+@functools.lru_cache(maxsize=MEMO_MAX_ENTRIES)
+def _ingredient_from_text_memo(text: str) -> Ingredient | None:
+    return _ingredient_from_text(text)
+
+
+def _ingredient_from_text(text: str) -> Ingredient | None:
     words = _WORD_RE.findall(text.lower())
     for n, word in enumerate(words):
         candidates = (word, word + words[n + 1]) if n + 1 < len(words) else (word,)
@@ -308,7 +333,7 @@ class Hit:
     via: str  # "code" | "prefix" | "atc" | "text"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)  # frozen: memoised results are shared between callers
 class ConceptMatch:
     names: frozenset[str]  # value sets confirmed for this concept (DECISIONS 13 applied)
     hits: tuple[Hit, ...]
@@ -320,6 +345,8 @@ class ConceptMatch:
     def drug_class(self) -> str | None:
         if self.ingredient is not None and self.ingredient.drug_class:
             return self.ingredient.drug_class
+        if not self.names:  # most concepts of a record: nothing to look up
+            return None
         for group, cls in _GROUP_CLASS.items():
             if group in self.names:
                 return cls
@@ -338,13 +365,29 @@ _EMPTY = ConceptMatch(frozenset(), ())
 @dataclass
 class Terminology:
     entries: list[Entry] = field(default_factory=list)
-    ivig_rxnorm: set[str] = field(default_factory=set)
+    ivig_rxnorm: frozenset[str] = frozenset()  # immutable: changed only by add_ivig_rxnorm (memos depend on it)
     _exact: dict[tuple[str, str], list[Entry]] = field(default_factory=dict)
     _prefix: dict[tuple[str, str], list[Entry]] = field(default_factory=dict)
     _max_prefix: int = 0
+    # Memos of results that depend on this registry (see :meth:`match` and :meth:`memo`). They live on the
+    # instance, so a registry built with other site codes never sees another's results, and they are
+    # emptied whenever the registry changes (:meth:`add`, :meth:`add_ivig_rxnorm`).
+    _match_memo: dict[bytes, ConceptMatch] = field(default_factory=dict, repr=False, compare=False)
+    _med_memo: dict[bytes, ConceptMatch] = field(default_factory=dict, repr=False, compare=False)
+    _memos: dict[str, dict[Any, Any]] = field(default_factory=dict, repr=False, compare=False)
+    # the ivig_rxnorm the memos were made with: a reassigned attribute empties them (identity check, ~free)
+    _memo_ivig: frozenset[str] | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ building
+    def clear_caches(self) -> None:
+        self._match_memo.clear()
+        self._med_memo.clear()
+        for memo in self._memos.values():
+            memo.clear()
+        self._memo_ivig = self.ivig_rxnorm
+
     def add(self, entry: Entry) -> None:
+        self.clear_caches()
         self.entries.append(entry)
         key = (entry.system, entry.code)
         if entry.prefix:
@@ -388,10 +431,46 @@ class Terminology:
             hits.append(Hit("ivig", sys, c, "site IVIG product", True, "code"))
         return hits
 
+    def add_ivig_rxnorm(self, code: str) -> None:
+        self.ivig_rxnorm = self.ivig_rxnorm | {code}
+        self.clear_caches()
+
+    def memo(self, name: str) -> dict[Any, Any]:
+        """A memo dict named ``name`` for results derived from this registry (emptied when the registry
+        changes, and here when full). Callers key it with :func:`concept_key`, store only results that
+        depend on nothing but the key and this registry, and keep it under :data:`MEMO_MAX_ENTRIES`."""
+        if self.ivig_rxnorm is not self._memo_ivig:
+            self.clear_caches()
+        memo = self._memos.get(name)
+        if memo is None:
+            memo = self._memos[name] = {}
+        elif len(memo) >= MEMO_MAX_ENTRIES:
+            memo.clear()
+        return memo
+
     def match(self, concept: Any, *, medication: bool = False) -> ConceptMatch:
-        """Value sets a CodeableConcept belongs to (DECISIONS 13 enforced)."""
+        """Value sets a CodeableConcept belongs to (DECISIONS 13 enforced).
+
+        Memoised per registry by the concept's JSON content (:func:`concept_key`): the same concepts come
+        back in every request, and the result depends on nothing else. Results are frozen, so sharing is safe.
+        """
         if not isinstance(concept, dict):
             return _EMPTY
+        key = concept_key(concept)
+        if key is None:
+            return self._match(concept, medication)
+        if self.ivig_rxnorm is not self._memo_ivig:
+            self.clear_caches()
+        memo = self._med_memo if medication else self._match_memo
+        m = memo.get(key)
+        if m is None:
+            m = self._match(concept, medication)
+            if len(memo) >= MEMO_MAX_ENTRIES:
+                memo.clear()
+            memo[key] = m
+        return m
+
+    def _match(self, concept: dict[str, Any], medication: bool) -> ConceptMatch:
         hits: list[Hit] = []
         texts: list[str] = []
         t = concept.get("text")
@@ -512,7 +591,7 @@ def _load_extra(term: Terminology, path: str) -> None:
         term.add(Entry(raw["group"], sys, norm_code(sys, raw["code"]), str(raw.get("display") or ""),
                        bool(raw.get("verified", True)), prefix=bool(raw.get("prefix", sys == ATC))))
     for code in doc.get("ivig_rxnorm") or []:
-        term.ivig_rxnorm.add(str(code).strip())
+        term.add_ivig_rxnorm(str(code).strip())
 
 
 def build_terminology(extra_codes: str | None = None) -> Terminology:
@@ -533,6 +612,40 @@ def build_terminology(extra_codes: str | None = None) -> Terminology:
 @functools.lru_cache(maxsize=1)
 def get_terminology() -> Terminology:
     return build_terminology(os.environ.get("CDS_EXTRA_CODES") or None)
+
+
+# Non-JSON Python values (datetime, dataclass, str/int/dict subclasses) make orjson raise: no key, no memo.
+_KEY_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def concept_key(concept: dict[str, Any]) -> bytes | None:
+    """Memo key of a CodeableConcept: its exact JSON content (orjson), or None (do not memoise).
+
+    Everything the memoised functions read is in the content, and the content tells ``1``, ``1.0``,
+    ``true`` and ``"1"`` apart (Python's ``1 == True`` would not). Serialising is C code: cheaper than
+    building a tuple key in Python. No key for a value that is not plain JSON (orjson raises), for a key
+    longer than :data:`MEMO_MAX_KEY`, or for a ``coding`` that is neither an array nor absent.
+
+    One blur remains: orjson writes NaN and infinities as ``null`` (a JSON body cannot carry them, but a
+    record built in Python can). The memoised readers treat a non-finite number exactly like ``null``
+    wherever it can sit (text, system, code and display are read only as strings or ints; a non-array
+    element of ``coding`` is skipped) except as ``coding`` itself, which is therefore excluded here.
+    """
+    codings = concept.get("coding")
+    if codings is not None and type(codings) is not list:
+        return None
+    try:
+        key = orjson.dumps(concept, option=_KEY_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError: not plain JSON (or nested too deep)
+        return None
+    return key if len(key) <= MEMO_MAX_KEY else None
+
+
+def clear_caches() -> None:
+    """Empty the module-level memo and the memos of the loaded registry (benchmarks: cold-cache figures)."""
+    _ingredient_from_text_memo.cache_clear()
+    if get_terminology.cache_info().currsize:
+        get_terminology().clear_caches()
 
 
 def concept_codes(concept: Any, system: str) -> list[str]:

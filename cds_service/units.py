@@ -71,8 +71,39 @@ def convert(value: Any, code: str | None, kind: str) -> Converted:
     return Converted(float(value) * f, target, shown)
 
 
+_MEMO: dict[tuple[Any, ...], Converted] = {}
+_MEMO_MAX = 4096
+_MEMO_MAX_TEXT = 64
+
+
 def convert_quantity(quantity: Any, kind: str) -> Converted:
-    """Convert a FHIR Quantity dict (``valueQuantity``) of the given kind."""
+    """Convert a FHIR Quantity dict (``valueQuantity``) of the given kind.
+
+    Memoised by (kind, value and its type, code, unit) for plain numbers and short string units: the
+    result (frozen) depends on nothing else. Zero is left out because ``-0.0 == 0.0`` but prints apart.
+    """
+    if type(quantity) is dict:
+        value, code, unit = quantity.get("value"), quantity.get("code"), quantity.get("unit")
+        vt = type(value)
+        if (vt is float or vt is int) and value \
+                and (code is None or type(code) is str and len(code) <= _MEMO_MAX_TEXT) \
+                and (unit is None or type(unit) is str and len(unit) <= _MEMO_MAX_TEXT):
+            key = (kind, vt, value, code, unit)
+            conv = _MEMO.get(key)
+            if conv is None:
+                conv = _convert_quantity(quantity, kind)
+                if len(_MEMO) >= _MEMO_MAX:
+                    _MEMO.clear()
+                _MEMO[key] = conv
+            return conv
+    return _convert_quantity(quantity, kind)
+
+
+def clear_caches() -> None:
+    _MEMO.clear()
+
+
+def _convert_quantity(quantity: Any, kind: str) -> Converted:
     if not isinstance(quantity, dict):
         return Converted(None, _FACTORS[kind][0], "", "no valueQuantity")
     code = quantity.get("code")

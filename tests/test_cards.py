@@ -163,3 +163,18 @@ def test_readme_lists_every_threshold_with_its_default():
     rows = table[table.index("| setting |"):].rstrip("\n")
     start, end = "<!-- thresholds:start -->\n", "\n<!-- thresholds:end -->"
     assert readme[readme.index(start) + len(start):readme.index(end)] == rows
+
+
+def test_markdown_escape_and_card_uuids():
+    import uuid
+
+    from cds_service.cards import _uuid4
+
+    assert md_escape("a_b [x](y) <b>\nnext") == "a\\_b \\[x\\](y) \\<b\\> next"
+    assert md_escape("plain text") == "plain text"
+    assert md_escape(12.5) == "12.5"
+    ids = {_uuid4() for _ in range(2000)}
+    assert len(ids) == 2000
+    for s in list(ids)[:200]:
+        u = uuid.UUID(s)
+        assert str(u) == s and u.version == 4 and u.variant == uuid.RFC_4122

@@ -265,3 +265,45 @@ def test_synthea_records_build_without_exceptions(path):
     f = build_facts(rec)
     assert f.age is not None and f.sex in ("male", "female")
     assert f.ns_status == "none"  # none of these patients has sarcoidosis
+
+
+# ----------------------------------------------------------------------------- memos and the validation cache
+def test_same_record_twice_gives_the_same_facts_from_warm_caches():
+    from cds_service import facts as facts_mod
+
+    def build():
+        bad = weight(70, oid="weight-bad")
+        bad["interpretation"] = "H"  # invalid FHIR: the cached outcome must still skip it with a note
+        rec = record(patient(), ns(), creatinine(1.0), bad, weight(71, days_ago=5),
+                     med_statement("p", PREDNISONE, dose=40), obs("iga", "2458-8", 4, "mg/dL"))
+        return rec, build_facts(rec)
+
+    facts_mod.clear_caches()
+    cold_rec, cold = build()
+    warm_rec, warm = build()
+    assert repr(cold) == repr(warm)
+    assert cold_rec.notes == warm_rec.notes and any("weight-bad" in n for n in warm_rec.notes)
+    assert warm.weight is not None and warm.weight.value == 71
+
+
+def test_validation_cache_is_bounded_in_entries_and_bytes(monkeypatch):
+    from cds_service import facts as facts_mod
+
+    facts_mod.clear_caches()
+    monkeypatch.setattr(facts_mod, "_VALIDATION_CACHE_MAX", 20)
+    monkeypatch.setattr(facts_mod, "_VALIDATION_CACHE_MAX_BYTES", 20_000)
+    for i in range(200):
+        note = {"text": "n" * 2_000}
+        facts_of(patient(), ns(f"ns-{i}", note=[note]))
+    assert len(facts_mod._VALIDATION_CACHE) <= 20
+    assert sum(len(k) for k in facts_mod._VALIDATION_CACHE) <= 20_000
+    facts_mod.clear_caches()
+
+
+def test_obscure_observation_codes_still_found_by_text_and_site_codes():
+    anti = obs("anti-1", "99999-9", 1, "1", valueString="positive", code={"text": "Anti-IgA antibody"})
+    del anti["valueQuantity"]  # one value[x] only
+    f = facts_of(patient(), ns(), anti)
+    assert [x.reference for x in f.anti_iga] == ["Observation/anti-1"]
+    # the same code again, answered from the memo
+    assert [x.reference for x in facts_of(patient(), ns(), anti).anti_iga] == ["Observation/anti-1"]

@@ -108,3 +108,55 @@ def test_site_extra_codes_without_editing_python(tmp_path, monkeypatch):
     ej.write_text(json.dumps([{"group": "heart-failure", "system": "http://snomed.info/sct", "code": "1111"}]))
     assert "heart-failure" in build_terminology(str(ej)).match(cc(SCT, "1111")).names
     assert "renal.dialysis" not in T.match(cc(ICD, "Z49.01")).names
+
+
+# --------------------------------------------------------------------------- memoised matching
+def test_memoised_match_tells_json_types_apart_and_equals_a_fresh_match():
+    from cds_service.terminology import concept_key
+
+    t = build_terminology()
+    concepts = [cc(ICD, "N18.4"), cc(SCT, "709489006"), cc(SCT, "709489006", "Small fiber neuropathy"),
+                {"coding": [{"system": RXN, "code": 1}]}, {"coding": [{"system": RXN, "code": True}]},
+                {"coding": [{"system": RXN, "code": "1"}]}, {"text": "prednisone 20 mg"}, {"text": "Hizentra"},
+                {"coding": {"system": ICD, "code": "N18.4"}}, {}]
+    assert len({concept_key(c) for c in concepts[3:6]}) == 3  # 1, true and "1" are different keys
+    for medication in (False, True):
+        for c in concepts * 2:  # the second pass answers from the memo
+            assert t.match(c, medication=medication) == t._match(c, medication)
+
+
+def test_memo_belongs_to_its_registry_and_site_codes_change_answers(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("ivig_rxnorm: ['7654321']\n")
+    concept = cc(RXN, "7654321")
+    plain = build_terminology()
+    assert plain.match(concept, medication=True).drug_class is None  # memoised: not IVIG here
+    site = build_terminology(str(extra))
+    assert site.match(concept, medication=True).drug_class == IG  # another registry, its own memo
+    plain.add_ivig_rxnorm("7654321")  # a changed registry forgets what it matched
+    assert plain.match(concept, medication=True).drug_class == IG
+
+
+def test_memos_are_bounded(monkeypatch):
+    from cds_service import terminology
+
+    monkeypatch.setattr(terminology, "MEMO_MAX_ENTRIES", 50)
+    t = build_terminology()
+    for i in range(500):
+        t.match(cc(ICD, f"Z{i:04d}"))
+        terminology.ingredient_from_text(f"drug{i} tablet")
+    assert len(t._match_memo) <= 50
+    info = terminology._ingredient_from_text_memo.cache_info()
+    assert info.maxsize is not None and info.currsize <= info.maxsize
+    huge = {"text": "prednisone " + "x" * 5000}
+    assert t.match(huge, medication=True).ingredient.key == "prednisone"
+    assert terminology.concept_key(huge) is None  # too large to remember
+
+
+def test_concept_match_results_are_frozen():
+    import dataclasses
+
+    import pytest
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        T.match(cc(ICD, "N18.4")).names = frozenset()

@@ -33,3 +33,14 @@ def test_quantity_without_code_accepts_a_ucum_unit_text_only():
 
 def test_non_numeric_value():
     assert units.convert("70", "kg", "weight").value is None
+
+
+def test_memoised_conversion_keeps_types_and_signs_apart():
+    a = units.convert_quantity({"value": 1, "code": "mg/dL"}, "creatinine")
+    b = units.convert_quantity({"value": 1.0, "code": "mg/dL"}, "creatinine")
+    assert (a.original, b.original) == ("1 mg/dL", "1.0 mg/dL")
+    assert units.convert_quantity({"value": True, "code": "mg/dL"}, "creatinine").value is None
+    assert units.convert_quantity({"value": 0.0, "code": "kg"}, "weight").original == "0.0 kg"
+    assert units.convert_quantity({"value": -0.0, "code": "kg"}, "weight").original == "-0.0 kg"
+    assert units.convert_quantity({"value": 88.4, "code": "umol/L"}, "creatinine") == \
+        units.convert_quantity({"value": 88.4, "code": "umol/L"}, "creatinine")

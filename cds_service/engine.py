@@ -31,12 +31,85 @@ class Evaluation:
 
 def evaluate(record: PatientRecord, hook: str, *, thresholds: Thresholds | None = None) -> Evaluation:
     th = thresholds or get_thresholds()
+    try:
+        result = _evaluate(record, hook, th)
+    except Exception:  # noqa: BLE001 - malformed data the cheap checks let through: isolate it, then retry
+        cleaned = without_invalid_resources(record)
+        if cleaned is None:
+            raise
+        result = _evaluate(cleaned, hook, th)
+        record.notes[:] = cleaned.notes
+    _add_data_notes(result.cards, [*record.notes, *result.facts.notes])
+    return result
+
+
+def _evaluate(record: PatientRecord, hook: str, th: Thresholds) -> Evaluation:
     facts = build_facts(record, th)
     stage = compute_stage(facts, th)
     fired = run_rules(facts, stage, hook, th)
     cards = render_all(fired, facts, th)
     rule_ids = [str((c.extension or {}).get(models.RULE_ID_EXTENSION)) for c in cards]
     return Evaluation(cards=cards, facts=facts, stage=stage.stage, rule_ids=rule_ids, stage_detail=stage)
+
+
+def without_invalid_resources(record: PatientRecord) -> PatientRecord | None:
+    """A copy of ``record`` without the prefetched resources that are not valid FHIR R4, each one noted.
+
+    The rules read resources through cheap dict checks and validate only what they select, so a malformed
+    element elsewhere (``"coding": 5``) can still trip them. Rather than lose every card for one bad
+    resource, the full ``fhir.resources`` validation (costly, so only on this rare path) finds and drops
+    it. Draft orders are kept as they are: silently dropping the order being placed would hide its cards.
+    Returns None when nothing was dropped (the failure lies elsewhere).
+    """
+    from fhir.resources.R4B import get_fhir_model_class
+
+    def valid(res: dict) -> bool:
+        try:
+            get_fhir_model_class(res["resourceType"]).model_validate(res)
+        except KeyError:
+            return True  # a type the R4B package does not know: the rules do not read it either
+        except Exception:  # noqa: BLE001 - pydantic ValidationError, TypeError on junk shapes
+            return False
+        return True
+
+    cleaned = PatientRecord(patient_id=record.patient_id, now=record.now, notes=list(record.notes),
+                            draft_orders=record.draft_orders, selections=record.selections)
+    dropped = 0
+    if record.patient is not None:
+        if valid(record.patient):
+            cleaned.patient = record.patient
+        else:
+            dropped += 1
+            cleaned.notes.append("skipped the Patient resource: not valid FHIR R4 (age and sex unknown)")
+    for rtype, resources in record.resources.items():
+        keep = []
+        for res in resources:
+            if isinstance(res, dict) and valid(res):
+                keep.append(res)
+            else:
+                dropped += 1
+                rid = res.get("id") if isinstance(res, dict) else None
+                cleaned.notes.append(f"skipped {rtype}/{rid if isinstance(rid, str) else '?'}: not valid FHIR R4")
+        cleaned.resources[rtype] = keep
+    return cleaned if dropped else None
+
+
+MAX_DATA_NOTES = 6
+
+
+def _add_data_notes(cards: list[models.Card], notes: list[str]) -> None:
+    """Tell the clinician what could not be read: a skipped resource or an unavailable query can change
+    the advice, so it is said on the cards (never only in a log)."""
+    unique = list(dict.fromkeys(n for n in notes if n))
+    if not unique or not cards:
+        return
+    shown = unique[:MAX_DATA_NOTES]
+    more = len(unique) - len(shown)
+    text = "\n\n**Data notes (what could not be read):**\n\n" + "\n".join(f"- {n}" for n in shown)
+    if more:
+        text += f"\n- … and {more} more"
+    for card in cards:
+        card.detail = (card.detail or "") + text
 
 
 def warm_up() -> None:

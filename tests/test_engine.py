@@ -132,3 +132,40 @@ def test_junk_values_in_any_field_never_raise():
         ms = med_statement("j", PREDNISONE, dose={"timing": {"repeat": junk}, "doseAndRate": [{"doseQuantity": junk}],
                                                   "route": junk})
         evaluate(ns_patient(ms, drafts=[ivig_order()]), "order-sign")
+
+
+def _fixture_record(extra_condition=None, drop_optional=False):
+    import asyncio
+    import json
+    from pathlib import Path
+
+    from cds_service.discovery import SERVICES
+    from cds_service.evaluate import build_request
+    from cds_service.hooks import parse_call
+    from cds_service.sources.gather import gather
+
+    bundle = json.loads((Path(__file__).resolve().parents[1] / "fixtures/fhir/19-ivig-renal-egfr-48.json").read_text())
+    req = build_request(bundle, "order-select")
+    if extra_condition:
+        req["prefetch"]["conditions"]["entry"].append({"resource": extra_condition})
+    if drop_optional:
+        for key in ("allergies", "devices", "medicationAdministrations"):
+            req["prefetch"].pop(key)
+    call = parse_call(SERVICES["neurosarcoidosis-order-select"], req)
+    return asyncio.run(gather(call, http=None, deadline=1))
+
+
+def test_one_malformed_resource_is_skipped_and_said_not_fatal():
+    """A Condition the cheap checks let through but the rules trip on: the other cards still come, and the
+    clinician is told what was skipped."""
+    junk = {"resourceType": "Condition", "id": "junk-1", "subject": {"reference": "Patient/pt-19"},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "230193008"}]},
+            "clinicalStatus": {"coding": 5}}
+    ev = evaluate(_fixture_record(junk), "order-select")
+    assert {"ivig.safety.renal", "ivig.dose", "stage.s3r-gc-refractory"} <= set(ev.rule_ids)
+    assert all("skipped Condition/junk-1: not valid FHIR R4" in c.detail for c in ev.cards)
+
+
+def test_unavailable_optional_data_is_said_on_the_cards():
+    ev = evaluate(_fixture_record(drop_optional=True), "order-select")
+    assert ev.cards and all("prior immune globulin reactions" in c.detail for c in ev.cards)

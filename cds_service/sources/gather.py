@@ -31,6 +31,18 @@ class GatherStats:
     fhir_failed: bool = False
 
 
+# What a clinician loses when an optional key is missing (said on the cards via the record notes).
+_OPTIONAL_MEANING = {
+    "allergies": "allergies (prior immune globulin reactions)",
+    "medicationAdministrations": "medication administrations (infusion-centre therapy)",
+    "devices": "devices (central venous catheters)",
+}
+
+
+def describe_optional(keys) -> str:
+    return ", ".join(_OPTIONAL_MEANING.get(k, k) for k in sorted(keys))
+
+
 def queries_for(call: HookCall) -> dict[str, str]:
     ctx = dict(call.body.context)
     # Ids come from the caller: percent-encoded, so "../x" or "1&_include=..." cannot change the query.
@@ -84,7 +96,7 @@ async def gather(
             if paged:
                 record.notes.append("prefetch was paginated but no fhirServer was given; later pages not read")
             if optional:
-                record.notes.append("not available: " + ", ".join(sorted(optional)))
+                record.notes.append("not sent by the EHR: " + describe_optional(optional))
         elif fhir_allowed is not None and not fhir_allowed(server):
             raise PreconditionFailed(
                 "The fhirServer in the request is not on this service's allow-list for the calling client, "
@@ -136,7 +148,7 @@ async def gather(
                 else:
                     unavailable.append(key)
             if unavailable:
-                record.notes.append("not available from the FHIR server: " + ", ".join(sorted(unavailable)))
+                record.notes.append("not available from the FHIR server: " + describe_optional(unavailable))
             stats.fetched = len(fetched)
     if prefetch.failed:
         record.notes.append("the EHR reported failed prefetch for " + ", ".join(prefetch.failed))

@@ -235,3 +235,18 @@ def test_bundle_source_reads_by_id():
     src = BundleSource([{"resourceType": "Patient", "id": "p1"}], "p1")
     assert src.answer({"patient": "Patient/p1", "missing": "Patient/p2"}) == {
         "patient": {"resourceType": "Patient", "id": "p1"}, "missing": None}
+
+
+def test_record_tolerates_junk_entries_and_keeps_order_and_dedupes():
+    from cds_service.record import PatientRecord
+
+    rec = PatientRecord(patient_id="p1")
+    rec.add({"resourceType": "Bundle", "entry": [
+        "junk", {"resource": 5}, {"resource": condition("c1"), "search": "weird"},
+        {"resource": {"resourceType": "OperationOutcome"}, "search": {"mode": "outcome"}},
+        {"resource": condition("c1")}, {"resource": {"resourceType": "Patient", "id": "p1"}},
+        {"resource": {"resourceType": "Bundle", "entry": [{"resource": condition("c2")}]}},
+        {"resource": {"id": "no-type"}},
+    ]})
+    assert [c["id"] for c in rec.resources["Condition"]] == ["c1", "c2"]
+    assert rec.patient["id"] == "p1" and any("without resourceType" in n for n in rec.notes)

@@ -136,6 +136,7 @@ def h2load(url: str, body: Path, conc: int, duration: float, logfile: Path, head
            "-H", "content-type: application/json", f"--log-file={logfile}", url]
     for h in headers:
         cmd[-1:-1] = ["-H", h]
+    logfile.unlink(missing_ok=True)  # h2load appends to an existing log: stale runs would join the percentiles
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     lines = logfile.read_text().splitlines() if logfile.exists() else []
     return parse_h2load(proc.stdout + proc.stderr, lines)

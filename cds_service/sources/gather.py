@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,6 @@ from cds_service.errors import PreconditionFailed
 from cds_service.hooks import HookCall
 from cds_service.record import PatientRecord
 from cds_service.sources.base import SourceError
-from cds_service.sources.bundle import fill_tokens
 from cds_service.sources.fhir_server import FhirServerSource, gather_all, next_link
 from cds_service.sources.prefetch import PrefetchSource
 
@@ -43,23 +43,30 @@ def describe_optional(keys) -> str:
     return ", ".join(_OPTIONAL_MEANING.get(k, k) for k in sorted(keys))
 
 
+_TOKEN = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_.]*)\s*\}\}")
+_USER_TOKENS = {"Practitioner": "userPractitionerId", "PractitionerRole": "userPractitionerRoleId",
+                "Patient": "userPatientId", "RelatedPerson": "userRelatedPersonId"}
+
+
 def queries_for(call: HookCall) -> dict[str, str]:
-    ctx = dict(call.body.context)
     # Ids come from the caller: percent-encoded, so "../x" or "1&_include=..." cannot change the query.
-    ctx["patientId"] = quote(call.patient_id, safe="")  # normalised: no "Patient/" prefix
-    user = call.user_id
-    for rtype in ("Practitioner", "PractitionerRole", "Patient", "RelatedPerson"):
-        if user.startswith(rtype + "/"):
-            ctx_token = "user" + rtype + "Id"
-            ctx[ctx_token] = quote(user.split("/", 1)[1], safe="")
-    out = {}
-    for key, template in PREFETCH.items():
-        q = fill_tokens(template, ctx)
-        for tok in ("userPractitionerId", "userPractitionerRoleId", "userPatientId", "userRelatedPersonId"):
-            if tok in ctx:
-                q = q.replace("{{" + tok + "}}", ctx[tok])
-        out[key] = q
-    return out
+    values = {"context.patientId": quote(call.patient_id, safe="")}  # normalised: no "Patient/" prefix
+    rtype, _, rid = call.user_id.partition("/")
+    if rtype in _USER_TOKENS and rid:
+        values[_USER_TOKENS[rtype]] = quote(rid, safe="")
+    context = call.body.context
+
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
+        if name in values:
+            return values[name]
+        if name.startswith("context."):
+            v = context.get(name[8:])
+            if isinstance(v, str | int | float | bool):  # only primitive context fields are tokens (2.0.1)
+                return quote(str(v), safe="")
+        return match.group(0)
+
+    return {key: _TOKEN.sub(fill, template) for key, template in PREFETCH.items()}
 
 
 async def gather(

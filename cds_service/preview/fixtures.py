@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-from importlib import resources as _ilr
 from pathlib import Path
 from typing import Any
 
 from cds_service.errors import NotFound
+from cds_service.resources import data_path
 
 # Fixture names become URL path segments and file names: keep them boring (no dots, no slashes).
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -20,13 +20,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 def fixtures_dir(kind: str = "fhir") -> Path:
     """``fixtures/<kind>`` (``fhir`` or ``expected``) of the installed package, else of the source tree."""
-    try:
-        packaged = _ilr.files("cds_service") / "fixtures" / kind
-        if packaged.is_dir():
-            return Path(str(packaged))
-    except (ModuleNotFoundError, TypeError):  # pragma: no cover - exotic loaders
-        pass
-    return Path(__file__).resolve().parents[2] / "fixtures" / kind
+    return data_path(f"fixtures/{kind}")
 
 
 def _read_expectation(folder: Path, name: str) -> dict[str, Any]:

@@ -191,3 +191,16 @@ def test_no_500_for_type_confusion(client):
         mutate(body)
         resp = client.post(SELECT, json=body)
         assert resp.status_code < 500, (resp.status_code, resp.text)
+
+
+def test_readme_curl_request_gets_the_cards_the_readme_promises(client):
+    """fixtures/requests/ivig-order-select.json is what README's curl example posts."""
+    from conftest import FIXTURES
+
+    body = load_json(FIXTURES / "requests" / "ivig-order-select.json")
+    resp = client.post(SELECT, json=body)
+    assert resp.status_code == 200
+    rules = {c["extension"]["org.neurosarcoidosis-cds.rule-id"]: c for c in resp.json()["cards"]}
+    expected = {"stage.s3r-gc-refractory", "ivig.safety.renal", "ivig.indication.steroid-resistant", "ivig.dose"}
+    assert expected <= set(rules)
+    assert "eGFR 48" in rules["ivig.safety.renal"]["summary"]

@@ -1,10 +1,9 @@
 import json
-import time
 from pathlib import Path
 
 import pytest
 
-from cds_service.engine import Evaluation, evaluate, warm_up
+from cds_service.engine import Evaluation, evaluate
 from cds_service.record import PatientRecord
 from tests.fhir_builders import (
     AMOXICILLIN,
@@ -61,18 +60,6 @@ def test_synthea_records_evaluate_without_exceptions(path, hook):
 def test_synthea_unrelated_order_gets_nothing():
     for path in SYNTHEA:
         assert evaluate(_synthea(path, [draft("a", AMOXICILLIN, dosage(500))]), "order-sign").cards == []
-
-
-def test_fast_after_warm_up():
-    warm_up()
-    rec = _synthea(SYNTHEA[0], [ivig_order()])
-    evaluate(rec, "order-sign")
-    n = 20
-    t0 = time.perf_counter()
-    for _ in range(n):
-        evaluate(rec, "order-sign")
-    per_call_ms = (time.perf_counter() - t0) / n * 1000
-    assert per_call_ms < 25  # generous bound for slow CI; typical is ~1 ms
 
 
 JUNK = (None, 7, "x", [], {}, True, [1], {"coding": "x"}, [{"coding": [{"code": 5}]}])

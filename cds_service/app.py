@@ -8,7 +8,6 @@ from __future__ import annotations
 import gc
 import time
 from contextlib import asynccontextmanager
-from datetime import datetime
 from typing import Any
 
 import httpx
@@ -25,7 +24,7 @@ from cds_service.body import read_json
 from cds_service.config import Settings, get_settings
 from cds_service.discovery import SERVICES, discovery_document
 from cds_service.errors import NotFound, ServiceError, outcome_response
-from cds_service.hooks import parse_call
+from cds_service.hooks import evaluation_time, parse_call
 from cds_service.models import (
     CDSResponse,
     DiscoveryResponse,
@@ -39,8 +38,6 @@ log = logs.get_logger("cds_service.app")
 
 JSON = "application/json"
 GC_THRESHOLDS = (50_000, 20, 100)
-# Only for development runs (auth off): fixtures pin "now" so their dates stay meaningful.
-EVALUATION_TIME_EXTENSION = "org.neurosarcoidosis-cds.evaluation-time"
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -194,7 +191,8 @@ def _install_routes(app: FastAPI) -> None:
             deadline=settings.fhir_deadline_seconds,
             max_pages=settings.fhir_max_pages,
             fhir_allowed=getattr(client, "fhir_allowed", None),
-            now=_evaluation_time(call.body.extension, settings),
+            # fixtures pin "now" so their dates stay meaningful; never honoured with authentication on
+            now=None if settings.auth_enabled else evaluation_time(call.body.extension),
             stats=stats,
         )
         cards = evaluate_cards(record, call.hook, call.hook_instance)
@@ -247,23 +245,6 @@ def parse_feedback(data: dict[str, Any]) -> list:
         return FeedbackRequest.model_validate(data).feedback
     except ValidationError as exc:
         raise BadRequest(f"Invalid feedback: {_describe(exc)}.") from exc
-
-
-def _evaluation_time(extension: dict[str, Any] | None, settings: Settings) -> datetime | None:
-    if not extension or settings.auth_enabled:
-        return None
-    value = extension.get(EVALUATION_TIME_EXTENSION)
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        from datetime import UTC
-
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed
 
 
 def evaluate_cards(record, hook: str, hook_instance: str) -> list:

@@ -6,12 +6,10 @@ import asyncio
 from typing import Any
 
 from cds_service.discovery import SERVICES
-from cds_service.hooks import parse_call
-from cds_service.models import CDSResponse, dump
+from cds_service.hooks import evaluation_time, parse_call
+from cds_service.models import EVALUATION_TIME_EXTENSION, CDSResponse, dump
 from cds_service.sources.bundle import request_from_bundle
 from cds_service.sources.gather import gather
-
-EVALUATION_TIME_EXTENSION = "org.neurosarcoidosis-cds.evaluation-time"
 
 
 def service_for(hook: str):
@@ -33,20 +31,10 @@ def build_request(bundle: dict[str, Any], hook: str, order: str | None = None) -
 
 
 async def evaluate_request_async(request: dict[str, Any], hook: str) -> dict[str, Any]:
-    from datetime import UTC, datetime
-
     from cds_service.app import evaluate_cards
 
     call = parse_call(service_for(hook), request)
-    now = None
-    ts = (request.get("extension") or {}).get(EVALUATION_TIME_EXTENSION)
-    if isinstance(ts, str):
-        try:
-            now = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-            if now.tzinfo is None:
-                now = now.replace(tzinfo=UTC)
-        except ValueError:
-            now = None
+    now = evaluation_time(request.get("extension"))
     record = await gather(call, http=None, deadline=1.0, now=now)
     cards = evaluate_cards(record, call.hook, call.hook_instance)
     return dump(CDSResponse(cards=cards))

@@ -12,13 +12,14 @@ by ``medicationReference``; ids longer than FHIR's 64 characters; ``Patient/`` (
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from cds_service.discovery import Service
 from cds_service.errors import BadRequest
-from cds_service.models import HookRequestBody
+from cds_service.models import EVALUATION_TIME_EXTENSION, HookRequestBody
 from cds_service.record import ORDER_TYPES
 
 # R4 elements that are arrays but some clients send as a single object.
@@ -51,6 +52,18 @@ def _describe(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__") or "request"
         parts.append(f"{loc}: {err.get('msg')}")
     return "; ".join(parts)
+
+
+def evaluation_time(extension: dict[str, Any] | None) -> datetime | None:
+    """The time a fixture request pins as "now" (request ``extension``), as an aware datetime, or None."""
+    value = (extension or {}).get(EVALUATION_TIME_EXTENSION)
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def last_segment(reference: str, rtype: str) -> str:

@@ -26,6 +26,8 @@ INDICATOR_RANK = {"critical": 0, "warning": 1, "info": 2}
 RULE_ID_EXTENSION = "org.neurosarcoidosis-cds.rule-id"  # stable id: feedback is analysed per rule
 EVIDENCE_EXTENSION = "org.neurosarcoidosis-cds.evidence"  # {"level": ..., "citation": ..., "url": ...}
 FACTS_EXTENSION = "org.neurosarcoidosis-cds.facts"  # [{"fact": ..., "value": ..., "reference": "Type/id"}]
+# Request extension, development only (ignored when authentication is on): pins "now" for fixtures.
+EVALUATION_TIME_EXTENSION = "org.neurosarcoidosis-cds.evaluation-time"
 
 
 def new_uuid() -> str:

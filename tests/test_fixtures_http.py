@@ -21,7 +21,6 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-import cds_service.app as app_module
 from cds_service.app import create_app
 from cds_service.config import Settings
 from cds_service.models import FACTS_EXTENSION, RULE_ID_EXTENSION
@@ -33,7 +32,7 @@ EXPECTED_DIR = ROOT / "expected"
 STEMS = [p.stem for p in sorted(FHIR_DIR.glob("*.json"))]
 SERVICE_IDS = {"order-select": "neurosarcoidosis-order-select", "order-sign": "neurosarcoidosis-order-sign"}
 # The request extension that pins "now" for fixtures (auth off only); Bundle.timestamp is "now".
-EVALUATION_TIME_EXTENSION = getattr(app_module, "EVALUATION_TIME_EXTENSION", "org.neurosarcoidosis-cds.evaluation-time")
+EVALUATION_TIME_EXTENSION = "org.neurosarcoidosis-cds.evaluation-time"  # the wire name, spelled out on purpose
 
 
 @pytest.fixture(scope="module")

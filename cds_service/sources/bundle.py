@@ -11,10 +11,10 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qsl
 
-from cds_service.discovery import PREFETCH
 from cds_service.errors import BadRequest
 from cds_service.record import ORDER_TYPES
 from cds_service.sources.base import DataSource
+from cds_service.sources.gather import prefetch_queries
 
 BUNDLE_TYPES = ("collection", "transaction", "searchset", "batch", "document", "message")
 _PATIENT_REFS = ("subject", "patient")
@@ -108,14 +108,6 @@ def _is_draft_order(res: dict[str, Any]) -> bool:
     return res["resourceType"] in ORDER_TYPES and res.get("status") == "draft"
 
 
-def fill_tokens(template: str, context: dict[str, Any]) -> str:
-    out = template
-    for key, value in context.items():
-        if isinstance(value, str | int | float | bool):
-            out = out.replace("{{context." + key + "}}", str(value))
-    return out
-
-
 def request_from_bundle(bundle: dict[str, Any], hook: str, order: str | None = None) -> dict[str, Any]:
     """Build the CDS Hooks request an EHR would send for ``bundle``.
 
@@ -153,7 +145,7 @@ def request_from_bundle(bundle: dict[str, Any], hook: str, order: str | None = N
         "entry": [{"resource": r} for r in drafts + medications],
     }
     source = BundleSource(resources, patient_id, {(r["resourceType"], r["id"]) for r in drafts})
-    queries = {k: fill_tokens(t, context) for k, t in PREFETCH.items()}
+    queries = prefetch_queries(context, patient_id, _FILLER_USER)
     return {
         "hookInstance": str(uuid.uuid4()),
         "hook": hook,

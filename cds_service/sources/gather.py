@@ -48,13 +48,13 @@ _USER_TOKENS = {"Practitioner": "userPractitionerId", "PractitionerRole": "userP
                 "Patient": "userPatientId", "RelatedPerson": "userRelatedPersonId"}
 
 
-def queries_for(call: HookCall) -> dict[str, str]:
+def prefetch_queries(context: dict[str, Any], patient_id: str, user_id: str) -> dict[str, str]:
+    """The discovery templates with their tokens filled (2.0.1: primitive context fields, user tokens)."""
     # Ids come from the caller: percent-encoded, so "../x" or "1&_include=..." cannot change the query.
-    values = {"context.patientId": quote(call.patient_id, safe="")}  # normalised: no "Patient/" prefix
-    rtype, _, rid = call.user_id.partition("/")
+    values = {"context.patientId": quote(patient_id, safe="")}  # normalised: no "Patient/" prefix
+    rtype, _, rid = user_id.partition("/")
     if rtype in _USER_TOKENS and rid:
         values[_USER_TOKENS[rtype]] = quote(rid, safe="")
-    context = call.body.context
 
     def fill(match: re.Match) -> str:
         name = match.group(1)
@@ -67,6 +67,10 @@ def queries_for(call: HookCall) -> dict[str, str]:
         return match.group(0)
 
     return {key: _TOKEN.sub(fill, template) for key, template in PREFETCH.items()}
+
+
+def queries_for(call: HookCall) -> dict[str, str]:
+    return prefetch_queries(call.body.context, call.patient_id, call.user_id)
 
 
 async def gather(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -96,6 +97,48 @@ def _check_bounds_walk(value: Any, max_depth: int, max_array: int) -> None:
                     push((v, depth + 1))
 
 
+# What is left of a JSON text once every byte that cannot open, close or separate a container is gone.
+_NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{},"')
+_STRING = re.compile(rb'"[^"]*"')
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)  # a backslash and the byte it escapes
+_ONE_BRACKET = bytes.maketrans(b"{}", b"[]")
+
+
+def check_raw_bounds(raw: bytes, max_depth: int, max_array: int) -> bool:
+    """The bounds check on the raw bytes of a document orjson has already accepted, at C speed.
+
+    Returns True when the document is within bounds, raises BadRequest when it is nested too deep, and
+    returns False when it cannot rule out an over-long array cheaply (the tree walk then decides).
+
+    Why it is exact: in valid JSON a backslash only occurs inside strings and starts a two-byte escape,
+    so dropping every backslash with the byte after it, left to right, leaves exactly the quotes that
+    delimit strings (multi-byte UTF-8 never contains an ASCII byte). Keeping only
+    ``[]{},"`` and removing adjacent ``""`` pairs either removes a whole string or merges two strings
+    with nothing structural between them; the few strings left (those holding brackets or commas) are
+    cut out by a regex over the short remainder. What stays is the container skeleton: each
+    ``replace("[]", "")`` (braces read as brackets) removes exactly one level, so the document is within
+    ``max_depth`` iff that many passes empty it. No array can hold more than ``max_array`` items when the
+    whole skeleton has fewer than ``max_array`` commas. About half the cost of walking the parsed tree
+    at 100 resources (~120 vs ~250 µs, bench/engine_micro.py); tests/test_body.py checks its verdicts
+    against the walk on documents built to confuse it.
+    """
+    s = raw
+    if b"\\" in s:
+        s = _ESCAPE.sub(b"", s)
+    s = s.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
+    if b'"' in s:
+        s = _STRING.sub(b"", s)
+    undecided_arrays = s.count(b",") >= max_array
+    s = s.translate(_ONE_BRACKET, b",")
+    for _ in range(max_depth):
+        if not s:
+            break
+        s = s.replace(b"[]", b"")
+    if s:
+        raise BadRequest(f"JSON nesting deeper than {max_depth} levels is not accepted.")
+    return not undecided_arrays
+
+
 def parse_json(raw: bytes, *, max_depth: int, max_array: int) -> dict[str, Any]:
     if not raw.strip():
         raise BadRequest("Request body is empty; a JSON object is required.")
@@ -105,7 +148,8 @@ def parse_json(raw: bytes, *, max_depth: int, max_array: int) -> dict[str, Any]:
         raise BadRequest(f"Request body is not valid JSON: {exc.msg} (at character {exc.pos}).") from exc
     if not isinstance(data, dict):
         raise BadRequest("Request body must be a JSON object.")
-    check_bounds(data, max_depth, max_array)
+    if not check_raw_bounds(raw, max_depth, max_array):  # only documents with many commas get here
+        check_bounds(data, max_depth, max_array)
     return data
 
 

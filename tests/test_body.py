@@ -78,3 +78,67 @@ def test_very_deep_document_is_refused_without_recursion():
     doc = nested(5_000)
     with pytest.raises(BadRequest, match="deeper than 64"):
         check_bounds(doc, max_depth=64, max_array=20_000)
+
+
+# --------------------------------------------------------------------------- the raw-bytes check
+_TRICKY = ['[', ']', '{', '}', ',', '"', '\\', '\\"', '\\\\', '"]', '[\\"', '\\\\"', 'é', '\u2028', '\x00', ':', ' ']
+
+
+def raw_outcome(raw: bytes, max_depth: int, max_array: int) -> str:
+    """The verdict parse_json reaches from the raw bytes (walk only when the raw check cannot decide)."""
+    try:
+        parse_json(raw, max_depth=max_depth, max_array=max_array)
+    except BadRequest as exc:
+        return "deep" if "nesting" in str(exc) else "array"
+    return "ok"
+
+
+def test_raw_check_agrees_with_the_tree_walk_whatever_the_strings_and_spacing():
+    """Strings full of brackets, quotes, commas and escapes, pretty-printed or compact: same verdicts."""
+    import json
+
+    rng = random.Random(5)
+
+    def text():
+        return "".join(rng.choice(_TRICKY) for _ in range(rng.randint(0, 6)))
+
+    def value(depth):
+        r = rng.random()
+        if depth > 9 or r < 0.35:
+            return rng.choice([0, text(), None, 2.5, False, text()])
+        if r < 0.65:
+            return [value(depth + 1) for _ in range(rng.randint(0, 6))]
+        return {text() + str(i): value(depth + 1) for i in range(rng.randint(0, 5))}
+
+    for n in range(3000):
+        doc = {"r": value(0), text(): text()}
+        raw = orjson.dumps(doc) if n % 2 else json.dumps(doc, indent=rng.choice([None, 1, 2]),
+                                                         ensure_ascii=bool(n % 3)).encode()
+        max_depth, max_array = rng.randint(1, 11), rng.randint(0, 40)
+        got, want = raw_outcome(raw, max_depth, max_array), outcome(_check_bounds_walk, doc, max_depth, max_array)
+        assert (got == "ok") == (want == "ok"), (raw, max_depth, max_array)
+        if want == "deep" and got != "ok":
+            assert got == "deep" or outcome(_check_bounds_walk, doc, 99, max_array) == "array"
+
+
+def test_raw_check_decides_typical_requests_without_walking_the_tree():
+    from cds_service.body import check_raw_bounds
+
+    doc = {"prefetch": {"b": {"entry": [{"resource": {"id": str(i), "code": {"text": "a, [b] {c}"}}}
+                                        for i in range(100)]}}}
+    assert check_raw_bounds(orjson.dumps(doc), 64, 20_000) is True
+    # so many commas that one array could be over the limit: the tree walk has to decide
+    assert check_raw_bounds(orjson.dumps({"a": list(range(30)), "b": list(range(30))}), 64, 40) is False
+    with pytest.raises(BadRequest, match="longer than 40"):
+        parse_json(orjson.dumps({"a": list(range(41))}), max_depth=64, max_array=40)
+
+
+def test_deep_nesting_hidden_behind_closing_brackets_in_a_string_is_refused():
+    # an attacker's "]]]]" inside a string must not cancel real nesting in the raw check
+    doc = {"x": "]]]]]]]]}}}}}}}}", "y": nested(10)}
+    with pytest.raises(BadRequest, match="deeper than 8"):
+        parse_json(orjson.dumps(doc), max_depth=8, max_array=100)
+    escaped = b'{"x": "\\\\\\"]]]]]]]]", "y": ' + orjson.dumps(nested(10)) + b"}"
+    assert orjson.loads(escaped)["x"] == '\\"]]]]]]]]'
+    with pytest.raises(BadRequest, match="deeper than 8"):
+        parse_json(escaped, max_depth=8, max_array=100)

@@ -190,6 +190,8 @@ def _install_routes(app: FastAPI) -> None:
             http=request.app.state.http,
             deadline=settings.fhir_deadline_seconds,
             max_pages=settings.fhir_max_pages,
+            max_depth=settings.max_json_depth,
+            max_array=settings.max_array_length,
             fhir_allowed=getattr(client, "fhir_allowed", None),
             # fixtures pin "now" so their dates stay meaningful; never honoured with authentication on
             now=None if settings.auth_enabled else evaluation_time(call.body.extension),

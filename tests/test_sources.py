@@ -250,3 +250,66 @@ def test_record_tolerates_junk_entries_and_keeps_order_and_dedupes():
     ]})
     assert [c["id"] for c in rec.resources["Condition"]] == ["c1", "c2"]
     assert rec.patient["id"] == "p1" and any("without resourceType" in n for n in rec.notes)
+
+
+# --------------------------------------------------------------------------- hostile FHIR answers
+def _source(max_bytes=1000, **kw):
+    from cds_service.sources.fhir_server import FhirServerSource
+
+    return FhirServerSource(httpx.AsyncClient(), FHIR, max_bytes=max_bytes, **kw)
+
+
+def test_oversized_fhir_answer_is_refused_while_streaming_without_reading_it_all():
+    from cds_service.sources.base import SourceError
+
+    sent = []
+
+    async def endless():
+        for _ in range(10_000):  # 10 MB if read to the end
+            sent.append(1)
+            yield b" " * 1024
+
+    with respx.mock as mock:
+        mock.get(url__startswith=FHIR).mock(return_value=httpx.Response(200, content=endless()))
+        with pytest.raises(SourceError, match="too large"):
+            run(_source(max_bytes=8 * 1024).fetch_one("Condition?patient=p1"))
+    assert len(sent) < 20  # stopped just past the cap, not after 10,000 chunks
+
+
+def test_fhir_answer_declaring_a_length_over_the_cap_is_refused_unread():
+    from cds_service.sources.base import SourceError
+
+    with respx.mock as mock:
+        mock.get(url__startswith=FHIR).mock(return_value=httpx.Response(
+            200, content=b"{}" * 1000, headers={"content-length": "2000"}))
+        with pytest.raises(SourceError, match="too large"):
+            run(_source(max_bytes=1000).fetch_one("Patient/p1"))
+
+
+def test_fhir_answer_within_the_cap_is_read_whole():
+    with respx.mock as mock:
+        mock.get(url__startswith=FHIR).mock(return_value=httpx.Response(200, json=searchset(condition("c1"))))
+        data = run(_source(max_bytes=10_000).fetch_one("Condition?patient=p1"))
+    assert data["entry"][0]["resource"]["id"] == "c1"
+
+
+def test_deeply_nested_fhir_answer_is_a_412_naming_the_bounds():
+    deep: dict = {"resourceType": "Patient", "id": "p1"}
+    node = deep
+    for _ in range(100):
+        node["extension"] = [{"url": "x"}]
+        node = node["extension"][0]
+    with respx.mock as mock:
+        mock.get(url__startswith=FHIR).mock(return_value=httpx.Response(200, json=deep))
+        with pytest.raises(PreconditionFailed, match="bounds"):
+            run(gather(call({k: v for k, v in FULL.items() if k != "patient"}), http=httpx.AsyncClient(),
+                       deadline=1))
+
+
+def test_fhir_answer_with_an_over_long_array_is_a_412():
+    big = searchset(*[condition(f"c{i}") for i in range(30)])
+    with respx.mock as mock:
+        mock.get(url__startswith=FHIR).mock(return_value=httpx.Response(200, json=big))
+        with pytest.raises(PreconditionFailed, match="longer than 20"):
+            run(gather(call({k: v for k, v in FULL.items() if k != "conditions"}), http=httpx.AsyncClient(),
+                       deadline=1, max_array=20))

@@ -2,8 +2,9 @@
 
 One shared ``httpx.AsyncClient`` (connection pooling) is passed in; keys are fetched in parallel and
 ``next`` pages followed up to a bound. Redirects are never followed and ``next`` links must stay on the
-FHIR server's own origin, so a hostile server cannot point us anywhere else. The caller puts one
-deadline around the whole fetch.
+FHIR server's own origin, so a hostile server cannot point us anywhere else. An answer is read as a
+stream and refused as soon as it passes the size cap, and it must keep the same JSON depth and array
+bounds as a request body. The caller puts one deadline around the whole fetch.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import orjson
 
+from cds_service.body import check_bounds, check_raw_bounds
+from cds_service.errors import BadRequest
 from cds_service.sources.base import DataSource, SourceError
 
 ACCEPT = "application/fhir+json, application/json;q=0.9"
@@ -55,6 +58,8 @@ class FhirServerSource(DataSource):
         *,
         max_pages: int = 5,
         max_bytes: int = 20 * 1024 * 1024,
+        max_depth: int = 64,
+        max_array: int = 20_000,
     ) -> None:
         self.client = client
         self.base_url = base_url.rstrip("/") + "/"
@@ -63,6 +68,8 @@ class FhirServerSource(DataSource):
             self.headers["Authorization"] = f"Bearer {access_token}"
         self.max_pages = max_pages
         self.max_bytes = max_bytes
+        self.max_depth = max_depth
+        self.max_array = max_array
         self.requests_made = 0
 
     async def fetch(self, queries: dict[str, str]) -> dict[str, Any]:
@@ -84,26 +91,45 @@ class FhirServerSource(DataSource):
         url = self._join(url)
         self.requests_made += 1
         try:
-            resp = await self.client.get(url, headers=self.headers, follow_redirects=False)
+            async with self.client.stream("GET", url, headers=self.headers, follow_redirects=False) as resp:
+                if resp.status_code == 404:
+                    return None  # a read of a resource that does not exist: known empty
+                if resp.status_code >= 300:
+                    raise SourceError(f"the FHIR server answered HTTP {resp.status_code}")
+                raw = await self._read_capped(resp)
         except httpx.TimeoutException as exc:
             raise SourceError("the FHIR server did not answer in time") from exc
         except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:  # ValueError: httpx on host-less URLs
             raise SourceError(f"the FHIR server could not be reached ({type(exc).__name__})") from None
-        if resp.status_code == 404:
-            return None  # a read of a resource that does not exist: known empty
-        if resp.status_code >= 300:
-            raise SourceError(f"the FHIR server answered HTTP {resp.status_code}")
-        if len(resp.content) > self.max_bytes:
-            raise SourceError("the FHIR server answer was too large")
         try:
-            data = orjson.loads(resp.content)
+            data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise SourceError("the FHIR server answered with something that is not JSON") from exc
         if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
             raise SourceError("the FHIR server answered with something that is not a FHIR resource")
+        # The same structural bounds as a request body: a FHIR server is as untrusted as any caller.
+        try:
+            if not check_raw_bounds(raw, self.max_depth, self.max_array):
+                check_bounds(data, self.max_depth, self.max_array)
+        except BadRequest as exc:
+            raise SourceError(f"the FHIR server answer broke the service's JSON bounds ({exc.message})") from None
         if data["resourceType"] == "OperationOutcome":
             raise SourceError("the FHIR server answered with an OperationOutcome")
         return data
+
+    async def _read_capped(self, resp: httpx.Response) -> bytes:
+        """The body, refused as soon as it passes ``max_bytes`` (never held whole when it is too large)."""
+        declared = resp.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise SourceError("the FHIR server answer was too large")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.aiter_bytes():
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise SourceError("the FHIR server answer was too large")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def fetch_one(self, query: str) -> dict[str, Any] | None:
         data = await self._get(query.lstrip("/"))

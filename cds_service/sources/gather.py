@@ -79,6 +79,8 @@ async def gather(
     http: httpx.AsyncClient | None,
     deadline: float,
     max_pages: int = 5,
+    max_depth: int = 64,
+    max_array: int = 20_000,
     fhir_allowed: Callable[[str], bool] | None = None,
     now: datetime | None = None,
     stats: GatherStats | None = None,
@@ -118,7 +120,8 @@ async def gather(
                 raise PreconditionFailed("Fetching from the FHIR server is not available in this mode.")
         else:
             token = call.body.fhirAuthorization.access_token if call.body.fhirAuthorization else None
-            source = FhirServerSource(http, server, token, max_pages=max_pages)
+            source = FhirServerSource(http, server, token, max_pages=max_pages, max_depth=max_depth,
+                                      max_array=max_array)
             started = time.perf_counter()
             # Optional keys run beside the required ones; they may fail or be cut at the deadline.
             optional_tasks = {k: asyncio.ensure_future(source.fetch_one(q)) for k, q in optional.items()}

@@ -212,7 +212,9 @@ def rule_stage(ctx: Context) -> list[Fired]:
                                "glucocorticoid together with a steroid-sparing agent may be considered. "
                                if s.relapse_after_completed_gc else "")
         blockers = [c for c in f.contraindications if c.key in _MTX_CONTRA]
+        v["mtx_blockers"] = list(dict.fromkeys(c.label for c in blockers))
         if blockers:
+            fired.variant = "mtx_contraindicated"  # the summary names the blocker instead of advising methotrexate
             v["mtx_withheld"] = ("**No methotrexate order is proposed**: " +
                                  "; ".join(f"{c.label}" for c in blockers) + " (see facts).")
             fired.facts += [c.fact("Contraindication: ") for c in blockers]
@@ -386,11 +388,7 @@ def rule_ivig_thrombosis(ctx: Context) -> list[Fired]:
         return []
     n = f.thrombosis_factor_count
     high = f.thrombosis_high_risk or n >= th.thrombosis_high_risk_factor_count
-    labels: list[str] = []
-    for x in f.thrombosis_factors:
-        name = f"age {f.age}" if x.key == "age" else x.name
-        if name not in labels:
-            labels.append(name)
+    labels = _thrombosis_labels(f)
     why = []
     if any(x.key == "history" for x in f.thrombosis_factors):
         why.append("prior thrombosis")
@@ -404,6 +402,15 @@ def rule_ivig_thrombosis(ctx: Context) -> list[Fired]:
     return [Fired("ivig.safety.thrombosis", facts=[x.fact() for x in f.thrombosis_factors] + [o.fact() for o in orders],
                   values={"factor_list": labels, "n_factors": n, "risk_sentence": sentence},
                   variant="high" if high else None)]
+
+
+def _thrombosis_labels(f: Facts) -> list[str]:
+    """The factors as named in the summary, each finding once: an obesity Condition and the obesity the
+    measured BMI shows are one finding, said with its number ("obesity (BMI 40.4)"); both stay cited."""
+    names = [f"age {f.age}" if x.key == "age" else x.name for x in f.thrombosis_factors]
+    if any("BMI" in n and "obes" in n.lower() for n in names):
+        names = [n for n in names if "obes" not in n.lower() or "BMI" in n]
+    return list(dict.fromkeys(names))
 
 
 def rule_ivig_hyperviscosity(ctx: Context) -> list[Fired]:

@@ -159,6 +159,19 @@ def test_a19_pregnancy_withholds_methotrexate_suggestion():
     assert "Condition/preg" in cited(c)
 
 
+def test_contraindicated_methotrexate_is_not_advised_in_the_summary_either():
+    """The summary is all many clinicians read: it must not advise what the detail withholds."""
+    c = card(run(ns_patient(pred(), relapse(), icd("preg", "Z33.1"), drafts=[PRED_ORDER])),
+             "stage.s3r-gc-refractory")
+    assert "contraindicated" in c.summary and "Pregnancy" in c.summary and "suggests adding" not in c.summary
+    ev = run(ns_patient(pred(status="stopped", end_days=30, status_reason="steroid psychosis"),
+                        icd("ckd5", "N18.5", "Chronic kidney disease, stage 5"), drafts=[PRED_ORDER]))
+    c = card(ev, "stage.s3i-gc-intolerant")
+    assert c.summary.endswith("not methotrexate (Chronic kidney disease stage 4-5)") and not c.suggestions
+    plain = card(run(ns_patient(pred(), relapse(), drafts=[PRED_ORDER])), "stage.s3r-gc-refractory")
+    assert "suggests adding methotrexate" in plain.summary and "contraindicated" not in plain.summary
+
+
 def test_s3i_card():
     ev = run(ns_patient(pred(status="stopped", end_days=30, status_reason="steroid psychosis"), drafts=[PRED_ORDER]))
     c = card(ev, "stage.s3i-gc-intolerant")
@@ -303,6 +316,13 @@ def test_thrombosis_warning_lists_each_factor_and_high_risk():
     c2 = card(run(ivig_patient(weight(70), egfr(90), icd("pe", "Z86.711"))), "ivig.safety.thrombosis")
     assert "HIGH" in c2.summary and "Condition/pe" in cited(c2)
     assert "ivig.safety.thrombosis" not in run(ivig_patient(weight(70), egfr(90))).rule_ids
+
+
+def test_thrombosis_summary_names_obesity_once_with_the_bmi_but_cites_both_sources():
+    ev = run(ivig_patient(weight(110), height(165), egfr(90), icd("obesity-1", "E66.01", "Obesity, class 3")))
+    c = card(ev, "ivig.safety.thrombosis")
+    assert c.summary.lower().count("obes") == 1 and "BMI 40.4" in c.summary, c.summary
+    assert {"Condition/obesity-1", "Observation/weight-1"} <= cited(c)
 
 
 def test_hyperviscosity():

@@ -166,15 +166,30 @@ def test_readme_lists_every_threshold_with_its_default():
 
 
 def test_markdown_escape_and_card_uuids():
+    import time
     import uuid
 
-    from cds_service.cards import _uuid4
+    from cds_service.cards import _uuid7
 
     assert md_escape("a_b [x](y) <b>\nnext") == "a\\_b \\[x\\](y) \\<b\\> next"
     assert md_escape("plain text") == "plain text"
     assert md_escape(12.5) == "12.5"
-    ids = {_uuid4() for _ in range(2000)}
-    assert len(ids) == 2000
-    for s in list(ids)[:200]:
+    before = time.time_ns() // 1_000_000
+    ids = [_uuid7() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == 2000
+    for s in ids[:200]:
         u = uuid.UUID(s)
-        assert str(u) == s and u.version == 4 and u.variant == uuid.RFC_4122
+        assert str(u) == s and u.version == 7 and u.variant == uuid.RFC_4122
+        assert before <= u.int >> 80 <= after  # the first 48 bits are the issue time in ms
+
+
+def test_card_uuids_issued_later_sort_later():
+    """Time-ordered keys keep audit inserts at the end of the index (cards.py: _uuid7)."""
+    import time
+
+    from cds_service.cards import _uuid7
+
+    first = _uuid7()
+    time.sleep(0.003)
+    assert _uuid7() > first

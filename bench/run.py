@@ -537,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
                                         " " + shlex.join(argv if argv is not None else sys.argv[1:]))
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    # A fresh database every run: an audit table left by earlier runs would make the figures depend on
+    # how often the benchmark ran before.
+    shutil.rmtree(out / "data", ignore_errors=True)
     if args.pin:  # this process, h2load, wrk and the fake FHIR server share the load CPU
         os.sched_setaffinity(0, {args.load_cpu})
     started = time.monotonic()

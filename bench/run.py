@@ -495,8 +495,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="~1 minute: 2 s runs, one repetition, fewer cross-checks")
     p.add_argument("--sizes", default="10,100,1000", help="prefetched resources per request")
     p.add_argument("--concurrency", default="1,8")
-    p.add_argument("--duration", type=float, help="seconds per h2load run (default 5, quick 2)")
-    p.add_argument("--reps", type=int, help="A B repetitions per cell (default 2, quick 1)")
+    p.add_argument("--duration", type=float, help="seconds per h2load run (default 3, quick 2)")
+    p.add_argument("--reps", type=int, help="A B repetitions per cell (default 4, quick 1)")
     p.add_argument("--scenarios", default="prefetch,fallback,jwt,cold",
                    help="comma list of prefetch, fallback, jwt, cold")
     p.add_argument("--fhir-delay-ms", type=float, default=50.0)
@@ -508,8 +508,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.scenarios = set(args.scenarios.split(","))
-    args.duration = args.duration or (2.0 if args.quick else 5.0)
-    args.reps = args.reps or (1 if args.quick else 2)
+    # Short runs, more of them: this VM's CPU speed swings by a third from one half-second to the next
+    # (a pinned busy loop shows it), so many closely paired A B runs give steadier ratios than a few long.
+    args.duration = args.duration or (2.0 if args.quick else 3.0)
+    args.reps = args.reps or (1 if args.quick else 4)
     args.wrk_duration = 2.0 if args.quick else 3.0
     args.fallback_duration = 2.0 if args.quick else 4.0
     args.jwt_requests = 600 if args.quick else 2000

@@ -35,7 +35,8 @@ def load_yaml_dir(name: str) -> dict[str, Any]:
     folder = data_path(name)
     for path in sorted(folder.glob("*.yaml")):
         with path.open(encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh) or {}
+            # libyaml's safe loader when PyYAML has it: same documents, ~8x faster (start-up time)
+            doc = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
         if not isinstance(doc, dict):
             raise ValueError(f"{path}: top level must be a mapping")
         for key, value in doc.items():

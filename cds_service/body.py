@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -20,14 +21,24 @@ async def read_limited(request: Request, limit: int) -> bytes:
                 raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
         except ValueError as exc:
             raise BadRequest("Content-Length header is not a number.") from exc
-    chunks: list[bytes] = []
+    body = await join_limited(request.stream(), limit)
+    if body is None:
+        raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+    return body
+
+
+async def join_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes | None:
+    """The chunks joined, or None as soon as they pass ``limit`` bytes (the rest is never read).
+
+    Shared by request bodies and FHIR server answers."""
+    parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def check_bounds(value: Any, max_depth: int, max_array: int) -> None:
@@ -139,6 +150,13 @@ def check_raw_bounds(raw: bytes, max_depth: int, max_array: int) -> bool:
     return not undecided_arrays
 
 
+def check_document_bounds(raw: bytes, data: Any, max_depth: int, max_array: int) -> None:
+    """The bounds policy for a JSON text and its parsed value (request bodies and FHIR server answers):
+    the raw-bytes check, and the tree walk only where it cannot decide (documents with many commas)."""
+    if not check_raw_bounds(raw, max_depth, max_array):
+        check_bounds(data, max_depth, max_array)
+
+
 def parse_json(raw: bytes, *, max_depth: int, max_array: int) -> dict[str, Any]:
     if not raw.strip():
         raise BadRequest("Request body is empty; a JSON object is required.")
@@ -148,8 +166,7 @@ def parse_json(raw: bytes, *, max_depth: int, max_array: int) -> dict[str, Any]:
         raise BadRequest(f"Request body is not valid JSON: {exc.msg} (at character {exc.pos}).") from exc
     if not isinstance(data, dict):
         raise BadRequest("Request body must be a JSON object.")
-    if not check_raw_bounds(raw, max_depth, max_array):  # only documents with many commas get here
-        check_bounds(data, max_depth, max_array)
+    check_document_bounds(raw, data, max_depth, max_array)
     return data
 
 

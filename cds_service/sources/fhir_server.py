@@ -16,7 +16,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import orjson
 
-from cds_service.body import check_bounds, check_raw_bounds
+from cds_service.body import check_document_bounds, join_limited
 from cds_service.errors import BadRequest
 from cds_service.sources.base import DataSource, SourceError
 
@@ -109,8 +109,7 @@ class FhirServerSource(DataSource):
             raise SourceError("the FHIR server answered with something that is not a FHIR resource")
         # The same structural bounds as a request body: a FHIR server is as untrusted as any caller.
         try:
-            if not check_raw_bounds(raw, self.max_depth, self.max_array):
-                check_bounds(data, self.max_depth, self.max_array)
+            check_document_bounds(raw, data, self.max_depth, self.max_array)
         except BadRequest as exc:
             raise SourceError(f"the FHIR server answer broke the service's JSON bounds ({exc.message})") from None
         if data["resourceType"] == "OperationOutcome":
@@ -122,14 +121,10 @@ class FhirServerSource(DataSource):
         declared = resp.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise SourceError("the FHIR server answer was too large")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.aiter_bytes():
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise SourceError("the FHIR server answer was too large")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        body = await join_limited(resp.aiter_bytes(), self.max_bytes)
+        if body is None:
+            raise SourceError("the FHIR server answer was too large")
+        return body
 
     async def fetch_one(self, query: str) -> dict[str, Any] | None:
         data = await self._get(query.lstrip("/"))

@@ -43,7 +43,7 @@ def compose():
 def test_compose_has_service_postgres_redis_hapi_and_a_fixture_loader(compose):
     services = compose["services"]
     assert {"cds", "postgres", "redis", "hapi", "fixtures"} <= set(services)
-    assert services["hapi"]["image"].startswith("hapiproject/hapi")
+    assert services["hapi"]["image"].startswith("hapiproject/hapi:v")  # a pinned release, never "latest"
     assert services["cds"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["cds"]["depends_on"]["redis"]["condition"] == "service_healthy"
     loader_cmd = " ".join(services["fixtures"]["command"])

@@ -408,8 +408,9 @@ def _thrombosis_labels(f: Facts) -> list[str]:
     """The factors as named in the summary, each finding once: an obesity Condition and the obesity the
     measured BMI shows are one finding, said with its number ("obesity (BMI 40.4)"); both stay cited."""
     names = [f"age {f.age}" if x.key == "age" else x.name for x in f.thrombosis_factors]
-    if any("BMI" in n and "obes" in n.lower() for n in names):
-        names = [n for n in names if "obes" not in n.lower() or "BMI" in n]
+    measured = f"obesity (BMI {fmt(f.bmi)})" if f.bmi is not None else None  # the name facts._derive gives it
+    if measured in names:
+        names = [n for n in names if n == measured or "obes" not in n.lower()]
     return list(dict.fromkeys(names))
 
 

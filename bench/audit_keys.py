@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cds_service.cards import _uuid7  # noqa: E402
+from cds_service.models import new_uuid  # noqa: E402
 from cds_service.store import CardRow, open_store  # noqa: E402
 
 BATCH = 150
@@ -67,7 +67,7 @@ async def main() -> None:
     p.add_argument("--rows", type=int, default=300_000)
     p.add_argument("--database-url", help="default: a new SQLite file per key kind in a temporary directory")
     args = p.parse_args()
-    kinds = {"random (v4)": lambda: str(uuid.uuid4()), "time-ordered (v7)": _uuid7}
+    kinds = {"random (v4)": lambda: str(uuid.uuid4()), "time-ordered (v7)": new_uuid}
     with tempfile.TemporaryDirectory() as tmp:
         print(f"{'keys':<20}" + "".join(f"{'fifth ' + str(i + 1):>22}" for i in range(5)))
         for n, (name, new_key) in enumerate(kinds.items()):

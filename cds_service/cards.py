@@ -11,9 +11,7 @@ with ``selectionBehavior: any`` and a uuid on the card and on every suggestion.
 from __future__ import annotations
 
 import functools
-import os
 import re
-import time
 from typing import Any
 
 from . import models
@@ -139,22 +137,6 @@ def _md_escape(text: str) -> str:
 _md_escape_memo = functools.lru_cache(maxsize=4096)(_md_escape)
 
 
-def _uuid7() -> str:
-    """A version-7 UUID (RFC 9562): 48 bits of Unix time in milliseconds, then random bits (74 of them).
-
-    Time-ordered on purpose: the card uuid is the audit table's primary key, and keys that grow with time
-    are appended at the right edge of the index, where random version-4 keys each land on a random page.
-    Through the SQLite store on this machine (bench/audit_keys.py): ~16 µs of CPU a row, flat, against
-    22-38 µs growing with the table. Unique without coordination between workers; the spec only asks
-    for a UUID.
-    """
-    n = ((time.time_ns() // 1_000_000) << 80) | int.from_bytes(os.urandom(10), "big")
-    n = (n & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    n = (n & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant (10)
-    h = f"{n:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
 # ------------------------------------------------------------------------------------------- resources
 def _coding(spec: dict[str, Any]) -> list[dict[str, str]]:
     system = spec.get("system")
@@ -180,7 +162,7 @@ def build_resource(sug: dict[str, Any], values: dict[str, Any], facts: Facts, th
     display = codings[0].get("display") or label
     subject = {"reference": facts.patient_ref}
     if rtype == "ServiceRequest":
-        return {"resourceType": "ServiceRequest", "id": _uuid7(), "status": "draft", "intent": "order",
+        return {"resourceType": "ServiceRequest", "id": models.new_uuid(), "status": "draft", "intent": "order",
                 "code": {"coding": codings, "text": display}, "subject": subject}
     if sug["code"].get("system") == "ivig":
         display = "Immune globulin G (human), intravenous (IVIG)"
@@ -204,7 +186,7 @@ def build_resource(sug: dict[str, Any], values: dict[str, Any], facts: Facts, th
                                                     "unit": unit, "system": UCUM, "code": unit}}]
     return {
         "resourceType": "MedicationRequest",
-        "id": _uuid7(),
+        "id": models.new_uuid(),
         "status": "draft",
         "intent": "order",
         "medicationCodeableConcept": {"coding": codings, "text": display},
@@ -268,7 +250,7 @@ def render(fired: Fired, facts: Facts, th: Thresholds, *, _view: _ThresholdView 
             continue
         label = sug["label"].format_map(mapping).strip()
         resource = build_resource(sug, values, facts, th, label, mapping)
-        suggestions.append({"label": label, "uuid": _uuid7(),
+        suggestions.append({"label": label, "uuid": models.new_uuid(),
                             "actions": [{"type": "create", "description": label, "resource": resource}]})
 
     indicator = spec["indicator"]
@@ -285,7 +267,7 @@ def render(fired: Fired, facts: Facts, th: Thresholds, *, _view: _ThresholdView 
         models.FACTS_EXTENSION: [fr.as_dict() for fr in fired.facts],
     }
     return models.Card.model_validate({
-        "uuid": _uuid7(),
+        "uuid": models.new_uuid(),
         "summary": summary,
         "detail": detail,
         "indicator": indicator,

@@ -169,13 +169,13 @@ def test_markdown_escape_and_card_uuids():
     import time
     import uuid
 
-    from cds_service.cards import _uuid7
+    from cds_service.models import new_uuid
 
     assert md_escape("a_b [x](y) <b>\nnext") == "a\\_b \\[x\\](y) \\<b\\> next"
     assert md_escape("plain text") == "plain text"
     assert md_escape(12.5) == "12.5"
     before = time.time_ns() // 1_000_000
-    ids = [_uuid7() for _ in range(2000)]
+    ids = [new_uuid() for _ in range(2000)]
     after = time.time_ns() // 1_000_000
     assert len(set(ids)) == 2000
     for s in ids[:200]:
@@ -185,11 +185,11 @@ def test_markdown_escape_and_card_uuids():
 
 
 def test_card_uuids_issued_later_sort_later():
-    """Time-ordered keys keep audit inserts at the end of the index (cards.py: _uuid7)."""
+    """Time-ordered keys keep audit inserts at the end of the index (models.new_uuid)."""
     import time
 
-    from cds_service.cards import _uuid7
+    from cds_service.models import new_uuid
 
-    first = _uuid7()
+    first = new_uuid()
     time.sleep(0.003)
-    assert _uuid7() > first
+    assert new_uuid() > first

@@ -1,6 +1,6 @@
 """Generate realistic CDS Hooks ``order-select`` requests with a chosen number of prefetched resources.
 
-The filler resources are real Synthea R4 records (``/work/shared/synthea-r4`` or ``BENCH_SYNTHEA_DIR``),
+The filler resources are real Synthea R4 records (``tests/data/synthea-r4`` or ``BENCH_SYNTHEA_DIR``),
 re-pointed at one patient and given unique ids; on top of them sits a small clinical core that makes the
 rules run and answer cards: a neurosarcoidosis Condition, an earlier prednisone course, a recent weight,
 height and creatinine, and an IVIG (or prednisone) draft order. Dates in the core are relative to today so the
@@ -26,7 +26,8 @@ import orjson
 
 from cds_service.discovery import PREFETCH
 
-SYNTHEA_DIR = Path(os.environ.get("BENCH_SYNTHEA_DIR", "/work/shared/synthea-r4"))
+_REPO_SYNTHEA = Path(__file__).resolve().parent.parent / "tests" / "data" / "synthea-r4"
+SYNTHEA_DIR = Path(os.environ.get("BENCH_SYNTHEA_DIR", _REPO_SYNTHEA))
 SERVICE_ID = "neurosarcoidosis-order-select"
 PATIENT_ID = "bench-pat-1"
 DEFAULT_SIZES = (10, 100, 1000)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-CLIENT_EXAMPLES = SHARED / "spec" / "client-examples"
-SYNTHEA = SHARED / "synthea-r4"
+DATA = REPO / "tests" / "data"  # test data copied into the repository (see tests/data/README.md)
+CLIENT_EXAMPLES = DATA / "client-examples"
+SYNTHEA = DATA / "synthea-r4"
 FIXTURES = REPO / "fixtures"
 
 

@@ -19,7 +19,7 @@ from tests.fhir_builders import (
     weight,
 )
 
-SYNTHEA = sorted(Path("/work/shared/synthea-r4").glob("*.json"))
+SYNTHEA = sorted((Path(__file__).resolve().parent / "data" / "synthea-r4").glob("*.json"))
 
 
 def _synthea(path: Path, drafts=()) -> PatientRecord:

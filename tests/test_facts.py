@@ -32,7 +32,7 @@ from tests.fhir_builders import (
     weight,
 )
 
-SYNTHEA = Path("/work/shared/synthea-r4")
+SYNTHEA = Path(__file__).resolve().parent / "data" / "synthea-r4"
 
 
 def facts_of(*resources, **kw):

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
+from pathlib import Path
 
 import orjson
 import structlog
+
+MAX_FRAMES = 8
 
 
 def _orjson_dumps(obj, default=None) -> str:  # structlog wants str
@@ -27,15 +31,38 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+def exception_without_data(_logger, _method, event_dict):
+    """A failure as its type and where it happened (``facts.py:120 in build_facts``, innermost first).
+
+    Never the exception's message or local variables: either can carry patient data (a name in a
+    ValueError, a birth date in a local). Replaces ``exc_info`` before any renderer can format it.
+    """
+    exc_info = event_dict.pop("exc_info", None)
+    if not exc_info:
+        return event_dict
+    if isinstance(exc_info, BaseException):
+        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    elif not isinstance(exc_info, tuple):
+        exc_info = sys.exc_info()
+    etype, _exc, tb = exc_info
+    if etype is None:
+        return event_dict
+    frames = traceback.extract_tb(tb)[-MAX_FRAMES:]
+    where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in reversed(frames))
+    event_dict["exception"] = f"{etype.__name__} at {where}" if where else etype.__name__
+    return event_dict
+
+
 def configure(level: str = "INFO", json: bool = True) -> None:
     processors = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info,
+        exception_without_data,
     ]
     renderer = (
-        structlog.processors.JSONRenderer(serializer=_orjson_dumps) if json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer(serializer=_orjson_dumps) if json
+        else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
     structlog.configure(
         processors=[*processors, renderer],

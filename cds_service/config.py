@@ -366,15 +366,16 @@ def _check_site_codes() -> None:
     path = _load(SiteCodes).extra_codes
     if not path:
         return
+    where = _where("CDS_EXTRA_CODES", _dotenv_vars())
     if not Path(path).is_file():
-        raise ConfigurationError([f"Configuration error in CDS_EXTRA_CODES: expected a YAML or JSON file of "
-                                  f"site codes (there is no file at {path})."])
+        raise ConfigurationError([f"Configuration error in CDS_EXTRA_CODES{where}: expected a YAML or JSON file "
+                                  f"of site codes (there is no file at {path})."])
     try:
         get_terminology()
     except Exception as exc:  # noqa: BLE001 - yaml, json, OSError, our own ValueError: all one line
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigurationError([f"Configuration error in CDS_EXTRA_CODES: expected a YAML or JSON file of "
-                                  f"site codes ({reason[:300]})."]) from None
+        raise ConfigurationError([f"Configuration error in CDS_EXTRA_CODES{where}: expected a YAML or JSON file "
+                                  f"of site codes ({reason[:300]})."]) from None
 
 
 def load_configuration() -> Settings:

@@ -85,8 +85,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     settings = settings or get_settings()
     logs.configure(settings.log_level, settings.log_json)
-    # /docs and /redoc with their Swagger UI and Redoc assets served by this service (no CDN): see openapi.py
+    # /docs with the Swagger UI assets served by this service (no CDN): see openapi.py. No /redoc: its bundle
+    # fetches its own logo from a CDN.
     app = FastAPIOffline(
+        redoc_url=None,
         title="Neurosarcoidosis CDS Hooks service",
         version=__version__,
         description="CDS Hooks 2.0.1 service: neurosarcoidosis treatment ladder and IVIG safety.",

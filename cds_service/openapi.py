@@ -1,7 +1,8 @@
-"""The OpenAPI document and its pages (``/docs`` Swagger UI, ``/redoc``), working without internet access.
+"""The OpenAPI document and its page (``/docs``, Swagger UI), working without internet access.
 
-The page assets (Swagger UI and Redoc bundles) come from the ``fastapi-offline`` package and are served by
-the service itself (``create_app`` builds the app with it): no CDN. The document is FastAPI's, completed
+The page assets (the Swagger UI bundle and stylesheet) come from the ``fastapi-offline`` package and are
+served by the service itself (``create_app`` builds the app with it): no CDN. There is no ``/redoc``: the
+Redoc bundle loads its logo from a CDN. The document is FastAPI's, completed
 with what route introspection cannot see:
 
 * the hook-call and feedback bodies (the handlers read raw bytes for speed);

@@ -234,13 +234,18 @@ def _install_routes(app: FastAPI) -> None:
                                max_array=settings.max_array_length)
         items = parse_feedback(data)
         audit = request.app.state.audit
+        stored = 0
         if audit is not None:  # awaited: a 200 means stored (idempotently); a database outage is a 503
-            await audit.feedback_received(service=service.id, items=items)
+            stored = await audit.feedback_received(service=service.id, items=items)
         for item in items:
             code, _ = item.reason_code()
             log.info("feedback", service=service.id, card=item.card, outcome=item.outcome, reason=code,
                      accepted=len(item.acceptedSuggestions or ()))
-        return _json({"accepted": len(items)})
+        # "received": items in the POST; "stored": new rows (a repeat stores nothing); then the items by
+        # outcome, so an overridden card is never reported as accepted.
+        accepted = sum(1 for item in items if item.outcome == "accepted")
+        return _json({"received": len(items), "stored": stored, "accepted": accepted,
+                      "overridden": len(items) - accepted})
 
     @app.get("/health", tags=["Operations"], summary="Liveness: the process answers")
     async def health() -> Response:

@@ -34,12 +34,14 @@ from cds_service.models import (
     HookRequestBody,
     dump,
 )
-from cds_service.sources.gather import GatherStats, gather
+from cds_service.sources.gather import GatherPolicy, GatherStats, call_sources, gather
+from cds_service.sources.origin import OriginGuards
 
 log = logs.get_logger("cds_service.app")
 
 JSON = "application/json"
 GC_THRESHOLDS = (50_000, 20, 100)
+FHIR_POOL_SIZE = 100
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -50,13 +52,15 @@ def _json(data: Any, status: int = 200) -> Response:
 async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
     # One pooled client for every FHIR fallback call; timeouts bound each call, the request
-    # deadline bounds them all.
+    # deadline bounds them all. The origin guards keep requests in flight at or below the pool size, so
+    # no request ever waits inside the pool (see cds_service.sources.origin for why).
     app.state.http = httpx.AsyncClient(
         timeout=httpx.Timeout(settings.fhir_deadline_seconds, connect=min(1.0, settings.fhir_deadline_seconds)),
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        limits=httpx.Limits(max_connections=FHIR_POOL_SIZE, max_keepalive_connections=20),
         follow_redirects=False,
         trust_env=False,
     )
+    app.state.fhir_guards = OriginGuards(total=FHIR_POOL_SIZE)
     for hook in app.state.startup_hooks:
         await hook(app)
     from cds_service import engine
@@ -89,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.gather_policy = GatherPolicy.from_settings(settings)
     app.state.startup_hooks = []
     app.state.shutdown_hooks = []
     app.state.authenticator = None  # set by cds_service.auth when trusted issuers are configured
@@ -184,19 +189,14 @@ def _install_routes(app: FastAPI) -> None:
         call = parse_call(service, data)
         logs.bind(hookInstance=call.hook_instance)  # on every log line of this request, errors included
         stats = GatherStats()
+        policy: GatherPolicy = request.app.state.gather_policy
         request.state.gather_stats = stats  # the metrics middleware reads it, also when gather fails (412)
-        record = await gather(
-            call,
-            http=request.app.state.http,
-            deadline=settings.fhir_deadline_seconds,
-            max_pages=settings.fhir_max_pages,
-            max_depth=settings.max_json_depth,
-            max_array=settings.max_array_length,
-            fhir_allowed=getattr(client, "fhir_allowed", None),
-            # fixtures pin "now" so their dates stay meaningful; never honoured with authentication on
-            now=None if settings.auth_enabled else evaluation_time(call.body.extension),
-            stats=stats,
-        )
+        record = await gather(call, call_sources(call, policy, http=request.app.state.http,
+                                                 guards=request.app.state.fhir_guards,
+                                                 fhir_allowed=getattr(client, "fhir_allowed", None)),
+                              policy, stats)
+        if not settings.auth_enabled:  # fixtures pin "now" so their dates stay meaningful; never with auth on
+            record.now = evaluation_time(call.body.extension) or record.now
         cards = evaluate_cards(record, call.hook, call.hook_instance)
         body = orjson.dumps(dump(CDSResponse(cards=cards)))
         elapsed = time.perf_counter() - started

@@ -25,7 +25,7 @@ from cds_service.config import Settings
 from cds_service.discovery import SERVICES
 from cds_service.errors import BadRequest, ServiceError
 from cds_service.hooks import parse_call
-from cds_service.sources.gather import gather
+from cds_service.sources.gather import GatherPolicy, call_sources, gather
 from tests.auth_support import hook_body
 
 SELECT = f"/cds-services/{'neurosarcoidosis-order-select'}"
@@ -308,7 +308,8 @@ def test_parse_call_raises_only_service_errors(data):
         return
     # A call that parsed must also survive gathering its prefetch (no FHIR server: 412 at worst).
     try:
-        asyncio.run(gather(call, http=None, deadline=0.5))
+        policy = GatherPolicy(deadline_seconds=0.5)
+        asyncio.run(gather(call, call_sources(call, policy), policy))
     except ServiceError as exc:
         assert 400 <= exc.status < 500
 

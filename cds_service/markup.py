@@ -15,7 +15,7 @@ reads the same in a renderer that shows text as it is:
   ``=``, ``1.``);
 * line breaks become spaces, so a value never starts a block of its own;
 * bare web and e-mail addresses, which GitHub-flavoured Markdown links without any punctuation, get a
-  zero-width space after ``://``, after ``www`` and before ``@``: shown the same, never a link.
+  zero-width space between the slashes of ``://``, after ``www`` and before ``@``: shown the same, never a link.
 
 :func:`code` is for a value shown as code (a FHIR reference): a code span whose fence is longer than any
 run of backticks inside it.
@@ -31,7 +31,7 @@ _ALWAYS = r"[\\`*\[\]|~]|<(?=[A-Za-z/!?])"
 _UNDERSCORE = r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])"
 _ENTITY = r"&(?=#?[A-Za-z0-9]+;)"
 _INLINE = re.compile(f"{_ALWAYS}|{_UNDERSCORE}|{_ENTITY}")
-_AUTOLINK = re.compile(r"(://|(?<![\w.])www(?=\.)|(?=@))", re.IGNORECASE)
+_AUTOLINK = re.compile(r"(:/(?=/)|(?<![\w.])www(?=\.)|(?=@))", re.IGNORECASE)
 _LEADING = re.compile(r"^(\s*)(#|>|=|[-+](?=[\s\-+]|$)|\d{1,9}(?=[.)](?:\s|$)))")
 _BREAKS = str.maketrans({"\n": " ", "\r": " "})
 _TOUCHED = re.compile(r"[\\`*\[\]<|~_&@\n\r]|://|www\.|^\s*[#>=+\-\d]", re.IGNORECASE)

@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.gather_policy = GatherPolicy.from_settings(settings)
+    app.state.log_limited = logs.RateLimited(every=10.0)
     app.state.startup_hooks = []
     app.state.shutdown_hooks = []
     app.state.authenticator = None  # set by cds_service.auth when trusted issuers are configured
@@ -137,7 +138,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
                 metrics.auth_failed(reason_category(reason))
         elif exc.status == 503 and hasattr(exc, "reason"):  # auth.AuthUnavailable: JWKS or replay cache down
-            log.error("auth_unavailable", reason=exc.reason, path=request.url.path)
+            # an outage fails every request: one line per 10 s per application, with the count suppressed
+            request.app.state.log_limited(log.error, "auth_unavailable", reason=exc.reason, path=request.url.path)
         elif exc.status >= 400:
             log.info("request_refused", status=exc.status, path=request.url.path, message=exc.message)
         return exc.response()

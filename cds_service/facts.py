@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from . import units
+from . import plausibility, units
 from .record import PatientRecord
 from .terminology import (
     ANTI_TNF,
@@ -1705,6 +1705,16 @@ def kdigo_aki(series: list[LabValue], th: Thresholds) -> Factor | None:
 # ============================================================================================ IVIG order dose
 
 
+def _plausible_dose(g: float | None, gpk: float | None, problems: list[str]) -> tuple[float | None, float | None]:
+    """The ordered amounts, each dropped (with the reason) when outside the plausible range."""
+    for kind, value, unit in (("ivig_dose_g", g, "g"), ("ivig_dose_g_per_kg", gpk, "g/kg")):
+        why = plausibility.problem(kind, value, unit) if value is not None else None
+        if why:
+            problems.append(f"dose {why}; dose not checked")
+            g, gpk = (None, gpk) if kind == "ivig_dose_g" else (g, None)
+    return g, gpk
+
+
 def ordered_ig_dose(res: dict[str, Any], th: Thresholds) -> OrderedDose:
     """Read dose and schedule of an immune globulin order (g, mg, g/kg, mg/kg, mL at the set concentration)."""
     od = OrderedDose()
@@ -1735,6 +1745,7 @@ def ordered_ig_dose(res: dict[str, Any], th: Thresholds) -> OrderedDose:
                                    f"{fmt(th.ivig_concentration_percent)} %")
             else:
                 od.problems.append(f"dose unit {unit!r} not understood; dose not checked")
+            g, gpk = _plausible_dose(g, gpk, od.problems)
             break
         pdays = per_day_of(d)
         days = None

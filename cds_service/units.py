@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import plausibility
+
 # kind -> (target unit shown on cards, {UCUM code: factor to target}); factors multiply.
 _FACTORS: dict[str, tuple[str, dict[str, float]]] = {
     "creatinine": ("mg/dL", {
@@ -68,7 +70,11 @@ def convert(value: Any, code: str | None, kind: str) -> Converted:
     f = factor(kind, code)
     if f is None:
         return Converted(None, target, shown, f"unknown unit {code!r} for {kind}; value not used")
-    return Converted(float(value) * f, target, shown)
+    converted = float(value) * f
+    implausible = plausibility.problem(kind, converted, target)
+    if implausible:
+        return Converted(None, target, shown, implausible)
+    return Converted(converted, target, shown)
 
 
 _MEMO: dict[tuple[Any, ...], Converted] = {}

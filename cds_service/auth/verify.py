@@ -42,7 +42,8 @@ class AuthUnavailable(ServiceError):
     status, code = 503, "transient"
 
     def __init__(self, reason: str) -> None:
-        super().__init__("Authentication is temporarily unavailable; try again shortly.")
+        super().__init__("Authentication is temporarily unavailable; try again shortly.",
+                         headers={"Retry-After": "5"})
         self.reason = reason
 
 

@@ -33,7 +33,8 @@ FRAGMENTS = [
     "mail@evil.example", "<https://evil.example>", "[ref]: https://evil.example", "[ref]", "&lt;b&gt;", "\n\n",
     "\\", "---", "=== ", "<!-- c -->", "<a href='https://evil.example'>x</a>", "[x]: <https://e.x>",
 ]
-hostile = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=8)), min_size=1, max_size=6).map(lambda parts: "Product " + "".join(parts))
+hostile = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=8)), min_size=1, max_size=6).map(
+    lambda parts: "Product " + "".join(parts))
 
 # What can carry a link, an image, HTML or emphasis from the input into the rendered card.
 LIVE = {"link_open", "image", "html_inline", "html_block"}

@@ -28,6 +28,7 @@ DECISIONS_DOC = "docs/clinical/decisions.md"
 KNOWLEDGE_DOC = "docs/clinical/knowledge.md"
 
 EXCLUDED_DIRS = ("tests/data/",)
+FOREIGN_TREES = {"site-packages", "node_modules"}  # a local virtualenv or npm tree that .gitignore misses
 EXCLUDED_FILES = {
     "cds_service/data/terminology.json",  # code list: ICD-10 codes like A15.0, A41.9 are data
     "tests/test_references.py",  # this checker names the forbidden forms on purpose
@@ -211,7 +212,7 @@ def scanned_files() -> list[str]:
         pytest.skip("not a git checkout: the tracked files cannot be listed")
     out = []
     for rel in sorted({p for p in listed if p}):
-        if rel in EXCLUDED_FILES or rel.startswith(EXCLUDED_DIRS):
+        if rel in EXCLUDED_FILES or rel.startswith(EXCLUDED_DIRS) or set(Path(rel).parts) & FOREIGN_TREES:
             continue
         if Path(rel).suffix.lower() in BINARY_SUFFIXES or not (REPO / rel).is_file():
             continue

@@ -67,7 +67,7 @@ async def lifespan(app: FastAPI):
 
     engine.warm_up()
     # The cyclic GC's full collections over the ~60k objects FastAPI and fhir.resources leave behind
-    # are the p99 tail (shared/perf/REPORT.md §2.3); freeze them out of its reach.
+    # are the p99 tail (measured); freeze them out of its reach.
     gc.collect()
     gc.freeze()
     # Each hook call parses thousands of short-lived containers, so the default first-generation threshold

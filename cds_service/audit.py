@@ -5,7 +5,7 @@
   most ``INTERVAL`` s after the first row arrives, at once when ``BATCH_SIZE`` rows are waiting, and up to
   ``MAX_BATCH`` rows per transaction when it has fallen behind (a saturated event loop delays each of the
   writer's database round trips, so bigger transactions are how it catches up). The EHR never waits for
-  the database (shared/perf/REPORT.md §4: ~1 ms per single-row transaction, 22 µs per row in batches of 100).
+  the database (measured: ~1 ms per single-row transaction, 22 µs per row in batches of 100).
 * A database outage never fails a hook call: the writer keeps the batch and retries with backoff while
   new rows queue up; when the queue is full new rows are dropped. Failed attempts and dropped rows are
   counted in ``/metrics`` and logged (without patient data). A batch the database refuses while it is up

@@ -1,6 +1,6 @@
 """Render fired rules into CDS Hooks cards from the clinician-reviewed texts in ``cards/*.yaml``.
 
-Every card gets (DECISIONS 16-17): a summary under 140 characters with the numbers the rule used, the
+Every card gets (decisions 16-17): a summary under 140 characters with the numbers the rule used, the
 evidence level in ``detail`` and in ``extension[EVIDENCE_EXTENSION]``, the facts that fired it with their
 FHIR references (listed in ``detail`` and in ``extension[FACTS_EXTENSION]``), ``source.label`` + ``url``,
 ``overrideReasons`` on warning/critical cards, the rule id in ``extension[RULE_ID_EXTENSION]``, and

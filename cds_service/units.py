@@ -1,4 +1,4 @@
-"""UCUM unit conversion for the few quantities the rules read (DECISIONS 15, A18).
+"""UCUM unit conversion for the few quantities the rules read (decision 15, A18).
 
 The unit is read from ``valueQuantity.code`` (UCUM). When ``code`` is missing, ``unit`` is accepted only
 if it is literally one of the known UCUM spellings below (many EHRs put the UCUM code there). Anything

@@ -1,4 +1,4 @@
-"""Every card the engine can produce meets DECISIONS 16-18, and every rule id has reviewed text."""
+"""Every card the engine can produce meets decisions 16-18, and every rule id has reviewed text."""
 
 import re
 from pathlib import Path

@@ -1,7 +1,7 @@
 """SQLite (the embedded default): WAL journal, one file in ``CDS_DATA_DIR``, one writer thread per process.
 
 WAL with ``synchronous=NORMAL`` commits in ~30 µs and stays consistent after a crash; a power cut can lose
-the last commits, acceptable for an audit trail (shared/perf/REPORT.md §4). ``busy_timeout`` lets several
+the last commits, acceptable for an audit trail. ``busy_timeout`` lets several
 worker processes (``--workers N``) share the file: a writer waits for the lock instead of failing.
 """
 

@@ -139,7 +139,7 @@ class _Server:
 
 async def test_cancelling_requests_under_contention_never_jams_the_pool():
     """Many calls to a hanging server, all cut by their deadline while more wait than the pool holds (the
-    situation of upstream httpcore issue #1093); afterwards a healthy server still gets every request."""
+    situation in which httpcore 1.0.9 leaks pool slots); afterwards a healthy server still gets every request."""
     pool = 4
     client = httpx.AsyncClient(limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
                                timeout=httpx.Timeout(5.0))

@@ -145,8 +145,8 @@ class FhirServerSource(DataSource):
         The request runs in a task of its own that no one cancels: when the call's deadline passes, the
         caller stops waiting, and the request ends by itself moments later through httpx's own timeouts
         (set to the time left) or the deadline check between body chunks. httpcore can lose a pool slot
-        for good when a task is cancelled at the wrong moment inside it (encode/httpcore#1093, still in
-        1.0.9); this way it never is. The task holds the origin's place until the request has ended."""
+        for good when a task is cancelled at the wrong moment inside it (still so in 1.0.9, see
+        docs/operations.md); this way it never is. The task holds the origin's place until the request has ended."""
         await self.guard.acquire()
         self.requests_made += 1
         task = asyncio.ensure_future(self._send(url, is_read, deadline))

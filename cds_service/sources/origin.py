@@ -6,8 +6,8 @@ Why both. A FHIR server that stops answering must cost the service nothing after
   for a slot on an asyncio semaphore, whose wait is cut cleanly by the call's deadline. All origins
   together never exceed ``total``, which is the HTTP client's pool size, so the pool itself never has
   requests waiting for a connection. That matters: httpcore (1.0.9, the newest release) can leak a
-  connection slot for good when a request is cancelled while it waits in a contended pool (upstream
-  issue encode/httpcore#1093), after which every request fails with a pool timeout until restart.
+  connection slot for good when a request is cancelled while it waits in a contended pool, after which
+  every request fails with a pool timeout until restart (docs/operations.md, FHIR fallback).
   A request that never waits inside the pool cannot hit that path.
 * **Circuit breaker.** After ``failures`` consecutive failures (timeout, connection error, HTTP 5xx) the
   origin is *open* for ``open_seconds``: its requests fail at once, without touching the network. Then

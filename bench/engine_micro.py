@@ -72,9 +72,11 @@ class Case:
         self.loop = asyncio.new_event_loop()
 
     def record(self) -> Any:
-        from cds_service.sources.gather import GatherStats, gather
+        from cds_service.sources.gather import GatherPolicy, GatherStats, call_sources, gather
 
-        return self.loop.run_until_complete(gather(self.call, http=None, deadline=5.0, stats=GatherStats()))
+        policy = GatherPolicy(deadline_seconds=5.0)
+        return self.loop.run_until_complete(gather(self.call, call_sources(self.call, policy), policy,
+                                                   GatherStats()))
 
     def close(self) -> None:
         self.loop.close()

@@ -83,7 +83,7 @@ async def stage_times(app, body: bytes, calls: int) -> dict[str, float]:
     from cds_service.discovery import SERVICES
     from cds_service.hooks import parse_call
     from cds_service.models import CDSResponse, dump
-    from cds_service.sources.gather import GatherStats, gather
+    from cds_service.sources.gather import GatherPolicy, GatherStats, call_sources, gather
 
     settings = app.state.settings
     service = SERVICES[gen.SERVICE_ID]
@@ -98,7 +98,8 @@ async def stage_times(app, body: bytes, calls: int) -> dict[str, float]:
         t2 = time.perf_counter()
         call = parse_call(service, data)
         t3 = time.perf_counter()
-        record = await gather(call, http=None, deadline=settings.fhir_deadline_seconds, stats=GatherStats())
+        policy = GatherPolicy.from_settings(settings)
+        record = await gather(call, call_sources(call, policy), policy, GatherStats())
         t4 = time.perf_counter()
         cards = evaluate_cards(record, call.hook, call.hook_instance)
         t5 = time.perf_counter()

@@ -33,7 +33,8 @@ from cds_service.models import (
     FeedbackRequest,
     dump,
 )
-from cds_service.sources.gather import GatherStats, gather
+from cds_service.sources.gather import GatherPolicy, GatherStats, call_sources, gather
+from cds_service.sources.origin import OriginGuards
 from cds_service.store.base import StoreError
 
 log = logs.get_logger("cds_service.app")
@@ -41,6 +42,7 @@ log = logs.get_logger("cds_service.app")
 JSON = "application/json"
 READY_TIMEOUT = 3.0
 GC_THRESHOLDS = (50_000, 20, 100)
+FHIR_POOL_SIZE = 100
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -51,20 +53,22 @@ def _json(data: Any, status: int = 200) -> Response:
 async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
     # One pooled client for every FHIR fallback call; timeouts bound each call, the request
-    # deadline bounds them all.
+    # deadline bounds them all. The origin guards keep requests in flight at or below the pool size, so
+    # no request ever waits inside the pool (see cds_service.sources.origin for why).
     app.state.http = httpx.AsyncClient(
         timeout=httpx.Timeout(settings.fhir_deadline_seconds, connect=min(1.0, settings.fhir_deadline_seconds)),
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        limits=httpx.Limits(max_connections=FHIR_POOL_SIZE, max_keepalive_connections=20),
         follow_redirects=False,
         trust_env=False,
     )
+    app.state.fhir_guards = OriginGuards(total=FHIR_POOL_SIZE)
     for hook in app.state.startup_hooks:
         await hook(app)
     from cds_service import engine
 
     engine.warm_up()
     # The cyclic GC's full collections over the ~60k objects FastAPI and fhir.resources leave behind
-    # are the p99 tail (bench/profile_hot.py); freeze them out of its reach.
+    # are the p99 tail (measured); freeze them out of its reach.
     gc.collect()
     gc.freeze()
     # Each hook call parses thousands of short-lived containers, so the default first-generation threshold
@@ -97,6 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.settings = settings
+    app.state.gather_policy = GatherPolicy.from_settings(settings)
+    app.state.log_limited = logs.RateLimited(every=10.0)
     app.state.startup_hooks = []
     app.state.shutdown_hooks = []
     app.state.authenticator = None  # set by cds_service.auth when trusted issuers are configured
@@ -143,7 +149,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
                 metrics.auth_failed(reason_category(reason))
         elif exc.status == 503 and hasattr(exc, "reason"):  # auth.AuthUnavailable: JWKS or replay cache down
-            log.error("auth_unavailable", reason=exc.reason, path=request.url.path)
+            # an outage fails every request: one line per 10 s per application, with the count suppressed
+            request.app.state.log_limited(log.error, "auth_unavailable", reason=exc.reason, path=request.url.path)
         elif exc.status >= 400:
             log.info("request_refused", status=exc.status, path=request.url.path, message=exc.message)
         return exc.response()
@@ -195,19 +202,14 @@ def _install_routes(app: FastAPI) -> None:
         call = parse_call(service, data)
         logs.bind(hookInstance=call.hook_instance)  # on every log line of this request, errors included
         stats = GatherStats()
+        policy: GatherPolicy = request.app.state.gather_policy
         request.state.gather_stats = stats  # the metrics middleware reads it, also when gather fails (412)
-        record = await gather(
-            call,
-            http=request.app.state.http,
-            deadline=settings.fhir_deadline_seconds,
-            max_pages=settings.fhir_max_pages,
-            max_depth=settings.max_json_depth,
-            max_array=settings.max_array_length,
-            fhir_allowed=getattr(client, "fhir_allowed", None),
-            # fixtures pin "now" so their dates stay meaningful; never honoured with authentication on
-            now=None if settings.auth_enabled else evaluation_time(call.body.extension),
-            stats=stats,
-        )
+        record = await gather(call, call_sources(call, policy, http=request.app.state.http,
+                                                 guards=request.app.state.fhir_guards,
+                                                 fhir_allowed=getattr(client, "fhir_allowed", None)),
+                              policy, stats)
+        if not settings.auth_enabled:  # fixtures pin "now" so their dates stay meaningful; never with auth on
+            record.now = evaluation_time(call.body.extension) or record.now
         cards = evaluate_cards(record, call.hook, call.hook_instance)
         body = orjson.dumps(dump(CDSResponse(cards=cards)))
         elapsed = time.perf_counter() - started
@@ -246,13 +248,18 @@ def _install_routes(app: FastAPI) -> None:
                                max_array=settings.max_array_length)
         items = parse_feedback(data)
         audit = request.app.state.audit
+        stored = 0
         if audit is not None:  # awaited: a 200 means stored (idempotently); a database outage is a 503
-            await audit.feedback_received(service=service.id, items=items)
+            stored = await audit.feedback_received(service=service.id, items=items)
         for item in items:
             code, _ = item.reason_code()
             log.info("feedback", service=service.id, card=item.card, outcome=item.outcome, reason=code,
                      accepted=len(item.acceptedSuggestions or ()))
-        return _json({"accepted": len(items)})
+        # "received": items in the POST; "stored": new rows (a repeat stores nothing); then the items by
+        # outcome, so an overridden card is never reported as accepted.
+        accepted = sum(1 for item in items if item.outcome == "accepted")
+        return _json({"received": len(items), "stored": stored, "accepted": accepted,
+                      "overridden": len(items) - accepted})
 
     @app.get("/health", tags=["Operations"], summary="Liveness: the process answers (no dependency checked)")
     async def health() -> Response:

@@ -5,10 +5,14 @@
   most ``INTERVAL`` s after the first row arrives, at once when ``BATCH_SIZE`` rows are waiting, and up to
   ``MAX_BATCH`` rows per transaction when it has fallen behind (a saturated event loop delays each of the
   writer's database round trips, so bigger transactions are how it catches up). The EHR never waits for
-  the database (shared/perf/REPORT.md §4: ~1 ms per single-row transaction, 22 µs per row in batches of 100).
+  the database (measured: ~1 ms per single-row transaction, 22 µs per row in batches of 100).
 * A database outage never fails a hook call: the writer keeps the batch and retries with backoff while
   new rows queue up; when the queue is full new rows are dropped. Failed attempts and dropped rows are
-  counted in ``/metrics`` and logged (without patient data).
+  counted in ``/metrics`` and logged (without patient data). A batch the database refuses while it is up
+  (it answers a ping) is split to find the rows it refuses; such a row is quarantined (counted as
+  dropped with reason ``quarantined`` and logged by card uuid and rule), so one bad row never blocks
+  the rows behind it. ``cds_audit_queue_depth`` is set on every change: rows accepted and not yet
+  written or given up on.
 * Feedback is written synchronously, not queued: it is low-volume, off the clinician's path (the EHR
   posts it after the fact), and the spec asks for it to be kept reliably. A 200 therefore means it is
   stored (idempotently); if the database is down the client gets a 503 OperationOutcome and may retry.
@@ -28,7 +32,8 @@ from typing import Any
 from cds_service import logs
 from cds_service.errors import ServiceError
 from cds_service.models import RULE_ID_EXTENSION
-from cds_service.store.base import CardRow, FeedbackRow, Store, StoreError
+from cds_service.rfc3339 import parse_instant
+from cds_service.store.base import CardRow, FeedbackRow, Store, StoreError, run_to_end
 from cds_service.store.pseudonym import load_secret
 
 log = logs.get_logger("cds_service.audit")
@@ -37,7 +42,14 @@ BATCH_SIZE = 100
 MAX_BATCH = 1000  # 8 columns x 1000 rows stays far below SQLite's and PostgreSQL's bind-parameter limits
 INTERVAL = 0.05  # seconds to wait for more rows before writing a batch
 MAX_QUEUE = 10_000
-FEEDBACK_TIMEOUT = 5.0
+# A feedback POST waits at most this long for a place among the writes in flight, then for its write;
+# past that the client gets a 503 with Retry-After. The write itself is never cancelled (see the store).
+FEEDBACK_TIMEOUT = 8.0
+MAX_FEEDBACK_IN_FLIGHT = 32
+# A batch the database refuses while it answers a ping is split until the refused rows are found; a
+# single row refused this many times is quarantined: counted, logged (ids only), and taken off the queue.
+POISON_ATTEMPTS = 3
+RETRY_AFTER_SECONDS = "30"
 STARTUP_TIMEOUT = 15.0
 SHUTDOWN_TIMEOUT = 10.0  # uvicorn's graceful shutdown waits for the lifespan; do not hang it forever
 PURGE_EVERY = 6 * 3600.0
@@ -45,8 +57,7 @@ UNLABELLED_RULE = "unlabelled"  # a card without the rule-id extension (should n
 
 
 def _parse_time(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    return parse_instant(value)  # validated when the request was read
 
 
 def feedback_rows(service: str, items: Sequence[Any], received_at: datetime | None = None) -> list[FeedbackRow]:
@@ -96,7 +107,10 @@ class AuditWriter:
         self._ready = False  # schema migrated
         self._failing_since: float | None = None
         self._last_failure_log = 0.0
+        self._feedback_slots = asyncio.Semaphore(MAX_FEEDBACK_IN_FLIGHT)
+        self._log_limited = logs.RateLimited(every=10.0)
         self._next_purge = 0.0
+        self._quarantined_now = 0
 
     # ------------------------------------------------------------------ request path
     def cards_issued(self, *, service: str, hook: str, hook_instance: str, patient_id: str | None,
@@ -113,6 +127,7 @@ class AuditWriter:
         self._pending.append((time.time(), service, hook, hook_instance, patient_id,
                               [(c.uuid, (c.extension or {}).get(RULE_ID_EXTENSION), c.indicator) for c in cards]))
         self._queued_rows += len(cards)
+        self._gauge_queue()
         if not self._wakeup.is_set():
             self._wakeup.set()
 
@@ -135,20 +150,37 @@ class AuditWriter:
         return rows
 
     async def feedback_received(self, *, service: str, items: Sequence[Any]) -> int:
-        """Store feedback before answering; returns the number of new rows (repeats count 0)."""
+        """Store feedback before answering; returns the number of new rows (repeats count 0).
+
+        The timeout bounds the waiting (for a place among the writes in flight, then for the write), never
+        the write: a write that outlives the wait still commits, and the client's retry is a no-op."""
         rows = feedback_rows(service, items)
+        deadline = asyncio.get_running_loop().time() + FEEDBACK_TIMEOUT
         try:
-            async with asyncio.timeout(FEEDBACK_TIMEOUT):
-                await self._ensure_ready()
-                added = await self.store.record_feedback(rows)
+            async with asyncio.timeout_at(deadline):
+                await self._feedback_slots.acquire()
+        except TimeoutError as exc:
+            raise self._feedback_unavailable(service, rows, "busy") from exc
+        try:
+            async with asyncio.timeout_at(deadline):
+                added = await run_to_end(self._store_feedback(rows))
         except (StoreError, TimeoutError) as exc:
-            self._count("audit_failed", "feedback", len(rows))
-            log.error("feedback_write_failed", service=service, items=len(rows),
-                      error=str(exc) if isinstance(exc, StoreError) else "timeout")
-            raise ServiceError("The feedback could not be stored right now; please send it again later.",
-                               status=503, code="transient", headers={"Retry-After": "30"}) from exc
+            raise self._feedback_unavailable(service, rows, str(exc) if isinstance(exc, StoreError) else "timeout") \
+                from exc
+        finally:
+            self._feedback_slots.release()
         self._count("audit_written", "feedback", added)
         return added
+
+    async def _store_feedback(self, rows: list[FeedbackRow]) -> int:
+        await self._ensure_ready()
+        return await self.store.record_feedback(rows)
+
+    def _feedback_unavailable(self, service: str, rows: list, error: str) -> ServiceError:
+        self._count("audit_failed", "feedback", len(rows))
+        self._log_limited(log.error, "feedback_write_failed", service=service, items=len(rows), error=error)
+        return ServiceError("The feedback could not be stored right now; please send it again later.",
+                            status=503, code="transient", headers={"Retry-After": RETRY_AFTER_SECONDS})
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, app=None) -> None:
@@ -170,6 +202,7 @@ class AuditWriter:
                 lost = self._queued_rows
                 self._pending.clear()
                 self._queued_rows = 0
+                self._gauge_queue()
                 if lost:
                     self._count("audit_dropped", "shutdown", lost)
                     log.error("audit_rows_lost_at_shutdown", rows=lost)
@@ -216,6 +249,7 @@ class AuditWriter:
                 lost = self._queued_rows
                 self._pending.clear()
                 self._queued_rows = 0
+                self._gauge_queue()
                 self._count("audit_dropped", "shutdown", lost)
                 log.error("audit_rows_lost_at_shutdown", rows=lost)
                 return
@@ -236,24 +270,61 @@ class AuditWriter:
                 n += len(entry[5])
             if not entries:
                 return True
+            rows = self._rows(entries)
             try:
                 await self._ensure_ready()
-                await self.store.record_cards(self._rows(entries))
+                await self.store.record_cards(rows)
             except Exception as exc:  # noqa: BLE001 - whatever the database does, the writer must survive
-                # Keep the calls (in order, at the front) for the next attempt; they still count against
-                # the queue bound, so new calls are dropped rather than memory growing without limit.
-                self._pending.extendleft(reversed(entries))
                 self._count("audit_failed", "cards", n)
-                self._log_failure(exc)
-                return False
+                if not await self._store_answers():
+                    # An outage: keep the calls (in order, at the front) for the next attempt; they still
+                    # count against the queue bound, so new calls are dropped rather than memory growing.
+                    self._pending.extendleft(reversed(entries))
+                    self._log_failure(exc)
+                    return False
+                # The database is up and refused this batch: find the rows it refuses, write the rest.
+                await self._write_isolating(rows)
             self._queued_rows -= n
             self._gauge_queue()
-        self._count("audit_written", "cards", n)
+        self._count("audit_written", "cards", n - self._quarantined_now)
+        self._quarantined_now = 0
         await self._maybe_purge()
         if self._failing_since is not None:
             log.info("audit_store_recovered", after_s=round(time.monotonic() - self._failing_since, 1))
             self._failing_since = None
         return True
+
+    async def _store_answers(self) -> bool:
+        try:
+            async with asyncio.timeout(5.0):
+                await self.store.ping()
+        except Exception:  # noqa: BLE001 - any failure: the store is not answering
+            return False
+        return True
+
+    async def _write_isolating(self, rows: list[CardRow]) -> None:
+        """Write ``rows`` in halves until every row is written or, alone, refused POISON_ATTEMPTS times."""
+        if len(rows) > 1:
+            mid = len(rows) // 2
+            for part in (rows[:mid], rows[mid:]):
+                try:
+                    await self.store.record_cards(part)
+                except Exception:  # noqa: BLE001 - narrowed down below
+                    await self._write_isolating(part)
+            return
+        row = rows[0]
+        error: Exception | None = None
+        for _ in range(POISON_ATTEMPTS):
+            try:
+                await self.store.record_cards(rows)
+                return
+            except Exception as exc:  # noqa: BLE001
+                error = exc
+                await asyncio.sleep(0.05)
+        self._quarantined_now += 1
+        self._count("audit_dropped", "quarantined", 1)
+        log.error("audit_row_quarantined", card=row.card_uuid, rule=row.rule_id,
+                  error=str(error) if isinstance(error, StoreError) else type(error).__name__)
 
     async def _maybe_purge(self) -> None:
         if self.retention_days <= 0 or time.monotonic() < self._next_purge:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,19 +12,47 @@ from starlette.requests import Request
 
 from cds_service.errors import BadRequest, PayloadTooLarge
 
+# A refused body is still read (and thrown away) up to this many bytes and seconds before the 413 is sent:
+# a client that writes its whole body before reading the answer would otherwise see its connection reset
+# (closing a socket with unread data sends RST) instead of the 413. Beyond these bounds it is cut.
+DRAIN_MAX_BYTES = 64 * 1024 * 1024
+DRAIN_SECONDS = 10.0
+
+
+async def _drain(chunks: AsyncIterator[bytes], already: int = 0) -> None:
+    loop = asyncio.get_running_loop()
+    stop_at = loop.time() + DRAIN_SECONDS
+    size = already
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > DRAIN_MAX_BYTES or loop.time() > stop_at:
+                return
+    except Exception:  # noqa: BLE001 - the client went away: nothing left to drain
+        return
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.",
+                           headers={"Connection": "close"})
+
 
 async def read_limited(request: Request, limit: int) -> bytes:
-    """The raw body, refusing more than ``limit`` bytes without reading the rest into memory."""
+    """The raw body, refusing more than ``limit`` bytes without keeping the rest in memory."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
-            if int(declared) > limit:
-                raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+            too_large = int(declared) > limit
         except ValueError as exc:
             raise BadRequest("Content-Length header is not a number.") from exc
-    body = await join_limited(request.stream(), limit)
+        if too_large:
+            await _drain(request.stream())
+            raise _too_large(limit)
+    stream = request.stream()
+    body = await join_limited(stream, limit)
     if body is None:
-        raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+        await _drain(stream, limit)
+        raise _too_large(limit)
     return body
 
 

@@ -1,6 +1,6 @@
 """Render fired rules into CDS Hooks cards from the clinician-reviewed texts in ``cards/*.yaml``.
 
-Every card gets (DECISIONS 16-17): a summary under 140 characters with the numbers the rule used, the
+Every card gets (decisions 16-17): a summary under 140 characters with the numbers the rule used, the
 evidence level in ``detail`` and in ``extension[EVIDENCE_EXTENSION]``, the facts that fired it with their
 FHIR references (listed in ``detail`` and in ``extension[FACTS_EXTENSION]``), ``source.label`` + ``url``,
 ``overrideReasons`` on warning/critical cards, the rule id in ``extension[RULE_ID_EXTENSION]``, and
@@ -11,10 +11,9 @@ with ``selectionBehavior: any`` and a uuid on the card and on every suggestion.
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any
 
-from . import models
+from . import markup, models
 from .facts import FactRef, Facts, fmt
 from .resources import load_yaml_dir
 from .rules import Fired
@@ -73,14 +72,19 @@ class _ThresholdView:
 
 
 def _mapping(values: dict[str, Any], th: Thresholds, view: _ThresholdView | None = None) -> dict[str, Any]:
-    """What a template is formatted with: lists joined, floats formatted, ``t`` the threshold view."""
+    """What a template is formatted with: lists joined, floats formatted, ``t`` the threshold view.
+
+    Every value may quote the record (a product name, a Condition's text), so each is made literal
+    text here, the one place values meet the card templates; only the templates themselves are markup."""
     mapping = dict(values)
-    mapping["t"] = view if view is not None else _ThresholdView(th)
     for k, v in list(mapping.items()):
         if isinstance(v, list):
-            mapping[k] = ", ".join(str(x) for x in v)
+            mapping[k] = ", ".join(md_escape(x) for x in v)
         elif isinstance(v, float):
             mapping[k] = fmt(v)
+        elif isinstance(v, str):
+            mapping[k] = md_escape(v)
+    mapping["t"] = view if view is not None else _ThresholdView(th)
     return mapping
 
 
@@ -114,27 +118,9 @@ def fit_summary(template: str, values: dict[str, Any], th: Thresholds, prefix: s
     return text
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
-_MD_TOUCHED = re.compile(r"[\\`*_\[\]<>#|\n]")  # what md_escape changes: the specials and newlines
-_MD_TABLE = str.maketrans({c: "\\" + c for c in "\\`*_[]<>#|"} | {"\n": " "})
-
-
-def md_escape(text: str) -> str:
-    """Escape EHR-supplied text before it goes into Markdown (no links/HTML from the record).
-
-    A backslash before each of ``\\`*_[]<>#|`` and newlines as spaces. Most fact texts have none of
-    them: one regex scan answers that, and only the others pay for the ``str.translate`` pass. Short
-    strings are memoised (fact labels and values repeat from request to request)."""
-    if type(text) is str and len(text) <= 256:
-        return _md_escape_memo(text)
-    return _md_escape(str(text))
-
-
-def _md_escape(text: str) -> str:
-    return text if _MD_TOUCHED.search(text) is None else text.translate(_MD_TABLE)
-
-
-_md_escape_memo = functools.lru_cache(maxsize=4096)(_md_escape)
+def md_escape(text: Any) -> str:
+    """EHR-supplied text made literal before it goes into a card (the one rule: :mod:`cds_service.markup`)."""
+    return markup.text(text)
 
 
 # ------------------------------------------------------------------------------------------- resources
@@ -237,7 +223,7 @@ def render(fired: Fired, facts: Facts, th: Thresholds, *, _view: _ThresholdView 
     if fired.facts:
         lines = [f"**{lib.get('_facts_heading', 'Facts used')}**", ""]
         for fr in fired.facts:
-            ref = f" (`{fr.reference}`)" if fr.reference else ""
+            ref = f" ({markup.code(fr.reference)})" if fr.reference else ""
             lines.append(f"- {md_escape(fr.fact)}: {md_escape(fr.value)}{ref}")
         parts.append("\n".join(lines))
     detail = "\n\n".join(p for p in parts if p)

@@ -28,7 +28,7 @@ PREFETCH: dict[str, str] = {
     "observations": "Observation?patient={{context.patientId}}&code="
     + ",".join(f"http://loinc.org|{c}" for c in OBSERVATION_CODES)
     + "&_sort=-date&_count=100",
-    # Optional keys (KNOWLEDGE §4.3): IgA-reaction allergies, infusion-centre administrations (infliximab,
+    # Optional keys (knowledge §4.3): IgA-reaction allergies, infusion-centre administrations (infliximab,
     # IVIG, IV pulses), central lines. Servers that cannot answer them must not turn every call into a 412,
     # so a failure here becomes a note on the record instead.
     "allergies": "AllergyIntolerance?patient={{context.patientId}}",

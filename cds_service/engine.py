@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import models
+from . import markup, models
 from .cards import card_library, render_all
 from .facts import Facts, build_facts
 from .record import PatientRecord
@@ -105,7 +105,7 @@ def _add_data_notes(cards: list[models.Card], notes: list[str]) -> None:
         return
     shown = unique[:MAX_DATA_NOTES]
     more = len(unique) - len(shown)
-    text = "\n\n**Data notes (what could not be read):**\n\n" + "\n".join(f"- {n}" for n in shown)
+    text = "\n\n**Data notes (what could not be read):**\n\n" + "\n".join(f"- {markup.text(n)}" for n in shown)
     if more:
         text += f"\n- … and {more} more"
     for card in cards:

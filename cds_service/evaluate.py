@@ -9,7 +9,7 @@ from cds_service.discovery import SERVICES
 from cds_service.hooks import evaluation_time, parse_call
 from cds_service.models import EVALUATION_TIME_EXTENSION, CDSResponse, dump
 from cds_service.sources.bundle import request_from_bundle
-from cds_service.sources.gather import gather
+from cds_service.sources.gather import GatherPolicy, call_sources, gather
 
 
 def service_for(hook: str):
@@ -35,7 +35,10 @@ async def evaluate_request_async(request: dict[str, Any], hook: str) -> dict[str
 
     call = parse_call(service_for(hook), request)
     now = evaluation_time(request.get("extension"))
-    record = await gather(call, http=None, deadline=1.0, now=now)
+    policy = GatherPolicy(deadline_seconds=1.0)
+    record = await gather(call, call_sources(call, policy), policy)  # the bundle's data is all in prefetch
+    if now is not None:
+        record.now = now
     cards = evaluate_cards(record, call.hook, call.hook_instance)
     return dump(CDSResponse(cards=cards))
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from . import units
+from . import plausibility, units
 from .record import PatientRecord
 from .terminology import (
     ANTI_TNF,
@@ -904,7 +904,7 @@ class _Builder:
                 kind == "cranial" and "ns.specific" not in m.names)
             if needs_sarcoid and not sarcoid_any:
                 if kind == "sfn":
-                    continue  # idiopathic SFN is not an indication (KNOWLEDGE §2.2)
+                    continue  # idiopathic SFN is not an indication (knowledge §2.2)
                 continue
             c = self._ns_cond(kind, res, clin, verification, m)
             f.ns_conditions.append(c)
@@ -1552,7 +1552,7 @@ class _Builder:
     # ------------------------------------------------------------------ derived facts
     def _derive(self) -> None:
         f, th = self.f, self.th
-        # body size (DECISIONS 11)
+        # body size (decision 11)
         if f.weight is not None:
             f.dosing_weight, f.dosing_weight_basis = f.weight.value, "actual"
             if f.height is not None and f.height.value > 0:
@@ -1565,7 +1565,7 @@ class _Builder:
                         f.adjusted_weight = f.ibw + th.adjusted_weight_factor * (f.weight.value - f.ibw)
                         if th.use_adjusted_weight:
                             f.dosing_weight, f.dosing_weight_basis = f.adjusted_weight, "adjusted"
-        # eGFR computed from creatinine when no measured eGFR (CKD-EPI 2021, KNOWLEDGE REN-CKD)
+        # eGFR computed from creatinine when no measured eGFR (CKD-EPI 2021, REN-CKD)
         if f.egfr is None and f.creatinine is not None and f.age is not None and f.sex in ("male", "female"):
             scr = f.creatinine.value
             k, a = (0.7, -0.241) if f.sex == "female" else (0.9, -0.302)
@@ -1629,7 +1629,7 @@ class _Builder:
         f.thrombosis_factors = _dedupe_factors(f.thrombosis_factors)
         f.renal_factors = _dedupe_factors(f.renal_factors)
         f.renal_critical = _dedupe_factors(f.renal_critical)
-        # IgA level (DECISIONS 10)
+        # IgA level (decision 10)
         if f.iga_level is not None and f.iga_level.value < th.iga_deficiency_mg_dl:
             f.iga_deficiency.append(f.iga_level.fact(f"Serum IgA below {fmt(th.iga_deficiency_mg_dl)} mg/dL"))
         for msg in f.unit_problems:
@@ -1705,6 +1705,16 @@ def kdigo_aki(series: list[LabValue], th: Thresholds) -> Factor | None:
 # ============================================================================================ IVIG order dose
 
 
+def _plausible_dose(g: float | None, gpk: float | None, problems: list[str]) -> tuple[float | None, float | None]:
+    """The ordered amounts, each dropped (with the reason) when outside the plausible range."""
+    for kind, value, unit in (("ivig_dose_g", g, "g"), ("ivig_dose_g_per_kg", gpk, "g/kg")):
+        why = plausibility.problem(kind, value, unit) if value is not None else None
+        if why:
+            problems.append(f"dose {why}; dose not checked")
+            g, gpk = (None, gpk) if kind == "ivig_dose_g" else (g, None)
+    return g, gpk
+
+
 def ordered_ig_dose(res: dict[str, Any], th: Thresholds) -> OrderedDose:
     """Read dose and schedule of an immune globulin order (g, mg, g/kg, mg/kg, mL at the set concentration)."""
     od = OrderedDose()
@@ -1735,6 +1745,7 @@ def ordered_ig_dose(res: dict[str, Any], th: Thresholds) -> OrderedDose:
                                    f"{fmt(th.ivig_concentration_percent)} %")
             else:
                 od.problems.append(f"dose unit {unit!r} not understood; dose not checked")
+            g, gpk = _plausible_dose(g, gpk, od.problems)
             break
         pdays = per_day_of(d)
         days = None

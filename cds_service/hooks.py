@@ -3,9 +3,9 @@
 Strict (400): hook matches the service, ``hookInstance``, ``context.patientId``, ``context.userId``,
 ``context.draftOrders`` (a Bundle-shaped object), ``fhirServer`` whenever ``fhirAuthorization`` is sent.
 
-Lenient (real clients, see ``shared/spec/CLIENTS.md``): a draftOrders Bundle without ``type``;
-``category``/``reasonCode`` sent as an object; Medication entries mixed into draftOrders and referenced
-by ``medicationReference``; ids longer than FHIR's 64 characters; ``Patient/`` (or an absolute URL) in
+Lenient (real clients, see the captured requests in ``tests/data/client-examples/``): a draftOrders Bundle
+without ``type``; ``category``/``reasonCode`` sent as an object; Medication entries mixed into draftOrders and
+referenced by ``medicationReference``; ids longer than FHIR's 64 characters; ``Patient/`` (or an absolute URL) in
 ``patientId``; unknown context keys and ``extension`` objects; DSTU2 ``MedicationOrder``.
 """
 

@@ -6,15 +6,63 @@ or any other patient identifier. Log events name the service, hookInstance, timi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
+import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import structlog
 
 MAX_FRAMES = 8
+# A log field longer than this is cut, with its length and a short digest so equal values stay
+# recognisable: a caller-chosen string (a 4.5 MB hookInstance) never reaches the log whole.
+MAX_FIELD_CHARS = 200
+
+
+def cap_length(value: str, limit: int = MAX_FIELD_CHARS) -> str:
+    if len(value) <= limit:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:12]
+    return f"{value[:limit]}...[{len(value)} chars, sha256 {digest}]"
+
+
+def _cap_fields(_logger, _method, event: dict) -> dict:
+    for key, value in event.items():
+        if type(value) is str and len(value) > MAX_FIELD_CHARS:
+            event[key] = cap_length(value)
+    return event
+
+
+class RateLimited:
+    """At most one line per ``every`` seconds for an event that can repeat on every request.
+
+    A dependency that is down (JWKS, Redis, the database) fails every request; one line per request
+    would flood the log (1,204 lines in 11 s). The first occurrence is logged at once; later ones in the
+    same window are counted and reported as ``suppressed`` on the next line that is written.
+    """
+
+    def __init__(self, every: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self._clock = clock
+        self._next: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def __call__(self, emit: Callable[..., object], event: str, **fields) -> bool:
+        """Call ``emit(event, **fields)`` unless ``event`` was logged less than ``every`` s ago."""
+        now = self._clock()
+        if now < self._next.get(event, 0.0):
+            self._suppressed[event] = self._suppressed.get(event, 0) + 1
+            return False
+        self._next[event] = now + self.every
+        suppressed = self._suppressed.pop(event, 0)
+        if suppressed:
+            fields["suppressed"] = suppressed
+        emit(event, **fields)
+        return True
 
 
 def _orjson_dumps(obj, default=None) -> str:  # structlog wants str
@@ -58,7 +106,8 @@ def configure(level: str = "INFO", json: bool = True) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        exception_without_data,
+        _cap_fields,
+        exception_without_data,  # after the cap: its text is ours and bounded (MAX_FRAMES)
     ]
     renderer = (
         structlog.processors.JSONRenderer(serializer=_orjson_dumps) if json

@@ -211,31 +211,36 @@ class HookRequestBody(BaseModel):
 
 
 # --------------------------------------------------------------------------- feedback
+# Feedback fields are stored as sent, so their lengths are checked here (a 400 names the field), never cut.
+MAX_ID = 64  # card and suggestion uuids are 36 characters; the store keeps 64
+MAX_CODE, MAX_SYSTEM, MAX_DISPLAY, MAX_COMMENT = 200, 500, 500, 2000
+
+
 class AcceptedSuggestion(BaseModel):
     model_config = ConfigDict(extra="allow")
-    id: str = Field(min_length=1)
+    id: str = Field(min_length=1, max_length=MAX_ID)
 
 
 class FeedbackCoding(BaseModel):
     """Feedback codings come without ``display`` from the sandbox: accept that."""
 
     model_config = ConfigDict(extra="allow")
-    code: str = Field(min_length=1)
-    system: str | None = None
-    display: str | None = None
+    code: str = Field(min_length=1, max_length=MAX_CODE)
+    system: str | None = Field(default=None, max_length=MAX_SYSTEM)
+    display: str | None = Field(default=None, max_length=MAX_DISPLAY)
 
 
 class OverrideReasonFeedback(BaseModel):
     model_config = ConfigDict(extra="allow")
     reason: FeedbackCoding | None = None
-    userComment: str | None = None
+    userComment: str | None = Field(default=None, max_length=MAX_COMMENT)
     extension: dict[str, Any] | None = None  # Epic puts its reason here instead of `reason`
 
 
 class FeedbackItem(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    card: str = Field(min_length=1)
+    card: str = Field(min_length=1, max_length=MAX_ID)
     outcome: Literal["accepted", "overridden"]
     acceptedSuggestions: list[AcceptedSuggestion] | None = None
     overrideReason: OverrideReasonFeedback | None = None
@@ -262,13 +267,22 @@ class FeedbackItem(BaseModel):
     @field_validator("outcomeTimestamp")
     @classmethod
     def _rfc3339(cls, v: str) -> str:
-        from datetime import datetime
+        from cds_service.rfc3339 import parse_instant
 
         try:
-            datetime.fromisoformat(v.replace("Z", "+00:00"))
+            parse_instant(v)
         except ValueError as exc:
-            raise ValueError("outcomeTimestamp must be an RFC 3339 date-time") from exc
+            raise ValueError(f"outcomeTimestamp {exc}") from None
         return v
+
+    @model_validator(mode="after")
+    def _reason_lengths(self) -> FeedbackItem:
+        code, display = self.reason_code()  # Epic's extension is free-form: the same limits apply
+        if code is not None and len(code) > MAX_CODE:
+            raise ValueError(f"the override reason code is longer than {MAX_CODE} characters")
+        if display is not None and (not isinstance(display, str) or len(display) > MAX_DISPLAY):
+            raise ValueError(f"the override reason display must be text of at most {MAX_DISPLAY} characters")
+        return self
 
     def reason_code(self) -> tuple[str | None, str | None]:
         """(code, display) of the override reason, from the spec shape or Epic's extension."""

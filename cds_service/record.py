@@ -1,7 +1,7 @@
 """PatientRecord: the FHIR data of one hook call, gathered from whichever source had it.
 
 Resources stay raw JSON dicts here. Validating every prefetched resource with full FHIR models
-costs ~200 µs each; the clinical facts builder picks the few resources its
+costs ~200 µs each (measured); the clinical facts builder picks the few resources its
 rules read with cheap dict checks and validates only those with ``fhir.resources.R4B``.
 """
 

@@ -5,7 +5,7 @@ Texts live in ``cards/*.yaml`` (rendered by :mod:`cds_service.cards`); threshold
 *whether* a card fires, *which variant*, the values for its templates, the facts it cites and which
 suggestions it enables.
 
-When cards show (DECISIONS 6): ladder and IVIG-indication cards only when one of "the orders" (the
+When cards show (decision 6): ladder and IVIG-indication cards only when one of "the orders" (the
 selections on order-select, every draft on order-sign) is a ladder drug or an immune globulin, or on
 patient-view. An escalation card is suppressed when any draft order is a drug of that tier or higher.
 IVIG safety cards fire for every immune globulin order (SCIG included); dose rules only for IVIG.
@@ -187,7 +187,7 @@ def rule_stage(ctx: Context) -> list[Fired]:
         return []
     tier = ESCALATION_TIER.get(stage)
     if tier is not None and ctx.max_planned_tier >= tier:
-        return []  # DECISIONS 6: the escalation is already being ordered
+        return []  # decision 6: the escalation is already being ordered
     fired = Fired(rule_id, facts=list(s.reasons), conditional=s.conditional)
     v = fired.values
     v["gc_max"] = fmt(s.gc_max_pred_eq)

@@ -1,7 +1,7 @@
-"""Treatment stage S0-S7 (incl. S2b, S3R, S3I) per KNOWLEDGE.md §4.2 with DECISIONS 4-5.
+"""Treatment stage S0-S7 (incl. S2b, S3R, S3I) per knowledge §4.2 with decisions 4-5.
 
 Gate S0 first, then the first predicate from S7 down to S1 that holds is the stage (the highest tier
-reached wins). Minimum trials (DECISIONS 5) decide when continued disease (B4) counts against a drug.
+reached wins). Minimum trials (decision 5) decide when continued disease (B4) counts against a drug.
 Every predicate that placed the patient is returned as :class:`~cds_service.facts.FactRef` evidence.
 """
 
@@ -40,7 +40,7 @@ class StageResult:
     reasons: list[FactRef] = field(default_factory=list)
     in_scope: bool = False  # ladder scope (adult, NS active/suspected/possible, not SFN-only)
     conditional: bool = False  # suspected / possible NS: conditional wording (A16)
-    sfn_pathway: bool = False  # only SFN: IVIG-SFN card, no ladder (KNOWLEDGE §4.2)
+    sfn_pathway: bool = False  # only SFN: IVIG-IND-SFN card, no ladder (knowledge §4.2)
     scope_note: str = ""
     gc: ClassState = field(default_factory=lambda: ClassState(GC))
     second_line: ClassState = field(default_factory=lambda: ClassState(SECOND_LINE))

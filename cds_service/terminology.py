@@ -6,18 +6,18 @@ Sources, in order:
    a member of its ``group`` value set. ATC entries match by prefix (``G03C`` covers ``G03CA03``).
 2. :data:`CATEGORIES`: finer value sets the rules need (e.g. ``renal.dialysis``, ``thrombosis.history``).
    They list codes of ``terminology.json`` (whose ``verified`` flag they inherit) and the ICD-10-CM
-   *families* KNOWLEDGE.md names (``N18.x``, ``E08-E13``, ``I50.x`` ...), matched by prefix.
+   *families* the research names (``N18.x``, ``E08-E13``, ``I50.x`` ...; knowledge §2.2 and §3.2), matched by prefix.
 3. The site file named by ``CDS_EXTRA_CODES`` (YAML or JSON): a list of ``{group, system, code, display,
    verified?, prefix?}`` entries (``group`` may be a terminology group or a category), or a mapping with
-   ``codes: [...]`` and ``ivig_rxnorm: [...]`` (site RxNorm codes for IVIG products, DECISIONS 14).
+   ``codes: [...]`` and ``ivig_rxnorm: [...]`` (site RxNorm codes for IVIG products, decision 14).
 
-DECISIONS 13 (an unverified code is never the only way a rule fires) is enforced in :meth:`Terminology.match`:
+Decision 13 (an unverified code is never the only way a rule fires) is enforced in :meth:`Terminology.match`:
 a hit on an unverified code counts only when the same CodeableConcept also carries a verified code or an
 ATC code of the same value set, or its text/display contains the display that ``terminology.json`` gives
 for that code (so a mistyped or re-used code with a different meaning cannot fire a rule on its own).
 
 Medication concepts are also matched by ingredient name (A12: biosimilars ``infliximab-dyyb``, brand
-names, local codes) and immune globulin by name and brand (DECISIONS 14). Condition concepts are never
+names, local codes) and immune globulin by name and brand (decision 14). Condition concepts are never
 matched by free text alone.
 
 Everything is loaded once (:func:`get_terminology`) and matching is plain dict/set lookups.
@@ -97,7 +97,7 @@ def _norm_text(text: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- categories
-# name -> (system, code-or-prefix, is_prefix). ICD codes written with dots as in KNOWLEDGE.md.
+# name -> (system, code-or-prefix, is_prefix). ICD codes written with dots, as ICD-10-CM prints them.
 def _icd(*codes: str) -> list[tuple[str, str, bool]]:
     return [(ICD10, c, False) for c in codes]
 
@@ -115,7 +115,7 @@ _PARAPROTEIN = _icdp("C90.0", "C88.0", "D47.2") + _sct("109989006", "190818004",
                                                          "267440005")
 
 CATEGORIES: dict[str, list[tuple[str, str, bool]]] = {
-    # --- neurosarcoidosis (KNOWLEDGE §2.2)
+    # --- neurosarcoidosis (knowledge §2.2)
     "sarcoidosis": _icdp("D86") + _sct("31541009", "24369008", "75403004", "55941000", "230193008",
                                        "192673008", "193101001", "193195000", "193251003", "203042003",
                                        "111936002"),
@@ -138,7 +138,7 @@ CATEGORIES: dict[str, list[tuple[str, str, bool]]] = {
     "gc.intolerance": _icdp("T38.0X5", "E24.2", "E09"),
     "is.intolerance": _icdp("T45.1X5"),
     "adrenal-insufficiency": _icdp("E27.1", "E27.2", "E27.4", "E23.0"),
-    # --- thrombosis (KNOWLEDGE §3.2 THR-*)
+    # --- thrombosis (knowledge §3.2, THR-AGE to THR-CV)
     "thrombosis.history": _icdp("I82", "I26", "I63", "I21", "I22", "I25.2", "G45", "Z86.71", "Z86.73")
     + _sct("128053003", "111293003", "59282003", "230690007", "432504007", "22298006", "1755008"),
     "thrombosis.hypercoagulable": _icdp("D68.5", "D68.6") + _sct("26843008", "421527008", "234467004"),
@@ -153,7 +153,7 @@ CATEGORIES: dict[str, list[tuple[str, str, bool]]] = {
     "hyperviscosity.paraprotein": _PARAPROTEIN,
     "hyperviscosity.other": _icdp("D89.1", "D45", "D75.1", "R70.1", "E78.1", "E78.3")
     + _sct("30911005", "302870006"),
-    # --- renal (REN-*)
+    # --- renal (knowledge §3.2, REN-CKD to REN-NEPHROTOX)
     "renal.ckd": _icdp("N18") + _sct("709044004", "431855005", "433144002", "700378005", "700379002",
                                       "431857002", "433146000", "46177005"),
     "renal.ckd-severe": _icdp("N18.4", "N18.5", "N18.6") + _sct("431857002", "433146000", "46177005"),
@@ -182,7 +182,7 @@ CATEGORIES: dict[str, list[tuple[str, str, bool]]] = {
     "contra.fungal": _icdp("B38", "B39", "B44", "B45"),
 }
 
-# ATC prefixes excluded from a value set even though a broader prefix matches (KNOWLEDGE §2.3).
+# ATC prefixes excluded from a value set even though a broader prefix matches (knowledge §2.3).
 ATC_EXCLUSIONS = {"estrogen-thrombosis-risk": ("G03AC",)}
 
 # --------------------------------------------------------------------------------------------- ingredients
@@ -201,7 +201,7 @@ class Ingredient:
     drug_class: str | None  # GC / SECOND_LINE / ANTI_TNF / RITUXIMAB / IG / None (risk drugs)
     stems: tuple[str, ...]  # lower-case word starts (generic and brand names); two-word names joined
     pred_equiv: float | None = None  # B5 prednisone-equivalent factor (GC only)
-    tier: int | None = None  # escalation tier for suppression (DECISIONS 6)
+    tier: int | None = None  # escalation tier for suppression (decision 6)
     groups: tuple[str, ...] = ()  # value sets this ingredient belongs to (risk drugs)
 
 
@@ -335,7 +335,7 @@ class Hit:
 
 @dataclass(frozen=True, slots=True)  # frozen: memoised results are shared between callers
 class ConceptMatch:
-    names: frozenset[str]  # value sets confirmed for this concept (DECISIONS 13 applied)
+    names: frozenset[str]  # value sets confirmed for this concept (decision 13 applied)
     hits: tuple[Hit, ...]
     ingredient: Ingredient | None = None
     text: str = ""
@@ -449,7 +449,7 @@ class Terminology:
         return memo
 
     def match(self, concept: Any, *, medication: bool = False) -> ConceptMatch:
-        """Value sets a CodeableConcept belongs to (DECISIONS 13 enforced).
+        """Value sets a CodeableConcept belongs to (decision 13 enforced).
 
         Memoised per registry by the concept's JSON content (:func:`concept_key`): the same concepts come
         back in every request, and the result depends on nothing else. Results are frozen, so sharing is safe.
@@ -534,7 +534,7 @@ class Terminology:
 
 
 def immune_globulin_route(concept_text: str, route_kind: str | None, atc_codes: Iterable[str] = ()) -> str:
-    """'ivig' or 'scig' for an immune globulin order/exposure (DECISIONS 14).
+    """'ivig' or 'scig' for an immune globulin order/exposure (decision 14).
 
     Route wins; then ATC J06BA02/J06BA01; then the product name. Unknown -> 'ivig' (assumed intravenous:
     the dose and safety rules then apply, which errs on the safe side).
@@ -601,7 +601,7 @@ def build_terminology(extra_codes: str | None = None) -> Terminology:
         for sys, code, is_prefix in members:
             c = norm_code(sys, code)
             display = term.display_for(sys, c) or code
-            # inherit verification from terminology.json; ICD families named in KNOWLEDGE.md count as verified
+            # inherit verification from terminology.json; ICD families the research names count as verified
             ok = verified.get((sys, c), sys == ICD10)
             term.add(Entry(name, sys, c, display, ok, prefix=is_prefix))
     if extra_codes:

@@ -1,8 +1,9 @@
 """Every clinical number the rules use, as site-configurable settings (env prefix ``CDS_``).
 
-Defaults come from ``DECISIONS.md`` (which wins) and, where it is silent, from the proposals in
-``KNOWLEDGE.md``. Every card prints the number it used, so a site that changes a value here sees the
-change on its cards. ``docs/thresholds.md`` is generated from this class (:func:`markdown_table`).
+Defaults come from the product decisions (``docs/clinical/decisions.md``, which win) and, where they are
+silent, from the research proposals (``docs/clinical/knowledge.md``). Every card prints the number it used,
+so a site that changes a value here sees the change on its cards. ``docs/thresholds.md`` is generated from
+this class (:func:`markdown_table`).
 
 Comparison direction is part of each description: "at least" means ``>=``, "above" ``>``, "below" ``<``.
 """
@@ -46,23 +47,23 @@ class Thresholds(BaseSettings):
 
     # ----------------------------------------------------------------- scope
     adult_age_years: int = Field(18, description="Ladder and IVIG-indication cards only at this age or older "
-                                 "(DECISIONS 1, A20).")
+                                 "(decision 1, A20).")
     ivig_safety_sarcoidosis_only: bool = Field(False, description="When true, IVIG safety cards fire only for "
-                                               "patients with a sarcoidosis code (DECISIONS 2 default: every "
+                                               "patients with a sarcoidosis code (decision 2 default: every "
                                                "IVIG order).")
 
-    # ----------------------------------------------------------------- glucocorticoids (B5, DECISIONS 4)
+    # ----------------------------------------------------------------- glucocorticoids (B5, decision 4)
     gc_high_dose_mg: float = Field(20, description="A glucocorticoid course counts as a first-line trial when "
                                    "its maximum daily dose is at least this many mg prednisone-equivalent "
-                                   "(DECISIONS 4).")
+                                   "(decision 4).")
     gc_pulse_mg: float = Field(250, description="An intravenous glucocorticoid dose of at least this many mg "
                                "prednisone-equivalent per day is an IV pulse (counts as a trial).")
     gc_min_trial_days: int = Field(14, description="Minimum days of high-dose glucocorticoid before continued "
-                                   "disease counts against it (DECISIONS 5).")
+                                   "disease counts against it (decision 5).")
     gc_dependence_mg: float = Field(10, description="GC dependence: current dose above this many mg "
                                     "prednisone-equivalent per day ...")
     gc_dependence_after_days: int = Field(90, description="... after at least this many days of therapy "
-                                          "(KNOWLEDGE B4.4, Pulm Ther 2021).")
+                                          "(B4.4, Pulm Ther 2021).")
     gc_replacement_hydrocortisone_max_mg: float = Field(30, description="Hydrocortisone at or below this daily "
                                                         "dose is physiological replacement and ignored (A4).")
     gc_other_indication_min_days: int = Field(14, description="A GC course without a sarcoidosis reason counts "
@@ -72,13 +73,13 @@ class Thresholds(BaseSettings):
 
     # ----------------------------------------------------------------- second line / anti-TNF
     second_line_min_trial_days: int = Field(84, description="Minimum days (12 weeks) of a second-line agent "
-                                            "before continued disease counts against it (DECISIONS 5).")
+                                            "before continued disease counts against it (decision 5).")
     mtx_subtherapeutic_mg_week: float = Field(10, description="Methotrexate below this weekly dose is "
-                                              "sub-therapeutic and does not complete a trial (KNOWLEDGE B4).")
+                                              "sub-therapeutic and does not complete a trial (B4).")
     mtx_suggested_mg_week: float = Field(15, description="Methotrexate weekly dose proposed on escalation cards "
                                          "(ERS 2021: 10-15 mg once weekly).")
     anti_tnf_min_trial_days: int = Field(84, description="Minimum days (12 weeks) of anti-TNF therapy ... "
-                                         "(DECISIONS 5).")
+                                         "(decision 5).")
     anti_tnf_min_infusions: int = Field(3, description="... or at least this many infliximab infusions.")
     infliximab_mg_per_kg: float = Field(5, description="Infliximab dose proposed on escalation cards, mg per kg "
                                         "actual body weight (ERS 2021: 3-5 mg/kg).")
@@ -101,13 +102,13 @@ class Thresholds(BaseSettings):
     decompensation_min_new_manifestations: int = Field(2, description="At least this many new NS "
                                                        "manifestations in the window = rapid progression.")
 
-    # ----------------------------------------------------------------- data recency (DECISIONS 8, 11)
+    # ----------------------------------------------------------------- data recency (decisions 8 and 11)
     lab_recency_days: int = Field(30, description="Creatinine/eGFR/IgA older than this many days are treated as "
-                                  "missing (DECISIONS 8, A17).")
+                                  "missing (decision 8, A17).")
     weight_recency_days: int = Field(30, description="Body weight older than this many days is treated as "
-                                     "missing (DECISIONS 11).")
+                                     "missing (decision 11).")
 
-    # ----------------------------------------------------------------- renal (DECISIONS 8)
+    # ----------------------------------------------------------------- renal (decision 8)
     egfr_warning: float = Field(60, description="eGFR below this (mL/min/1.73 m2) -> renal warning.")
     egfr_critical: float = Field(30, description="eGFR below this (mL/min/1.73 m2) -> renal critical.")
     renal_age_years: int = Field(65, description="Age above this is a renal risk factor (label: age > 65).")
@@ -119,15 +120,15 @@ class Thresholds(BaseSettings):
     hba1c_diabetes_percent: float = Field(6.5, description="HbA1c at or above this (%) counts as diabetes "
                                           "(renal risk factor).")
 
-    # ----------------------------------------------------------------- thrombosis (DECISIONS 9)
+    # ----------------------------------------------------------------- thrombosis (decision 9)
     thrombosis_age_years: int = Field(65, description="Age at or above this is a thrombosis risk factor.")
     thrombosis_high_risk_factor_count: int = Field(3, description="This many thrombosis factors or more (or "
                                                    "prior thrombosis/thrombophilia) -> 'high risk' wording.")
 
-    # ----------------------------------------------------------------- IgA (DECISIONS 10)
+    # ----------------------------------------------------------------- IgA (decision 10)
     iga_deficiency_mg_dl: float = Field(7, description="Serum IgA below this (mg/dL) counts as IgA deficiency.")
 
-    # ----------------------------------------------------------------- IVIG dose (DECISIONS 11)
+    # ----------------------------------------------------------------- IVIG dose (decision 11)
     ivig_dose_g_per_kg: float = Field(2.0, description="IVIG course dose, g per kg dosing weight.")
     ivig_max_course_g_per_kg: float = Field(2.2, description="Ordered course above this (g/kg) -> dose warning.")
     ivig_max_daily_g_per_kg: float = Field(1.0, description="Ordered daily dose above this (g/kg) -> warning.")
@@ -140,7 +141,7 @@ class Thresholds(BaseSettings):
                                        "the dosing weight.")
     adjusted_weight_factor: float = Field(0.4, description="Adjusted weight = IBW + factor x (actual - IBW).")
 
-    # ----------------------------------------------------------------- heart failure volume (DECISIONS 12)
+    # ----------------------------------------------------------------- heart failure volume (decision 12)
     ivig_concentration_percent: float = Field(10, description="IVIG concentration (% w/v) used to compute the "
                                               "infusion volume.")
     hf_daily_volume_ml: float = Field(500, description="Daily infusion volume above this (mL) is stated as a "
@@ -195,7 +196,8 @@ def markdown_table() -> str:
         "",
         "Generated from `cds_service/thresholds.py` (`python -m cds_service.thresholds > docs/thresholds.md`).",
         "Every value is a default a site can change with the environment variable shown; every card shows",
-        "the number it used. Sources: `DECISIONS.md` (wins) and `KNOWLEDGE.md` proposals.",
+        "the number it used. Sources: the product decisions in `docs/clinical/decisions.md` (they win) and the",
+        "research proposals in `docs/clinical/knowledge.md`.",
         "",
         "| setting | environment variable | default | meaning |",
         "|---|---|---|---|",

@@ -1,4 +1,4 @@
-"""UCUM unit conversion for the few quantities the rules read (DECISIONS 15, A18).
+"""UCUM unit conversion for the few quantities the rules read (decision 15, A18).
 
 The unit is read from ``valueQuantity.code`` (UCUM). When ``code`` is missing, ``unit`` is accepted only
 if it is literally one of the known UCUM spellings below (many EHRs put the UCUM code there). Anything
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from . import plausibility
 
 # kind -> (target unit shown on cards, {UCUM code: factor to target}); factors multiply.
 _FACTORS: dict[str, tuple[str, dict[str, float]]] = {
@@ -68,7 +70,11 @@ def convert(value: Any, code: str | None, kind: str) -> Converted:
     f = factor(kind, code)
     if f is None:
         return Converted(None, target, shown, f"unknown unit {code!r} for {kind}; value not used")
-    return Converted(float(value) * f, target, shown)
+    converted = float(value) * f
+    implausible = plausibility.problem(kind, converted, target)
+    if implausible:
+        return Converted(None, target, shown, implausible)
+    return Converted(converted, target, shown)
 
 
 _MEMO: dict[tuple[Any, ...], Converted] = {}

@@ -36,14 +36,15 @@ def test_request_carries_the_asked_number_of_resources(n):
 @pytest.mark.parametrize("n", [10, 100])
 async def test_generated_request_is_accepted_by_the_service_validation(n):
     from cds_service.hooks import parse_call
-    from cds_service.sources.gather import gather
+    from cds_service.sources.gather import GatherPolicy, call_sources, gather
 
     request = orjson.loads(orjson.dumps(gen.build_request(n)))  # exactly what goes over the wire
     call = parse_call(SERVICES[gen.SERVICE_ID], request)
     assert call.hook == "order-select"
     assert [o["id"] for o in call.draft_orders] == ["bench-draft-ivig"]
     assert call.selections == ["MedicationRequest/bench-draft-ivig"]
-    record = await gather(call, http=None, deadline=1.0)  # nothing missing: no FHIR server needed
+    policy = GatherPolicy(deadline_seconds=1.0)
+    record = await gather(call, call_sources(call, policy), policy)  # nothing missing: no FHIR server needed
     assert record.count() == n  # ids are unique, so nothing was de-duplicated away
     assert record.patient["id"] == gen.PATIENT_ID
     assert any(c["id"] == "bench-neurosarc" for c in record.resources["Condition"])

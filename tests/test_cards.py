@@ -1,4 +1,4 @@
-"""Every card the engine can produce meets DECISIONS 16-18, and every rule id has reviewed text."""
+"""Every card the engine can produce meets decisions 16-18, and every rule id has reviewed text."""
 
 import re
 from pathlib import Path
@@ -125,7 +125,7 @@ def test_summary_shortening_keeps_under_140():
 
 
 def test_fact_text_from_the_record_is_escaped():
-    assert md_escape("<script>*x*</script>") == "\\<script\\>\\*x\\*\\</script\\>"
+    assert md_escape("<script>*x*</script>") == "\\<script>\\*x\\*\\</script>"
     f = build_facts(record(patient(), ns()))
     card = render(Fired("stage.s1-untreated", facts=[FactRef("x", "[link](javascript:alert(1))", "Condition/a")],
                         values={"prednisone_mg": "20", "prior_note": ""}), f, TH)
@@ -163,7 +163,7 @@ def test_markdown_escape_and_card_uuids():
 
     from cds_service.models import new_uuid
 
-    assert md_escape("a_b [x](y) <b>\nnext") == "a\\_b \\[x\\](y) \\<b\\> next"
+    assert md_escape("a_b [x](y) <b>\nnext") == "a_b \\[x\\](y) \\<b> next"  # intraword _ cannot emphasise
     assert md_escape("plain text") == "plain text"
     assert md_escape(12.5) == "12.5"
     before = time.time_ns() // 1_000_000

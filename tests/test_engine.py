@@ -129,7 +129,7 @@ def _fixture_record(extra_condition=None, drop_optional=False):
     from cds_service.discovery import SERVICES
     from cds_service.evaluate import build_request
     from cds_service.hooks import parse_call
-    from cds_service.sources.gather import gather
+    from cds_service.sources.gather import GatherPolicy, call_sources, gather
 
     bundle = json.loads((Path(__file__).resolve().parents[1] / "fixtures/fhir/19-ivig-renal-egfr-48.json").read_text())
     req = build_request(bundle, "order-select")
@@ -139,7 +139,8 @@ def _fixture_record(extra_condition=None, drop_optional=False):
         for key in ("allergies", "devices", "medicationAdministrations"):
             req["prefetch"].pop(key)
     call = parse_call(SERVICES["neurosarcoidosis-order-select"], req)
-    return asyncio.run(gather(call, http=None, deadline=1))
+    policy = GatherPolicy(deadline_seconds=1)
+    return asyncio.run(gather(call, call_sources(call, policy), policy))
 
 
 def test_one_malformed_resource_is_skipped_and_said_not_fatal():

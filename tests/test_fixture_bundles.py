@@ -2,7 +2,8 @@
 
 These run without the service: every bundle is a valid FHIR R4 (R4B models) collection Bundle with one
 Patient, resolvable references and the draft order its expectation names; every expectation uses only
-known rule ids and is internally consistent with DECISIONS.md (e.g. S0 patients expect no ladder card).
+known rule ids and is internally consistent with the product decisions (docs/clinical/decisions.md; e.g. S0
+patients expect no ladder card).
 """
 
 from __future__ import annotations
@@ -230,11 +231,11 @@ def test_expectation_consistent_with_decisions(stem):
     assert len(stage_cards) <= 1
     if stage_cards:
         assert stage_cards[0] == STAGE_RULES[exp["stage"]], "stage card does not match the stage"
-    if exp["stage"] == "S0":  # DECISIONS 1: out of scope -> no ladder or indication card
+    if exp["stage"] == "S0":  # decision 1: out of scope -> no ladder or indication card
         assert not set(rules) & (LADDER_RULES | INDICATION_RULES)
     drafts = [r for r in resources(raw) if r["resourceType"] == "MedicationRequest" and r["status"] == "draft"]
     has_ivig = any(is_ivig(d) for d in drafts)
-    if has_ivig:  # DECISIONS 11: a dose card or the weight-missing card, never both
+    if has_ivig:  # decision 11: a dose card or the weight-missing card, never both
         assert ("ivig.dose" in rules) != ("ivig.dose.weight-missing" in rules)
     else:  # IVIG safety and dose cards need an IVIG order (indication cards may show on ladder orders)
         assert not set(rules) & SAFETY_RULES
@@ -260,7 +261,7 @@ def _latest(raw: dict[str, Any], loinc: str) -> dict[str, Any] | None:
 
 @pytest.mark.parametrize("stem", STEMS)
 def test_expected_dose_matches_dosing_weight(stem):
-    """Recompute DECISIONS 11 independently: 2 g/kg of actual weight, or of IBW + 0.4 x (actual - IBW)."""
+    """Recompute decision 11 independently: 2 g/kg of actual weight, or of IBW + 0.4 x (actual - IBW)."""
     raw = load_bundle(stem)
     exp = load_expected(stem)
     dose_cards = [c for c in exp["cards"] if c.get("dose_grams")]

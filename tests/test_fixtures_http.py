@@ -171,7 +171,7 @@ def test_fixture_cards(client, stem):
 
 @pytest.mark.parametrize("stem", STEMS)
 def test_fixture_cards_follow_card_rules(client, stem):
-    """DECISIONS 16-17 on every card a fixture produces."""
+    """Decisions 16-17 on every card a fixture produces."""
     cards, _ = call(client, stem)
     for card in cards:
         rule = rule_of(card)

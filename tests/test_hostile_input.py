@@ -25,7 +25,7 @@ from cds_service.config import Settings
 from cds_service.discovery import SERVICES
 from cds_service.errors import BadRequest, ServiceError
 from cds_service.hooks import parse_call
-from cds_service.sources.gather import gather
+from cds_service.sources.gather import GatherPolicy, call_sources, gather
 from tests.auth_support import hook_body
 
 SELECT = f"/cds-services/{'neurosarcoidosis-order-select'}"
@@ -308,7 +308,8 @@ def test_parse_call_raises_only_service_errors(data):
         return
     # A call that parsed must also survive gathering its prefetch (no FHIR server: 412 at worst).
     try:
-        asyncio.run(gather(call, http=None, deadline=0.5))
+        policy = GatherPolicy(deadline_seconds=0.5)
+        asyncio.run(gather(call, call_sources(call, policy), policy))
     except ServiceError as exc:
         assert 400 <= exc.status < 500
 
@@ -352,3 +353,79 @@ def test_random_request_shapes_never_get_a_5xx(fuzz_client, body):
     assert resp.status_code < 500, (resp.status_code, resp.text, body)
     if resp.status_code >= 400:
         assert resp.json()["resourceType"] == "OperationOutcome"
+
+
+# --------------------------------------------------------------------------- issue 11: odd input, 4xx not 5xx
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-01:00", "20261125",
+                                   "2026-11-25", "2026-11-25T01:37:52", "2026-02-30T00:00:00Z"])
+def test_feedback_timestamps_outside_rfc_3339_or_utc_are_a_400(client, stamp):
+    item = {"card": "c1", "outcome": "overridden", "outcomeTimestamp": stamp}
+    resp = client.post("/cds-services/neurosarcoidosis-order-select/feedback", json={"feedback": [item]})
+    assert resp.status_code == 400 and "RFC 3339" in resp.text
+    ok = client.post("/cds-services/neurosarcoidosis-order-select/feedback",
+                     json={"feedback": [dict(item, outcomeTimestamp="2026-11-25T01:37:52+14:00")]})
+    assert ok.status_code == 200  # the same connection goes on
+
+
+@pytest.mark.parametrize("item, field", [
+    ({"card": "c" * 65}, "card"),
+    ({"overrideReason": {"userComment": "x" * 2001}}, "userComment"),
+    ({"overrideReason": {"reason": {"code": "c" * 201}}}, "code"),
+])
+def test_feedback_fields_over_their_length_are_refused_not_cut(client, item, field):
+    body = {"card": "c1", "outcome": "overridden", "outcomeTimestamp": "2026-01-01T00:00:00Z", **item}
+    resp = client.post("/cds-services/neurosarcoidosis-order-select/feedback", json={"feedback": [body]})
+    assert resp.status_code == 400 and field in resp.text
+
+
+def test_a_large_body_written_whole_before_reading_still_gets_its_413(tmp_path):
+    """A client that sends all 30 MB before it reads the answer sees the 413, not a reset."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"CDS_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "CDS_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "cds_service.app:create_app",
+                             "--host", "127.0.0.1", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "service did not start"
+                time.sleep(0.2)
+        body = b'{"a": "' + b"x" * (30 * 1024 * 1024) + b'"}'
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(b"POST /cds-services/neurosarcoidosis-order-select HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+            conn.sendall(body)  # all of it, before reading anything
+            answer = conn.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:100]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.mark.parametrize("build", [
+    lambda b: b.record(b.patient(), b.ns(), b.weight(70), b.creatinine(0), drafts=[b.ivig_order()]),
+    lambda b: b.record(b.patient(), b.ns(), b.weight(70), b.egfr(48), drafts=[b.ivig_order(g_per_day=1e308)]),
+    lambda b: b.record(b.patient(), b.ns(), b.weight(0), b.height(0), b.egfr(48), drafts=[b.ivig_order()]),
+    lambda b: b.record(b.patient(), b.ns(), b.weight(1e308), b.creatinine(1e308), b.height(1e-300),
+                       drafts=[b.ivig_order(g_per_day=-5)]),
+], ids=["creatinine-0", "dose-1e308", "weight-and-height-0", "huge-and-negative"])
+def test_implausible_numbers_are_said_not_the_generic_card(build):
+    from cds_service.app import evaluate_cards
+    from tests import fhir_builders
+
+    cards = evaluate_cards(build(fhir_builders), "order-select", "hi")
+    rules = {c.extension["org.neurosarcoidosis-cds.rule-id"] for c in cards}
+    assert "service.evaluation-failed" not in rules
+    assert rules & {"ivig.dose", "ivig.dose.weight-missing"}  # the dose card is still there
+    assert rules & {"ivig.safety.renal", "ivig.safety.renal-baseline-missing"}  # and the renal one

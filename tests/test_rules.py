@@ -74,7 +74,7 @@ PRED_ORDER = draft("o-pred", PREDNISONE, dosage(40))
 MTX_ORDER = draft("o-mtx", METHOTREXATE, dosage(15, period_unit="wk"))
 
 
-# ============================================================================ when cards show (DECISIONS 6)
+# ============================================================================ when cards show (decision 6)
 def test_unrelated_order_gets_no_card_at_all():
     ev = run(ns_patient(pred(), relapse(), *GOOD_LABS, drafts=[draft("amox", AMOXICILLIN, dosage(500, freq=3))]))
     assert ev.stage == "S3R" and ev.cards == []

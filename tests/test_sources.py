@@ -10,7 +10,7 @@ from cds_service.discovery import PREFETCH, SERVICES
 from cds_service.errors import BadRequest, PreconditionFailed
 from cds_service.hooks import parse_call
 from cds_service.sources.bundle import BundleSource, request_from_bundle
-from cds_service.sources.gather import gather, queries_for
+from cds_service.sources.gather import GatherPolicy, call_sources, gather, queries_for
 from cds_service.sources.prefetch import PrefetchSource
 
 FHIR = "https://ehr.example.org/fhir"
@@ -54,6 +54,11 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def fetch(c, http=None, deadline=1.0, fhir_allowed=None, **policy):
+    policy = GatherPolicy(deadline_seconds=deadline, **policy)
+    return await gather(c, call_sources(c, policy, http=http, fhir_allowed=fhir_allowed), policy)
+
+
 def test_templates_use_only_2_0_1_tokens():
     for template in PREFETCH.values():
         assert "{{" not in template.replace("{{context.patientId}}", "")
@@ -64,7 +69,7 @@ def test_null_means_known_empty_and_is_never_fetched():
     prefetch = dict(FULL, conditions=None)
     with respx.mock(assert_all_called=False) as mock:
         route = mock.get(url__startswith=FHIR).mock(return_value=httpx.Response(500))
-        record = run(gather(call(prefetch), http=httpx.AsyncClient(), deadline=1))
+        record = run(fetch(call(prefetch), http=httpx.AsyncClient(), deadline=1))
     assert not route.called
     assert record.resources.get("Condition") is None and record.patient["id"] == "p1"
 
@@ -81,7 +86,7 @@ def test_missing_keys_are_fetched_in_parallel_with_the_bearer_token():
 
     with respx.mock as mock:
         mock.get(url__startswith=FHIR).mock(side_effect=answer)
-        record = run(gather(call(prefetch), http=httpx.AsyncClient(), deadline=1))
+        record = run(fetch(call(prefetch), http=httpx.AsyncClient(), deadline=1))
     assert len(seen) == 7  # 4 required searches + 3 optional ones, all at once
     assert all(r.headers["authorization"] == "Bearer secret-access-token" for r in seen)
     assert [c["id"] for c in record.resources["Condition"]] == ["c9"]
@@ -92,7 +97,7 @@ def test_operation_outcome_prefetch_value_is_fetched_again():
     with respx.mock as mock:
         route = mock.get(f"{FHIR}/Condition", params={"patient": "p1"}).mock(
             return_value=httpx.Response(200, json=searchset(condition("c2"))))
-        record = run(gather(call(prefetch), http=httpx.AsyncClient(), deadline=1))
+        record = run(fetch(call(prefetch), http=httpx.AsyncClient(), deadline=1))
     assert route.called and record.resources["Condition"][0]["id"] == "c2"
 
 
@@ -103,7 +108,7 @@ def test_next_pages_are_followed_up_to_the_bound():
             return_value=httpx.Response(200, json=searchset(condition("c2"), next_url=f"{FHIR}/Condition?page=3")))
         mock.get(f"{FHIR}/Condition", params={"page": "3"}).mock(
             return_value=httpx.Response(200, json=searchset(condition("c3"), next_url=f"{FHIR}/Condition?page=4")))
-        record = run(gather(call(prefetch), http=httpx.AsyncClient(), deadline=1, max_pages=2))
+        record = run(fetch(call(prefetch), http=httpx.AsyncClient(), deadline=1, max_pages=2))
     assert [c["id"] for c in record.resources["Condition"]] == ["c1", "c2", "c3"]
 
 
@@ -112,7 +117,7 @@ def test_next_link_to_another_host_is_refused():
     with respx.mock(assert_all_called=False) as mock:
         evil = mock.get(url__startswith="https://evil.example.com").mock(return_value=httpx.Response(200))
         with pytest.raises(PreconditionFailed, match="another host"):
-            run(gather(call(prefetch), http=httpx.AsyncClient(), deadline=1))
+            run(fetch(call(prefetch), http=httpx.AsyncClient(), deadline=1))
     assert not evil.called
 
 
@@ -122,20 +127,20 @@ def test_optional_keys_that_fail_become_a_note_not_a_412():
         mock.get(f"{FHIR}/AllergyIntolerance").mock(return_value=httpx.Response(200, json=searchset(
             {"resourceType": "AllergyIntolerance", "id": "a1", "patient": {"reference": "Patient/p1"}})))
         mock.get(f"{FHIR}/Device").mock(return_value=httpx.Response(400))
-        record = run(gather(call(prefetch), http=httpx.AsyncClient(), deadline=1))
+        record = run(fetch(call(prefetch), http=httpx.AsyncClient(), deadline=1))
     assert record.resources["AllergyIntolerance"][0]["id"] == "a1"
     assert any("devices" in n for n in record.notes)
 
 
 def test_optional_keys_without_fhir_server_are_noted():
     prefetch = {k: v for k, v in FULL.items() if k != "devices"}
-    record = run(gather(call(prefetch, fhir_server=None), http=None, deadline=1))
+    record = run(fetch(call(prefetch, fhir_server=None), http=None, deadline=1))
     assert any("devices" in n for n in record.notes)
 
 
 def test_no_prefetch_and_no_fhir_server_is_412():
     with pytest.raises(PreconditionFailed, match="no fhirServer"):
-        run(gather(call({"patient": FULL["patient"]}, fhir_server=None), http=None, deadline=1))
+        run(fetch(call({"patient": FULL["patient"]}, fhir_server=None), http=None, deadline=1))
 
 
 @pytest.mark.parametrize("response", [httpx.Response(500), httpx.Response(401), httpx.Response(200, text="<html>")])
@@ -143,7 +148,7 @@ def test_fhir_server_errors_are_412(response):
     with respx.mock as mock:
         mock.get(url__startswith=FHIR).mock(return_value=response)
         with pytest.raises(PreconditionFailed):
-            run(gather(call({}), http=httpx.AsyncClient(), deadline=1))
+            run(fetch(call({}), http=httpx.AsyncClient(), deadline=1))
 
 
 def test_slow_fhir_server_hits_the_deadline():
@@ -154,7 +159,7 @@ def test_slow_fhir_server_hits_the_deadline():
     with respx.mock as mock:
         mock.get(url__startswith=FHIR).mock(side_effect=slow)
         with pytest.raises(PreconditionFailed, match="within 0.2 s"):
-            run(gather(call({}), http=httpx.AsyncClient(), deadline=0.2))
+            run(fetch(call({}), http=httpx.AsyncClient(), deadline=0.2))
 
 
 def test_redirects_are_not_followed():
@@ -163,14 +168,14 @@ def test_redirects_are_not_followed():
             return_value=httpx.Response(302, headers={"location": "https://evil.example.com/x"}))
         evil = mock.get(url__startswith="https://evil.example.com").mock(return_value=httpx.Response(200))
         with pytest.raises(PreconditionFailed, match="302"):
-            run(gather(call({}), http=httpx.AsyncClient(), deadline=1))
+            run(fetch(call({}), http=httpx.AsyncClient(), deadline=1))
     assert not evil.called
 
 
 def test_anonymous_fetch_when_no_token_like_the_sandbox():
     with respx.mock as mock:
         route = mock.get(url__startswith=FHIR).mock(return_value=httpx.Response(200, json=searchset()))
-        run(gather(call({"patient": FULL["patient"]}, token=None), http=httpx.AsyncClient(), deadline=1))
+        run(fetch(call({"patient": FULL["patient"]}, token=None), http=httpx.AsyncClient(), deadline=1))
     assert route.call_count == 7 and "authorization" not in route.calls[0].request.headers
 
 
@@ -182,7 +187,7 @@ def test_prefetch_value_of_wrong_type_is_400():
 def test_epic_empty_search_with_outcome_entry_is_an_empty_result():
     epic_empty = {"resourceType": "Bundle", "type": "searchset", "total": 0, "entry": [
         {"resource": {"resourceType": "OperationOutcome", "issue": []}, "search": {"mode": "outcome"}}]}
-    record = run(gather(call(dict(FULL, conditions=epic_empty)), http=None, deadline=1))
+    record = run(fetch(call(dict(FULL, conditions=epic_empty)), http=None, deadline=1))
     assert "Condition" not in record.resources
 
 
@@ -190,7 +195,7 @@ def test_fhir_allow_list_refuses_before_any_request():
     with respx.mock(assert_all_called=False) as mock:
         route = mock.get(url__startswith=FHIR).mock(return_value=httpx.Response(200, json=searchset()))
         with pytest.raises(PreconditionFailed, match="allow-list"):
-            run(gather(call({}), http=httpx.AsyncClient(), deadline=1, fhir_allowed=lambda url: False))
+            run(fetch(call({}), http=httpx.AsyncClient(), deadline=1, fhir_allowed=lambda url: False))
     assert not route.called
 
 
@@ -302,7 +307,7 @@ def test_deeply_nested_fhir_answer_is_a_412_naming_the_bounds():
     with respx.mock as mock:
         mock.get(url__startswith=FHIR).mock(return_value=httpx.Response(200, json=deep))
         with pytest.raises(PreconditionFailed, match="bounds"):
-            run(gather(call({k: v for k, v in FULL.items() if k != "patient"}), http=httpx.AsyncClient(),
+            run(fetch(call({k: v for k, v in FULL.items() if k != "patient"}), http=httpx.AsyncClient(),
                        deadline=1))
 
 
@@ -311,5 +316,5 @@ def test_fhir_answer_with_an_over_long_array_is_a_412():
     with respx.mock as mock:
         mock.get(url__startswith=FHIR).mock(return_value=httpx.Response(200, json=big))
         with pytest.raises(PreconditionFailed, match="longer than 20"):
-            run(gather(call({k: v for k, v in FULL.items() if k != "conditions"}), http=httpx.AsyncClient(),
+            run(fetch(call({k: v for k, v in FULL.items() if k != "conditions"}), http=httpx.AsyncClient(),
                        deadline=1, max_array=20))

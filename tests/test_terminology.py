@@ -46,7 +46,7 @@ def test_atc_prefix_and_progestogen_exclusion():
 
 
 def test_unverified_code_alone_never_fires():
-    # 709489006 (SFN) is unverified in terminology.json: alone it must not count (DECISIONS 13)
+    # 709489006 (SFN) is unverified in terminology.json: alone it must not count (decision 13)
     m = T.match(cc(SCT, "709489006"))
     assert "neuro.sfn" not in m.names and "neuro.sfn" in m.rejected
     # ... with a display that agrees with terminology.json, it counts

@@ -1,4 +1,5 @@
-"""Verify the CDS client's JWT (CDS Hooks 2.0.1 "Security and Safety").
+"""Verify the CDS client's JWT (CDS Hooks 2.0.1 "Security and Safety",
+https://cds-hooks.hl7.org/2.0/#security-and-safety).
 
 Order of checks: cheap header and claim checks on the still-unverified token first (so an expired or
 misaddressed token never costs a JWKS fetch), then the signature with a key from an allowed JWKS (which
@@ -42,7 +43,8 @@ class AuthUnavailable(ServiceError):
     status, code = 503, "transient"
 
     def __init__(self, reason: str) -> None:
-        super().__init__("Authentication is temporarily unavailable; try again shortly.")
+        super().__init__("Authentication is temporarily unavailable; try again shortly.",
+                         headers={"Retry-After": "5"})
         self.reason = reason
 
 

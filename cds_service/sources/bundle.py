@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 
 from cds_service.errors import BadRequest
 from cds_service.record import ORDER_TYPES
-from cds_service.sources.base import DataSource
+from cds_service.sources.base import DataSource, KeyResult
 from cds_service.sources.gather import prefetch_queries
 
 HOOKS = ("order-select", "order-sign", "patient-view")
@@ -71,8 +71,10 @@ class BundleSource(DataSource):
         self.patient_id = patient_id
         self.exclude = exclude  # the draft orders: they travel in context, not in prefetch
 
-    async def fetch(self, queries: dict[str, str]) -> dict[str, Any]:
-        return self.answer(queries)
+    name = "the posted bundle"
+
+    async def fetch(self, queries: dict[str, str], deadline: float) -> dict[str, KeyResult]:
+        return {key: KeyResult.answered(value) for key, value in self.answer(queries).items()}
 
     def answer(self, queries: dict[str, str]) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -4,41 +4,50 @@ One shared ``httpx.AsyncClient`` (connection pooling) is passed in; keys are fet
 ``next`` pages followed up to a bound. Redirects are never followed and ``next`` links must stay on the
 FHIR server's own origin, so a hostile server cannot point us anywhere else. An answer is read as a
 stream and refused as soon as it passes the size cap, and it must keep the same JSON depth and array
-bounds as a request body. The caller puts one deadline around the whole fetch.
+bounds as a request body. Every request goes through the origin's guard (bounded concurrency, circuit
+breaker: :mod:`cds_service.sources.origin`), and each key ends by the call's deadline with a result of
+its own, so one slow key never turns into an error for another.
+
+HTTP 404 on a read (``Patient/123``) means the resource does not exist: known empty. HTTP 404 on a search
+means the server has no such endpoint (a wrong base URL): a failure, never "no data".
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import httpx
 import orjson
 
 from cds_service.body import check_document_bounds, join_limited
 from cds_service.errors import BadRequest
-from cds_service.sources.base import DataSource, SourceError
+from cds_service.sources.base import DataSource, KeyResult, SourceError
+from cds_service.sources.origin import OriginGuards, origin_of
 
 ACCEPT = "application/fhir+json, application/json;q=0.9"
+# A URL whose last segment is a bare resource type is a search even without a query string.
+_SEARCH_TYPES = ("/Condition", "/Observation", "/MedicationStatement", "/MedicationRequest",
+                 "/AllergyIntolerance", "/MedicationAdministration", "/Device")
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    return parts.scheme, parts.hostname or "", parts.port
+class _TooSlow(Exception):
+    pass
 
 
-async def gather_all(*aws: Any) -> list[Any]:
-    """``asyncio.gather`` that lets every awaitable finish, then raises the first error.
+async def _until(chunks, deadline: float):
+    """The chunks, stopped (an exception, so the response is closed normally) once ``deadline`` passes."""
+    loop = asyncio.get_running_loop()
+    async for chunk in chunks:
+        yield chunk
+        if loop.time() > deadline:
+            raise _TooSlow
 
-    Plain gather raises at the first failure and leaves the siblings running; their later exceptions are
-    never retrieved, and asyncio then logs them with a traceback that can hold request URLs (patient ids).
-    """
-    results = await asyncio.gather(*aws, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results
+
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # a request the caller gave up on: its error is expected, never "unretrieved"
 
 
 def next_link(bundle: dict[str, Any]) -> str | None:
@@ -50,12 +59,15 @@ def next_link(bundle: dict[str, Any]) -> str | None:
 
 
 class FhirServerSource(DataSource):
+    name = "the FHIR server"
+
     def __init__(
         self,
         client: httpx.AsyncClient,
         base_url: str,
         access_token: str | None = None,
         *,
+        guards: OriginGuards | None = None,
         max_pages: int = 5,
         max_bytes: int = 20 * 1024 * 1024,
         max_depth: int = 64,
@@ -71,36 +83,47 @@ class FhirServerSource(DataSource):
         self.max_depth = max_depth
         self.max_array = max_array
         self.requests_made = 0
+        self.guard = (guards or OriginGuards()).for_url(self.base_url)
 
-    async def fetch(self, queries: dict[str, str]) -> dict[str, Any]:
+    async def fetch(self, queries: dict[str, str], deadline: float) -> dict[str, KeyResult]:
         keys = list(queries)
-        results = await gather_all(*(self.fetch_one(queries[k]) for k in keys))
+        results = await asyncio.gather(*(self._by_deadline(self.fetch_one(queries[k], deadline), deadline)
+                                         for k in keys))
         return dict(zip(keys, results, strict=True))
+
+    async def more_pages(self, bundle: dict[str, Any], deadline: float) -> KeyResult:
+        async def follow() -> dict[str, Any]:
+            await self.follow_pages(bundle, deadline)
+            return bundle
+
+        return await self._by_deadline(follow(), deadline)
+
+    async def _by_deadline(self, work, deadline: float) -> KeyResult:
+        """One key's result by ``deadline``: its value, or why not (never an exception)."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return KeyResult.answered(await work)
+        except TimeoutError:
+            return KeyResult.failed("the FHIR server did not answer in time", timed_out=True)
+        except SourceError as exc:
+            return KeyResult.failed(str(exc))
 
     def _join(self, ref: str) -> str:
         try:  # a hostile fhirServer or next link ("http://[", port 99999) must be a 412, not a 500
             url = urljoin(self.base_url, ref)
-            same = _origin(url) == _origin(self.base_url)
+            same = origin_of(url) == origin_of(self.base_url)
         except ValueError:
             raise SourceError("the FHIR server URL is not valid") from None  # no URL (patient id) in the chain
         if not same:
             raise SourceError("the FHIR server pointed to another host; not followed")
         return url
 
-    async def _get(self, url: str) -> dict[str, Any] | None:
+    async def _get(self, url: str, deadline: float | None = None) -> dict[str, Any] | None:
         url = self._join(url)
-        self.requests_made += 1
-        try:
-            async with self.client.stream("GET", url, headers=self.headers, follow_redirects=False) as resp:
-                if resp.status_code == 404:
-                    return None  # a read of a resource that does not exist: known empty
-                if resp.status_code >= 300:
-                    raise SourceError(f"the FHIR server answered HTTP {resp.status_code}")
-                raw = await self._read_capped(resp)
-        except httpx.TimeoutException as exc:
-            raise SourceError("the FHIR server did not answer in time") from exc
-        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:  # ValueError: httpx on host-less URLs
-            raise SourceError(f"the FHIR server could not be reached ({type(exc).__name__})") from None
+        is_read = "?" not in url.partition("#")[0] and not url.rstrip("/").endswith(_SEARCH_TYPES)
+        raw = await self._request(url, is_read, deadline)
+        if raw is None:
+            return None
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -116,23 +139,69 @@ class FhirServerSource(DataSource):
             raise SourceError("the FHIR server answered with an OperationOutcome")
         return data
 
-    async def _read_capped(self, resp: httpx.Response) -> bytes:
+    async def _request(self, url: str, is_read: bool, deadline: float | None) -> bytes | None:
+        """The answer's bytes (None: a read that found nothing).
+
+        The request runs in a task of its own that no one cancels: when the call's deadline passes, the
+        caller stops waiting, and the request ends by itself moments later through httpx's own timeouts
+        (set to the time left) or the deadline check between body chunks. httpcore can lose a pool slot
+        for good when a task is cancelled at the wrong moment inside it (still so in 1.0.9, see
+        docs/operations.md); this way it never is. The task holds the origin's place until the request has ended."""
+        await self.guard.acquire()
+        self.requests_made += 1
+        task = asyncio.ensure_future(self._send(url, is_read, deadline))
+        task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
+
+    async def _send(self, url: str, is_read: bool, deadline: float | None) -> bytes | None:
+        ok = False
+        try:
+            timeout = httpx.USE_CLIENT_DEFAULT
+            if deadline is not None:
+                timeout = httpx.Timeout(max(0.01, deadline - asyncio.get_running_loop().time()))
+            async with self.client.stream("GET", url, headers=self.headers, follow_redirects=False,
+                                          timeout=timeout) as resp:
+                status = resp.status_code
+                ok = status < 500
+                if status == 404 and is_read:
+                    return None  # a read of a resource that does not exist: known empty
+                if status >= 300:
+                    raise SourceError(f"the FHIR server answered HTTP {status}"
+                                      + (" to a search (is fhirServer the FHIR base URL?)" if status == 404 else ""))
+                raw = await self._read_capped(resp, deadline)
+        except httpx.TimeoutException as exc:
+            ok = False
+            raise SourceError("the FHIR server did not answer in time") from exc
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:  # ValueError: httpx on host-less URLs
+            ok = False
+            raise SourceError(f"the FHIR server could not be reached ({type(exc).__name__})") from None
+        except _TooSlow:
+            ok = False
+            raise SourceError("the FHIR server did not answer in time") from None
+        finally:
+            self.guard.success() if ok else self.guard.failure()
+            self.guard.release()
+        return raw
+
+    async def _read_capped(self, resp: httpx.Response, deadline: float | None = None) -> bytes:
         """The body, refused as soon as it passes ``max_bytes`` (never held whole when it is too large)."""
         declared = resp.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise SourceError("the FHIR server answer was too large")
-        body = await join_limited(resp.aiter_bytes(), self.max_bytes)
+        chunks = resp.aiter_bytes() if deadline is None else _until(resp.aiter_bytes(), deadline)
+        body = await join_limited(chunks, self.max_bytes)
         if body is None:
             raise SourceError("the FHIR server answer was too large")
         return body
 
-    async def fetch_one(self, query: str) -> dict[str, Any] | None:
-        data = await self._get(query.lstrip("/"))
+    async def fetch_one(self, query: str, deadline: float | None = None) -> dict[str, Any] | None:
+        """One query with its pages; raises :class:`SourceError`."""
+        data = await self._get(query.lstrip("/"), deadline)
         if data is not None and data.get("resourceType") == "Bundle":
-            await self.follow_pages(data)
+            await self.follow_pages(data, deadline)
         return data
 
-    async def follow_pages(self, bundle: dict[str, Any]) -> int:
+    async def follow_pages(self, bundle: dict[str, Any], deadline: float | None = None) -> int:
         """Append the entries of ``next`` pages to ``bundle`` in place; returns pages read."""
         pages = 0
         url = next_link(bundle)
@@ -140,7 +209,7 @@ class FhirServerSource(DataSource):
         if not isinstance(entries, list):
             raise SourceError("a searchset Bundle has an entry that is not an array")
         while url and pages < self.max_pages:
-            page = await self._get(url)
+            page = await self._get(url, deadline)
             pages += 1
             if page is None or page.get("resourceType") != "Bundle":
                 break

@@ -1,13 +1,19 @@
-"""Gather a hook call's FHIR data: prefetch first, the FHIR server for what is missing, 412 otherwise."""
+"""Gather a hook call's FHIR data from a list of sources, under one policy.
+
+:func:`call_sources` lists the sources a call may use, in order: what the EHR sent in ``prefetch``, then
+its FHIR server (or, when the server is not on the caller's allow-list, a source that says so for every
+key). :func:`gather` asks each source in turn for the keys no earlier source settled (answered or known
+empty), then applies the :class:`GatherPolicy`: a required key left unsettled is a 412 naming the key
+and the reason; an optional key left unsettled is a note on the cards, never a 412.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -17,8 +23,9 @@ from cds_service.discovery import OPTIONAL_KEYS, PREFETCH
 from cds_service.errors import PreconditionFailed
 from cds_service.hooks import HookCall
 from cds_service.record import PatientRecord
-from cds_service.sources.base import SourceError
-from cds_service.sources.fhir_server import FhirServerSource, gather_all, next_link
+from cds_service.sources.base import DataSource, KeyResult, Outcome, UnavailableSource
+from cds_service.sources.fhir_server import FhirServerSource, next_link
+from cds_service.sources.origin import OriginGuards
 from cds_service.sources.prefetch import PrefetchSource
 
 
@@ -29,6 +36,22 @@ class GatherStats:
     fhir_requests: int = 0
     fhir_seconds: float = 0.0
     fhir_failed: bool = False
+
+
+@dataclass(frozen=True)
+class GatherPolicy:
+    """What the service needs from the sources and how long it waits for them."""
+
+    deadline_seconds: float = 0.5  # one deadline for every source of a call
+    optional: frozenset[str] = OPTIONAL_KEYS  # unsettled: a note; every other key unsettled: 412
+    max_pages: int = 5
+    max_depth: int = 64
+    max_array: int = 20_000
+
+    @classmethod
+    def from_settings(cls, settings) -> GatherPolicy:
+        return cls(deadline_seconds=settings.fhir_deadline_seconds, max_pages=settings.fhir_max_pages,
+                   max_depth=settings.max_json_depth, max_array=settings.max_array_length)
 
 
 # What a clinician loses when an optional key is missing (said on the cards via the record notes).
@@ -73,103 +96,94 @@ def queries_for(call: HookCall) -> dict[str, str]:
     return prefetch_queries(call.body.context, call.patient_id, call.user_id)
 
 
-async def gather(
-    call: HookCall,
-    *,
-    http: httpx.AsyncClient | None,
-    deadline: float,
-    max_pages: int = 5,
-    max_depth: int = 64,
-    max_array: int = 20_000,
-    fhir_allowed: Callable[[str], bool] | None = None,
-    now: datetime | None = None,
-    stats: GatherStats | None = None,
-) -> PatientRecord:
+def call_sources(call: HookCall, policy: GatherPolicy, *, http: httpx.AsyncClient | None = None,
+                 guards: OriginGuards | None = None, fhir_allowed=None) -> list[DataSource]:
+    """The sources this call may use, in the order they are asked."""
+    sources: list[DataSource] = [PrefetchSource(call.body.prefetch)]
+    server = call.body.fhirServer
+    if not server:
+        sources.append(UnavailableSource("no fhirServer", "the request has no fhirServer to fetch it from"))
+    elif fhir_allowed is not None and not fhir_allowed(server):
+        sources.append(UnavailableSource(
+            "fhirServer not allowed", "the fhirServer in the request is not on this service's allow-list for "
+            "the calling client"))
+    elif http is None:
+        sources.append(UnavailableSource("no HTTP client", "fetching from the FHIR server is not available "
+                                                           "in this mode"))
+    else:
+        token = call.body.fhirAuthorization.access_token if call.body.fhirAuthorization else None
+        sources.append(FhirServerSource(http, server, token, guards=guards, max_pages=policy.max_pages,
+                                        max_depth=policy.max_depth, max_array=policy.max_array))
+    return sources
+
+
+def _paged(result: KeyResult) -> bool:
+    value = result.value
+    return (result.outcome is Outcome.ANSWERED and isinstance(value, dict)
+            and value.get("resourceType") == "Bundle" and next_link(value) is not None)
+
+
+async def gather(call: HookCall, sources: Sequence[DataSource], policy: GatherPolicy,
+                 stats: GatherStats | None = None) -> PatientRecord:
+    """Ask ``sources`` in order for what is still unsettled; every source shares one deadline."""
     stats = stats or GatherStats()
     queries = queries_for(call)
-    prefetch = PrefetchSource(call.body.prefetch)
-    values: dict[str, Any] = prefetch.answer(queries)
-    stats.prefetched = len(values)
-    missing = {k: q for k, q in queries.items() if k not in values and k not in OPTIONAL_KEYS}
-    optional = {k: q for k, q in queries.items() if k not in values and k in OPTIONAL_KEYS}
-    paged = [v for v in values.values() if isinstance(v, dict) and v.get("resourceType") == "Bundle"
-             and next_link(v)]
-    record = PatientRecord(patient_id=call.patient_id, notes=list(call.notes))
-    if now is not None:
-        record.now = now
+    deadline = asyncio.get_running_loop().time() + policy.deadline_seconds
+    results: dict[str, KeyResult] = dict.fromkeys(queries, KeyResult.unavailable("no source has it"))
+    notes: list[str] = []
+    started = time.perf_counter()
+    for source in sources:
+        wanted = {k: q for k, q in queries.items() if not results[k].settled}
+        paged = [k for k, r in results.items() if _paged(r)]
+        if wanted or paged:
+            answers, pages = await asyncio.gather(
+                source.fetch(wanted, deadline),
+                asyncio.gather(*(source.more_pages(results[k].value, deadline) for k in paged)))
+            for key, result in answers.items():
+                # a source that merely lacks a key keeps the earlier source's reason (e.g. a failure)
+                if result.outcome is not Outcome.UNAVAILABLE or results[key].outcome is Outcome.UNAVAILABLE:
+                    results[key] = result
+            for key, result in zip(paged, pages, strict=True):
+                if result.outcome is Outcome.FAILED and key not in policy.optional:
+                    results[key] = result
+                elif not result.settled:
+                    notes.append(f"{key}: later pages not read ({result.reason})")
+            if isinstance(source, PrefetchSource):
+                stats.prefetched = sum(1 for r in answers.values() if r.settled)
+            if isinstance(source, FhirServerSource):
+                stats.fhir_requests += source.requests_made
+                stats.fetched += sum(1 for r in answers.values() if r.settled)
+        notes.extend(source.notes())
+    if stats.fhir_requests:
+        stats.fhir_seconds = time.perf_counter() - started
+    return _apply_policy(call, results, policy, notes, stats)
 
-    if missing or paged or optional:
-        server = call.body.fhirServer
-        if not server:
-            if missing:
-                raise PreconditionFailed(
-                    "Prefetch data is missing for " + ", ".join(sorted(missing))
-                    + " and the request has no fhirServer to fetch it from."
-                )
-            if paged:
-                record.notes.append("prefetch was paginated but no fhirServer was given; later pages not read")
-            if optional:
-                record.notes.append("not sent by the EHR: " + describe_optional(optional))
-        elif fhir_allowed is not None and not fhir_allowed(server):
+
+def _apply_policy(call: HookCall, results: dict[str, KeyResult], policy: GatherPolicy, notes: list[str],
+                  stats: GatherStats) -> PatientRecord:
+    required = {k: r for k, r in results.items() if not r.settled and k not in policy.optional}
+    if required:
+        stats.fhir_failed = any(r.outcome is Outcome.FAILED for r in required.values())
+        reasons = sorted({r.reason for r in required.values()})
+        if all(r.timed_out for r in required.values()):
             raise PreconditionFailed(
-                "The fhirServer in the request is not on this service's allow-list for the calling client, "
-                "so the missing prefetch data cannot be fetched."
-            )
-        elif http is None:
-            if missing:
-                raise PreconditionFailed("Fetching from the FHIR server is not available in this mode.")
-        else:
-            token = call.body.fhirAuthorization.access_token if call.body.fhirAuthorization else None
-            source = FhirServerSource(http, server, token, max_pages=max_pages, max_depth=max_depth,
-                                      max_array=max_array)
-            started = time.perf_counter()
-            # Optional keys run beside the required ones; they may fail or be cut at the deadline.
-            optional_tasks = {k: asyncio.ensure_future(source.fetch_one(q)) for k, q in optional.items()}
-            try:
-                async with asyncio.timeout(deadline):
-                    fetched, _ = await gather_all(
-                        source.fetch(missing),
-                        gather_all(*(source.follow_pages(b) for b in paged)),
-                    )
-                    if optional_tasks:
-                        await asyncio.wait(optional_tasks.values(),
-                                           timeout=max(0.0, deadline - (time.perf_counter() - started)))
-            except TimeoutError as exc:
-                stats.fhir_failed = True
-                raise PreconditionFailed(
-                    f"The FHIR server did not return the missing prefetch data within {deadline:g} s.",
-                    code="timeout",
-                ) from exc
-            except SourceError as exc:
-                stats.fhir_failed = True
-                raise PreconditionFailed(f"Could not fetch the missing prefetch data: {exc}.") from exc
-            finally:
-                for task in optional_tasks.values():
-                    if not task.done():
-                        task.cancel()
-                    elif not task.cancelled():
-                        task.exception()  # mark a failure as seen: it is reported as "not available"
-                    elif not task.cancelled():
-                        task.exception()  # retrieved, so asyncio does not log it (and its URL) later
-                stats.fhir_requests = source.requests_made
-                stats.fhir_seconds = time.perf_counter() - started
-            values.update(fetched)
-            unavailable = []
-            for key, task in optional_tasks.items():
-                if task.done() and not task.cancelled() and task.exception() is None:
-                    values[key] = task.result()
-                    fetched[key] = task.result()
-                else:
-                    unavailable.append(key)
-            if unavailable:
-                record.notes.append("not available from the FHIR server: " + describe_optional(unavailable))
-            stats.fetched = len(fetched)
-    if prefetch.failed:
-        record.notes.append("the EHR reported failed prefetch for " + ", ".join(prefetch.failed))
-
-    for value in values.values():
-        if value is not None:
-            record.add(value)
+                f"The FHIR server did not return the missing prefetch data within {policy.deadline_seconds:g} s "
+                f"({', '.join(sorted(required))}).", code="timeout")
+        if all(r.outcome is Outcome.UNAVAILABLE for r in required.values()):
+            raise PreconditionFailed(f"Prefetch data is missing for {', '.join(sorted(required))} and "
+                                     f"{'; '.join(reasons)}.")
+        raise PreconditionFailed(f"Could not fetch the missing prefetch data ({', '.join(sorted(required))}): "
+                                 f"{'; '.join(reasons)}.")
+    record = PatientRecord(patient_id=call.patient_id, notes=list(call.notes))
+    unsettled = sorted(k for k, r in results.items() if not r.settled)
+    if unsettled:
+        sent_nothing = all(results[k].outcome is Outcome.UNAVAILABLE for k in unsettled)
+        record.notes.append(("not sent by the EHR: " if sent_nothing else "not available from the FHIR server: ")
+                            + describe_optional(unsettled))
+    record.notes.extend(notes)
+    for result in results.values():
+        if result.outcome is Outcome.ANSWERED:
+            record.add(result.value)
     if record.patient is None:
         record.notes.append("no Patient resource was available; age and sex unknown")
     record.draft_orders = call.draft_orders

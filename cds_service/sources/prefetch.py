@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from cds_service.errors import BadRequest
-from cds_service.sources.base import DataSource
+from cds_service.sources.base import EMPTY, DataSource, KeyResult
 
 
 def _is_outcome_only(value: dict[str, Any]) -> bool:
@@ -31,12 +31,26 @@ def _is_outcome_only(value: dict[str, Any]) -> bool:
 
 
 class PrefetchSource(DataSource):
+    name = "prefetch"
+
     def __init__(self, prefetch: dict[str, Any] | None) -> None:
         self.prefetch = prefetch or {}
         self.failed: list[str] = []  # keys the client reported as failed (OperationOutcome)
 
-    async def fetch(self, queries: dict[str, str]) -> dict[str, Any]:
-        return self.answer(queries)
+    async def fetch(self, queries: dict[str, str], deadline: float) -> dict[str, KeyResult]:
+        values = self.answer(queries)
+        out = {}
+        for key in queries:
+            if key in values:
+                out[key] = KeyResult.answered(values[key]) if values[key] is not None else EMPTY
+            elif key in self.failed:
+                out[key] = KeyResult.failed("the EHR reported that its prefetch query failed")
+            else:
+                out[key] = KeyResult.unavailable("not sent by the EHR")
+        return out
+
+    def notes(self) -> list[str]:
+        return ["the EHR reported failed prefetch for " + ", ".join(self.failed)] if self.failed else []
 
     def answer(self, queries: dict[str, str]) -> dict[str, Any]:
         """Synchronous core of :meth:`fetch` (no I/O is involved)."""

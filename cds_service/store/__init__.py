@@ -1,9 +1,10 @@
 """Audit and feedback store. Pick an implementation with :func:`open_store`.
 
 * :class:`~cds_service.store.base.Store` is the interface the rest of the service uses.
-* :class:`~cds_service.store.sql.SqlStore` implements it with SQLAlchemy 2 async Core for both SQLite
-  (embedded default) and PostgreSQL; only the engine differs, built by the small factories in
-  :mod:`cds_service.store.sqlite` and :mod:`cds_service.store.postgres`.
+* :class:`~cds_service.store.sql.SqlStore` implements it with SQLAlchemy 2 async Core for PostgreSQL (and
+  in-memory SQLite); :class:`~cds_service.store.sqlite.SqliteStore`, the embedded default, runs the same
+  statements with every write on one thread that owns one connection. The engines are built by the small
+  factories in :mod:`cds_service.store.sqlite` and :mod:`cds_service.store.postgres`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def make_engine(url: str) -> AsyncEngine:
 def open_store(url_or_settings) -> Store:
     """A store for a SQLAlchemy URL or a :class:`~cds_service.config.Settings` (its ``sqlalchemy_url``)."""
     from cds_service.store.sql import SqlStore
+    from cds_service.store.sqlite import SqliteStore, database_path
 
     url = url_or_settings if isinstance(url_or_settings, str) else url_or_settings.sqlalchemy_url
+    if make_url(url).get_backend_name() == "sqlite" and database_path(url) is not None:
+        return SqliteStore(url)
     return SqlStore(url)

@@ -8,10 +8,13 @@ SQLAlchemy, and so another backend (a message queue, a warehouse loader) only ha
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+import asyncio
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # Feedback for a card this store never saw (issued before a purge, by another deployment, or a
 # client replaying old uuids) is reported under this rule id instead of being silently dropped.
@@ -125,3 +128,18 @@ def dedupe_feedback(items: Iterable[FeedbackRow]) -> list[FeedbackRow]:
             seen.add(item.key)
             out.append(item)
     return out
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # seen: a write nobody waits for any more must not be logged as "never retrieved"
+
+
+async def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
+    """Await ``coro`` in its own task, shielded: cancelling the caller stops the wait, never the write.
+
+    A transaction cancelled half-way can hand its connection back inside an open transaction that
+    still holds the database's write lock; every store write goes through here instead."""
+    task = asyncio.ensure_future(coro)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)

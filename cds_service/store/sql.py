@@ -1,7 +1,7 @@
 """The SQL implementation of :class:`~cds_service.store.base.Store`, shared by SQLite and PostgreSQL.
 
 Writes are batched in one transaction and use ``ON CONFLICT DO NOTHING`` (``INSERT OR IGNORE`` on SQLite):
-a batch of 100 costs about as much as one row (shared/perf/REPORT.md §4) and repeats are skipped by the
+a batch of 100 costs about as much as one row (measured) and repeats are skipped by the
 database itself, so several instances can never double count. Feedback uses a multi-row
 ``INSERT ... RETURNING`` (how many rows were new); card rows, the hot write, a driver-level executemany.
 """
@@ -24,10 +24,12 @@ from cds_service.store.base import (
     Store,
     StoreError,
     dedupe_feedback,
+    run_to_end,
 )
 from cds_service.store.schema import cards, feedback
+from cds_service.store.text import db_text
 
-# Free text from the EHR: keep it, but bounded.
+# Free text from the EHR: the longest comment accepted (longer ones are refused with a 400 when read).
 MAX_COMMENT = 2000
 
 
@@ -37,6 +39,16 @@ def _safe_message(exc: Exception) -> str:
         first = (str(exc.orig).strip().splitlines() or [""])[0]
         return f"{type(exc.orig).__name__}: {first[:200]}"
     return type(exc).__name__
+
+
+def purge_statements(conn: sa.Connection, before: datetime) -> int:
+    """Delete what is older than ``before`` inside the caller's transaction; returns rows deleted."""
+    old_cards = sa.select(cards.c.card_uuid).where(cards.c.issued_at < before)
+    # Feedback goes with its card, so a purge never turns old feedback into "unknown" rows.
+    n = conn.execute(sa.delete(feedback).where(
+        sa.or_(feedback.c.received_at < before, feedback.c.card_uuid.in_(old_cards)))).rowcount
+    n += conn.execute(sa.delete(cards).where(cards.c.issued_at < before)).rowcount
+    return n
 
 
 class SqlStore(Store):
@@ -58,26 +70,38 @@ class SqlStore(Store):
         return insert(table).on_conflict_do_nothing()
 
     # ------------------------------------------------------------------ writes
+    # Every write runs to its end once started: the caller may stop waiting (a client timeout, a
+    # cancelled request), but the transaction is never cancelled half-way, so a connection is never
+    # handed back to the pool inside an open transaction holding the database's write lock.
     async def record_cards(self, rows: Sequence[CardRow]) -> int:
-        # The audit writer shares the event loop with the hook calls, so this is the hottest write: a plain
-        # driver-level executemany (statement built once, bind processors applied here) costs the loop a
-        # fraction of what a compiled multi-row INSERT ... RETURNING does (~30 µs a row), which showed up as
-        # the p99 of hook calls whenever a batch was written.
         if not rows:
             return 0
-        sql, procs = self._card_insert()
-        params = [
-            tuple(p(v) if p else v for p, v in zip(procs, (
-                r.card_uuid[:64], r.service[:100], r.hook[:64], r.rule_id[:200], r.indicator[:16],
-                r.hook_instance[:128], r.issued_at, r.patient_key), strict=True))
-            for r in rows
-        ]
+        sql, params = self.card_params(rows)
+        return await run_to_end(self._execute_many(sql, params, "writing cards"))
+
+    async def _execute_many(self, sql: str, params: list[tuple], what: str) -> int:
         try:
             async with self.engine.begin() as conn:
                 result = await conn.exec_driver_sql(sql, params)
                 return max(result.rowcount, 0)
         except SQLAlchemyError as exc:
-            raise StoreError(f"writing cards failed ({_safe_message(exc)})") from exc
+            raise StoreError(f"{what} failed ({_safe_message(exc)})") from exc
+
+    def card_params(self, rows: Sequence[CardRow]) -> tuple[str, list[tuple]]:
+        """The card INSERT and its parameters, text cleaned to what the database accepts.
+
+        The audit writer shares the event loop with the hook calls, so this is the hottest write: a plain
+        driver-level executemany (statement built once, bind processors applied here) costs the loop a
+        fraction of what a compiled multi-row INSERT ... RETURNING does (~30 µs a row)."""
+        sql, procs = self._card_insert()
+        params = [
+            tuple(p(v) if p else v for p, v in zip(procs, (
+                db_text(r.card_uuid, 64), db_text(r.service, 100), db_text(r.hook, 64), db_text(r.rule_id, 200),
+                db_text(r.indicator, 16), db_text(r.hook_instance, 128), r.issued_at,
+                db_text(r.patient_key, 64)), strict=True))
+            for r in rows
+        ]
+        return sql, params
 
     def _card_insert(self) -> tuple[str, tuple]:
         cached = getattr(self, "_card_insert_cached", None)
@@ -95,22 +119,28 @@ class SqlStore(Store):
             cached = self._card_insert_cached = (sql, procs)
         return cached
 
+    def feedback_values(self, items: Sequence[FeedbackRow]) -> list[dict]:
+        """Feedback rows as INSERT values. Lengths are checked when the request is read (a 400 names the
+        field), so the limits here only guard other callers; NUL and lone surrogates are replaced."""
+        return [
+            {
+                "card_uuid": db_text(i.card_uuid, 64), "service": db_text(i.service, 100), "outcome": i.outcome,
+                "outcome_at": i.outcome_at, "received_at": i.received_at,
+                "accepted_suggestions": [db_text(s, 200) for s in i.accepted_suggestions] or None,
+                "reason_code": db_text(i.reason_code, 200), "reason_system": db_text(i.reason_system, 500),
+                "reason_display": db_text(i.reason_display, 500),
+                "user_comment": db_text(i.user_comment, MAX_COMMENT),
+            }
+            for i in items
+        ]
+
     async def record_feedback(self, items: Sequence[FeedbackRow]) -> int:
         items = dedupe_feedback(items)
         if not items:
             return 0
-        values = [
-            {
-                "card_uuid": i.card_uuid[:64], "service": i.service[:100], "outcome": i.outcome,
-                "outcome_at": i.outcome_at, "received_at": i.received_at,
-                "accepted_suggestions": list(i.accepted_suggestions) or None,
-                "reason_code": i.reason_code[:200] if i.reason_code else None,
-                "reason_system": i.reason_system[:500] if i.reason_system else None,
-                "reason_display": i.reason_display[:500] if i.reason_display else None,
-                "user_comment": i.user_comment[:MAX_COMMENT] if i.user_comment else None,
-            }
-            for i in items
-        ]
+        return await run_to_end(self._insert_feedback(self.feedback_values(items)))
+
+    async def _insert_feedback(self, values: list[dict]) -> int:
         stmt = self._insert(feedback).returning(feedback.c.id)
         try:
             async with self.engine.begin() as conn:
@@ -190,14 +220,12 @@ class SqlStore(Store):
 
     # ------------------------------------------------------------------ housekeeping
     async def purge(self, before: datetime) -> int:
-        old_cards = sa.select(cards.c.card_uuid).where(cards.c.issued_at < before)
+        return await run_to_end(self._purge(before))
+
+    async def _purge(self, before: datetime) -> int:
         try:
             async with self.engine.begin() as conn:
-                # Feedback goes with its card, so a purge never turns old feedback into "unknown" rows.
-                n = (await conn.execute(sa.delete(feedback).where(
-                    sa.or_(feedback.c.received_at < before, feedback.c.card_uuid.in_(old_cards))))).rowcount
-                n += (await conn.execute(sa.delete(cards).where(cards.c.issued_at < before))).rowcount
-                return n
+                return await conn.run_sync(purge_statements, before)
         except SQLAlchemyError as exc:
             raise StoreError(f"purging failed ({_safe_message(exc)})") from exc
 

@@ -1,0 +1,138 @@
+"""Per FHIR-server origin: a bound on requests in flight and a circuit breaker.
+
+Why both. A FHIR server that stops answering must cost the service nothing after it has been noticed:
+
+* **Bounded concurrency.** At most ``per_origin`` requests to one origin are in flight; the others wait
+  for a slot on an asyncio semaphore, whose wait is cut cleanly by the call's deadline. All origins
+  together never exceed ``total``, which is the HTTP client's pool size, so the pool itself never has
+  requests waiting for a connection. That matters: httpcore (1.0.9, the newest release) can leak a
+  connection slot for good when a request is cancelled while it waits in a contended pool, after which
+  every request fails with a pool timeout until restart (docs/operations.md, FHIR fallback).
+  A request that never waits inside the pool cannot hit that path.
+* **Circuit breaker.** After ``failures`` consecutive failures (timeout, connection error, HTTP 5xx) the
+  origin is *open* for ``open_seconds``: its requests fail at once, without touching the network. Then
+  one trial request is let through (*half-open*); success closes the circuit, failure opens it again
+  for twice as long (up to ``max_open_seconds``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from cds_service.sources.base import SourceError
+
+Origin = tuple[str, str, int | None]
+
+
+def origin_of(url: str) -> Origin:
+    """(scheme, host, port); raises ValueError for a URL that has none (``http://[::1``, port 99999)."""
+    parts = urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+
+
+def _guard_key(url: str) -> Origin:
+    try:
+        return origin_of(url)
+    except ValueError:
+        return "invalid", "", None  # such a source refuses every request before using its guard
+
+
+class CircuitOpen(SourceError):
+    pass
+
+
+class OriginGuard:
+    def __init__(self, per_origin: int, total: asyncio.Semaphore, *, failures: int, open_seconds: float,
+                 max_open_seconds: float, clock: Callable[[], float]) -> None:
+        self._slots = asyncio.Semaphore(per_origin)
+        self._total = total
+        self._threshold = failures
+        self._base_open = open_seconds
+        self._max_open = max_open_seconds
+        self._clock = clock
+        self.consecutive_failures = 0
+        self.open_until = 0.0
+        self._open_for = open_seconds
+        self._trial_in_flight = False
+
+    @property
+    def state(self) -> str:
+        if self.consecutive_failures < self._threshold:
+            return "closed"
+        return "open" if self._clock() < self.open_until or self._trial_in_flight else "half-open"
+
+    def _admit(self) -> bool:
+        """Whether a request may go out now; marks the half-open trial."""
+        if self.consecutive_failures < self._threshold:
+            return True
+        if self._clock() < self.open_until or self._trial_in_flight:
+            return False
+        self._trial_in_flight = True
+        return True
+
+    def success(self) -> None:
+        self.consecutive_failures = 0
+        self._open_for = self._base_open
+        self._trial_in_flight = False
+
+    def failure(self) -> None:
+        was_trial = self._trial_in_flight
+        self._trial_in_flight = False
+        self.consecutive_failures += 1
+        if was_trial:
+            self._open_for = min(self._max_open, self._open_for * 2)
+        if self.consecutive_failures >= self._threshold:
+            self.open_until = self._clock() + self._open_for
+
+    async def acquire(self) -> None:
+        """Wait for a place for one request (a cancellable wait); :class:`CircuitOpen` at once when open.
+
+        The caller hands the place to the task that makes the request, which calls :meth:`release` when
+        the request has really ended (so requests in flight never exceed the pool size)."""
+        if not self._admit():
+            raise CircuitOpen("the FHIR server is not answering (recent requests failed); not asked again yet")
+        trial = self._trial_in_flight
+        try:
+            await self._slots.acquire()
+            try:
+                await self._total.acquire()
+            except BaseException:
+                self._slots.release()
+                raise
+        except BaseException:
+            if trial:
+                self._trial_in_flight = False
+            raise
+
+    def release(self) -> None:
+        self._total.release()
+        self._slots.release()
+
+
+class OriginGuards:
+    """The guards of every FHIR origin this process has called (one per scheme, host and port)."""
+
+    def __init__(self, *, per_origin: int = 16, total: int = 100, failures: int = 5, open_seconds: float = 5.0,
+                 max_open_seconds: float = 60.0, max_origins: int = 1000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_origin = per_origin
+        self.total = total
+        self._total = asyncio.Semaphore(total)
+        self._options = dict(failures=failures, open_seconds=open_seconds, max_open_seconds=max_open_seconds,
+                             clock=clock)
+        self._guards: dict[Origin, OriginGuard] = {}
+        self._max_origins = max_origins
+
+    def for_url(self, url: str) -> OriginGuard:
+        key = _guard_key(url)
+        guard = self._guards.get(key)
+        if guard is None:
+            if len(self._guards) >= self._max_origins:  # callers choose fhirServer: keep the map bounded
+                idle = [k for k, g in self._guards.items() if g.state == "closed"]
+                for k in idle[: max(1, len(idle) // 2)]:
+                    del self._guards[k]
+            guard = self._guards[key] = OriginGuard(self.per_origin, self._total, **self._options)
+        return guard

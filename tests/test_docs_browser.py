@@ -101,8 +101,9 @@ def test_swagger_ui_shows_the_operations_offline(offline_page, base_url):
     # the hook call: its service id is a choice among the real services, its errors are OperationOutcomes
     page.locator('.opblock-post:has([data-path="/cds-services/{service_id}"]) .opblock-summary').first.click()
     operation = page.locator('.opblock-post.is-open').first
-    options = operation.locator("select option").all_inner_texts()
-    assert "neurosarcoidosis-order-select" in options
+    # the block renders after the click: wait for its parts instead of reading them at once
+    sync_api.expect(operation.locator("select option", has_text="neurosarcoidosis-order-select")).to_have_count(1)
+    sync_api.expect(operation.locator(".responses-table").first).to_contain_text("412")
     responses = operation.locator(".responses-table").first.inner_text()
     assert "412" in responses and "422" not in responses and "OperationOutcome" in page.content()
     assert page.locator(".btn.authorize").count() == 1  # the bearer JWT scheme

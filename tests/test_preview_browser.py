@@ -363,11 +363,12 @@ def test_another_fixture_clears_the_cards_and_an_edit_dims_them(page):
     assert "press Evaluate to update" in page.inner_text("#status")
     assert page.locator("#cards").evaluate("c => getComputedStyle(c).opacity") == "0.45"
     # another patient: nothing of the previous one stays on screen
-    _pick_fixture(page, NO_CARDS_FIXTURE)
+    page.select_option("#fixture", NO_CARDS_FIXTURE)
     sync_api.expect(page.locator("#cards")).to_have_attribute("data-state", "idle")
     assert page.locator("#cards > *").count() == 0
     assert page.locator("#raw").is_hidden()
-    assert page.inner_text("#status") == "Fixture loaded. Press Evaluate."
+    sync_api.expect(page.locator("#status")).to_have_text("Fixture loaded. Press Evaluate.")
+    assert f'"fixture-{NO_CARDS_FIXTURE.split("-")[0]}"' in page.input_value("#bundle")  # the new patient's
     page.click("#evaluate")
     assert _wait_for_result(page) == "empty"
     assert page.locator("#cards").get_attribute("data-stale") is None

@@ -130,9 +130,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _install_extensions(app: FastAPI, settings: Settings) -> None:
     """The parts beside the request path, each in its own module with an ``install(app, settings)``."""
-    from cds_service import audit, auth, metrics, preview
+    from cds_service import audit, auth, metrics, preview, smart
 
-    for module in (auth, audit, metrics, preview):
+    for module in (auth, audit, metrics, preview, smart):
         module.install(app, settings)
 
 

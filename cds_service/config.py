@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "CDS_"
@@ -116,6 +116,17 @@ class Settings(BaseSettings):
     # When authentication is on, the developer evaluate endpoint is off unless enabled explicitly.
     enable_fixture_endpoint: bool | None = None
 
+    # --- SMART app: the treatment timeline opened from cards (docs/timeline.md)
+    # JSON object: issuer -> {"client_id": ..., "frame_ancestors": [...], ...}; see cds_service/smart/clients.py.
+    smart_clients: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
+    # Cards answered without authentication (development, the preview page, `evaluate`) carry the link too.
+    smart_links_unauthenticated: bool = False
+    smart_launch_ttl_seconds: int = Field(300, ge=30, le=3600)
+    # One deadline for every FHIR read of a timeline (longer than the hook fallback's: a person waits for a page).
+    smart_fhir_deadline_seconds: float = Field(10.0, gt=0, le=120)
+    # Development: a SMART launcher (e.g. the test EHR's /ehr/launch) the preview page opens smart links with.
+    smart_preview_launcher: str | None = None
+
     # --- storage / audit
     data_dir: Path = Field(default_factory=_default_data_dir)
     database_url: str | None = None
@@ -178,6 +189,37 @@ class Settings(BaseSettings):
                                  f"{exc.msg} at line {exc.lineno} column {exc.colno})") from None
         parse_trusted_issuers(v)
         return v
+
+    @field_validator("smart_clients", mode="before")
+    @classmethod
+    def _parse_smart_clients(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            import json
+
+            if not v.strip():
+                return {}
+            try:
+                v = json.loads(v)
+            except ValueError as exc:
+                raise ValueError(f"a JSON object mapping each issuer to its SMART client (not valid JSON: "
+                                 f"{exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        return v
+
+    @model_validator(mode="after")
+    def _check_smart_clients(self) -> Settings:
+        # Checked against the trusted issuers here, so a client for an issuer that is not trusted stops start-up.
+        if self.smart_clients:
+            from cds_service.smart.clients import parse_smart_clients
+
+            parse_smart_clients(self.smart_clients, self.trusted_issuers)
+        return self
+
+    @field_validator("smart_preview_launcher")
+    @classmethod
+    def _check_launcher(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("the http(s) URL of a SMART launcher, such as http://127.0.0.2:9000/ehr/launch")
+        return v or None
 
     @field_validator("log_level", mode="before")
     @classmethod

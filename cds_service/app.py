@@ -211,6 +211,10 @@ def _install_routes(app: FastAPI) -> None:
         if not settings.auth_enabled:  # fixtures pin "now" so their dates stay meaningful; never with auth on
             record.now = evaluation_time(call.body.extension) or record.now
         cards = evaluate_cards(record, call.hook, call.hook_instance)
+        if settings.smart_clients:  # the treatment timeline link (cds_service/smart/links.py)
+            from cds_service.smart.links import for_call
+
+            for_call(cards, settings, getattr(client, "issuer", None), str(request.base_url))
         body = orjson.dumps(dump(CDSResponse(cards=cards)))
         elapsed = time.perf_counter() - started
         audit = request.app.state.audit

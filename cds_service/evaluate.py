@@ -30,8 +30,12 @@ def build_request(bundle: dict[str, Any], hook: str, order: str | None = None) -
     return request
 
 
-async def evaluate_request_async(request: dict[str, Any], hook: str) -> dict[str, Any]:
+async def evaluate_request_async(request: dict[str, Any], hook: str, base_url: str | None = None) -> dict[str, Any]:
+    """The CDS Hooks response for ``request``; cards carry the timeline link when development links are on
+    (``CDS_SMART_LINKS_UNAUTHENTICATED``), pointing at ``base_url`` (else the configured host and port)."""
     from cds_service.app import evaluate_cards
+    from cds_service.config import get_settings
+    from cds_service.smart.links import for_call
 
     call = parse_call(service_for(hook), request)
     now = evaluation_time(request.get("extension"))
@@ -40,6 +44,9 @@ async def evaluate_request_async(request: dict[str, Any], hook: str) -> dict[str
     if now is not None:
         record.now = now
     cards = evaluate_cards(record, call.hook, call.hook_instance)
+    settings = get_settings()
+    if not settings.auth_enabled:
+        for_call(cards, settings, None, base_url)
     return dump(CDSResponse(cards=cards))
 
 

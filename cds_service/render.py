@@ -59,7 +59,8 @@ def _card_panel(card: dict[str, Any]) -> Panel:
         for a in s.get("actions") or []:
             body.append(Text(f"      {_s(a.get('type'))}: {_s(a.get('description'))}", style="green"))
     for link in card.get("links") or []:
-        body.append(Text(f"🔗 {_s(link.get('label'))}: {_s(link.get('url'))}", style="cyan"))
+        smart = f" (SMART app, appContext {_s(link.get('appContext'))})" if link.get("type") == "smart" else ""
+        body.append(Text(f"🔗 {_s(link.get('label'))}: {_s(link.get('url'))}{smart}", style="cyan"))
     evidence = (card.get("extension") or {}).get(EVIDENCE_EXTENSION)
     for item in evidence if isinstance(evidence, list) else [evidence] if isinstance(evidence, dict) else []:
         if isinstance(item, dict):

@@ -100,11 +100,12 @@ def install(app: FastAPI, settings: Settings) -> None:
                                  max_array=settings.max_array_length)
         validate_bundle(bundle)
         cds_request = build_request(bundle, hook, order)
-        response = await evaluate_request_async(cds_request, hook)
+        response = await evaluate_request_async(cds_request, hook, str(request.base_url))
         # Not audited and not counted in the hook metrics: a developer's fixture is not a clinical call.
         log.info("fixture_evaluated", hook=hook, cards=len(response.get("cards") or []))
         return _json({"request": cds_request, "response": response,
-                      "preview": {"cards": preview_cards(response)}})
+                      "preview": {"cards": preview_cards(response, launcher=settings.smart_preview_launcher,
+                                                         patient_id=cds_request["context"].get("patientId"))}})
 
     @app.get("/fixtures", tags=["Developer preview"], summary="The fixture bundles shipped with the service")
     async def fixtures(request: Request) -> Response:

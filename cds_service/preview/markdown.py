@@ -70,7 +70,23 @@ def web_link(label: Any, url: Any) -> dict[str, str] | None:
     return {"label": text, "url": url.strip()}
 
 
-def preview_card(card: dict[str, Any]) -> dict[str, Any]:
+def smart_link(link: dict[str, Any], launcher: str | None, patient_id: str | None) -> dict[str, str] | None:
+    """A card's ``smart`` link as the page shows it: through the development launcher (CDS_SMART_PREVIEW_LAUNCHER,
+    e.g. the test EHR's), which adds ``iss`` and ``launch`` as an EHR would; else the bare launch URL, whose page
+    says that an EHR must open it."""
+    url = link.get("url")
+    if not is_web_url(url):
+        return None
+    label = link.get("label") if isinstance(link.get("label"), str) else "SMART app"
+    if launcher and is_web_url(launcher) and patient_id:
+        from urllib.parse import urlencode
+
+        query = urlencode({"app": url, "patient": patient_id, "appContext": link.get("appContext") or ""})
+        return {"label": f"{label} (SMART app, via the launcher)", "url": f"{launcher}?{query}"}
+    return {"label": f"{label} (SMART app: an EHR opens it)", "url": url.strip()}
+
+
+def preview_card(card: dict[str, Any], launcher: str | None = None, patient_id: str | None = None) -> dict[str, Any]:
     """What the page needs beyond the CDS Hooks card: sanitised detail HTML and only http(s) links."""
     from cds_service.models import EVIDENCE_EXTENSION, RULE_ID_EXTENSION
 
@@ -85,6 +101,8 @@ def preview_card(card: dict[str, Any]) -> dict[str, Any]:
         out["source_url"] = source_link["url"]
     links = [link for link in (web_link(x.get("label"), x.get("url")) for x in card.get("links") or []
                                if isinstance(x, dict) and x.get("type", "absolute") == "absolute") if link]
+    links += [link for link in (smart_link(x, launcher, patient_id) for x in card.get("links") or []
+                                if isinstance(x, dict) and x.get("type") == "smart") if link]
     if links:
         out["links"] = links
     evidence = extension.get(EVIDENCE_EXTENSION)
@@ -103,5 +121,6 @@ def preview_card(card: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def preview_cards(response: dict[str, Any]) -> list[dict[str, Any]]:
-    return [preview_card(c) for c in response.get("cards") or [] if isinstance(c, dict)]
+def preview_cards(response: dict[str, Any], launcher: str | None = None,
+                  patient_id: str | None = None) -> list[dict[str, Any]]:
+    return [preview_card(c, launcher, patient_id) for c in response.get("cards") or [] if isinstance(c, dict)]

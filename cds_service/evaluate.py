@@ -30,7 +30,8 @@ def build_request(bundle: dict[str, Any], hook: str, order: str | None = None) -
     return request
 
 
-async def evaluate_request_async(request: dict[str, Any], hook: str, base_url: str | None = None) -> dict[str, Any]:
+async def evaluate_request_async(request: dict[str, Any], hook: str, base_url: str | None = None,
+                                 settings=None) -> dict[str, Any]:
     """The CDS Hooks response for ``request``; cards carry the timeline link when development links are on
     (``CDS_SMART_LINKS_UNAUTHENTICATED``), pointing at ``base_url`` (else the configured host and port)."""
     from cds_service.app import evaluate_cards
@@ -44,7 +45,7 @@ async def evaluate_request_async(request: dict[str, Any], hook: str, base_url: s
     if now is not None:
         record.now = now
     cards = evaluate_cards(record, call.hook, call.hook_instance)
-    settings = get_settings()
+    settings = settings or get_settings()
     if not settings.auth_enabled:
         for_call(cards, settings, None, base_url)
     return dump(CDSResponse(cards=cards))

@@ -418,7 +418,9 @@ def test_preview_card_filters_links_source_and_evidence():
     out = preview_card(card)
     assert out["rule_id"] == "ivig.renal"
     assert "source_url" not in out
-    assert out["links"] == [{"label": "Guideline", "url": "https://example.org/g"}]
+    # a smart link is shown as one (an EHR, or the development launcher, opens it: tests/test_timeline_links.py)
+    assert out["links"] == [{"label": "Guideline", "url": "https://example.org/g"},
+                            {"label": "App (SMART app: an EHR opens it)", "url": "https://app.example"}]
     assert out["evidence"] == [{"level": "B", "citation": "FDA label"}]
 
 

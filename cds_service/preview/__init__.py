@@ -100,7 +100,7 @@ def install(app: FastAPI, settings: Settings) -> None:
                                  max_array=settings.max_array_length)
         validate_bundle(bundle)
         cds_request = build_request(bundle, hook, order)
-        response = await evaluate_request_async(cds_request, hook, str(request.base_url))
+        response = await evaluate_request_async(cds_request, hook, str(request.base_url), settings)
         # Not audited and not counted in the hook metrics: a developer's fixture is not a clinical call.
         log.info("fixture_evaluated", hook=hook, cards=len(response.get("cards") or []))
         return _json({"request": cds_request, "response": response,

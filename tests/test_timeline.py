@@ -116,7 +116,8 @@ def test_units_are_converted_by_the_reader():
 def test_undated_records_are_counted_not_drawn():
     rec = PatientRecord(patient_id="p")
     rec.add({"resourceType": "MedicationStatement", "id": "m", "status": "active",
-             "subject": {"reference": "Patient/p"}, "medicationCodeableConcept": {"text": "Methotrexate 2.5 mg oral tablet"}})
+             "subject": {"reference": "Patient/p"},
+             "medicationCodeableConcept": {"text": "Methotrexate 2.5 mg oral tablet"}})
     t = build_timeline(rec, today=TODAY)
     assert "1 medication records have no date and are not drawn." in t.notes
 

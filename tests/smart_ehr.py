@@ -20,7 +20,9 @@ It plays every part of an EHR the SMART launch touches, over the fixture patient
 
 Tests run it with uvicorn on 127.0.0.2 while the service runs on 127.0.0.1, so the app is cross-site.
 Attributes the tests change to make it misbehave: ``pkce_methods``, ``refuse_types``, ``broad_search``
-(searches ignore ``patient``), ``page_size``. For a developer (the card preview page, the public sandbox)::
+(searches ignore ``patient``), ``page_size``. ``open_fhir`` answers FHIR reads without a token too, as
+the public CDS Hooks sandbox needs (it supports open FHIR servers only); the command line turns it on.
+For a developer (the card preview page, the public sandbox)::
 
     python -m tests.smart_ehr --host 127.0.0.2 --port 9000 --cds http://127.0.0.1:8000
 """
@@ -102,6 +104,7 @@ class SmartEHR:
         self.refuse_types: set[str] = set()
         self.broad_search = False
         self.page_size = 50
+        self.open_fhir = False
         self.authorize_requests: list[dict[str, str]] = []
         self.token_requests: list[dict[str, str]] = []
         self.fhir_requests: list[str] = []
@@ -218,9 +221,12 @@ class SmartEHR:
         return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
     # ------------------------------------------------------------------------------------------ FHIR
-    def _token(self, request: Request) -> dict[str, Any] | None:
+    def _token(self, request: Request, patient: str | None = None) -> dict[str, Any] | None:
         auth = request.headers.get("authorization", "")
-        return self.tokens.get(auth[7:]) if auth.lower().startswith("bearer ") else None
+        token = self.tokens.get(auth[7:]) if auth.lower().startswith("bearer ") else None
+        if token is None and self.open_fhir and not auth:
+            return {"patient": patient, "scope": "patient/*.rs", "open": True}
+        return token
 
     async def metadata(self, request: Request) -> Response:
         return JSONResponse({"resourceType": "CapabilityStatement", "status": "active", "kind": "instance",
@@ -229,11 +235,15 @@ class SmartEHR:
     async def read(self, request: Request) -> Response:
         rtype, rid = request.path_params["rtype"], request.path_params["rid"]
         self.fhir_requests.append(f"{rtype}/{rid}")
-        token = self._token(request)
+        token = self._token(request, rid if rtype == "Patient" else None)
         if token is None:
             return JSONResponse({"resourceType": "OperationOutcome"}, status_code=401)
         if rtype in self.refuse_types:
             return JSONResponse({"resourceType": "OperationOutcome"}, status_code=403)
+        if token.get("open"):
+            for res in (r for p in self.patients.values() for r in p.get(rtype, [])):
+                if res.get("id") == rid:
+                    return JSONResponse(res, media_type="application/fhir+json")
         for res in self.patients.get(token["patient"], {}).get(rtype, []):
             if res.get("id") == rid:
                 return JSONResponse(res, media_type="application/fhir+json")
@@ -248,16 +258,17 @@ class SmartEHR:
         if request.method == "POST":
             params.update(parse_qsl((await request.body()).decode()))
         self.fhir_requests.append(f"{rtype}?{urlencode(params)}")
-        token = self._token(request)
+        patient = (params.get("patient") or params.get("subject") or "").rsplit("/", 1)[-1]
+        token = self._token(request, patient)
         if token is None:
             return JSONResponse({"resourceType": "OperationOutcome"}, status_code=401)
         if rtype in self.refuse_types:
             return JSONResponse({"resourceType": "OperationOutcome", "issue": [
                 {"severity": "error", "code": "forbidden"}]}, status_code=403)
-        patient = (params.get("patient") or params.get("subject") or "").rsplit("/", 1)[-1]
-        if patient != token["patient"]:
+        every = token.get("open") and rtype == "Patient" and not patient  # the sandbox's patient list
+        if patient != token["patient"] and not every:
             return JSONResponse({"resourceType": "OperationOutcome"}, status_code=403)
-        pool = self.patients.values() if self.broad_search else [self.patients.get(patient, {})]
+        pool = self.patients.values() if self.broad_search or every else [self.patients.get(patient, {})]
         found = [r for p in pool for r in p.get(rtype, [])]
         codes = {c.split("|")[-1] for c in params.get("code", "").split(",") if c}
         if codes:
@@ -337,6 +348,7 @@ def main() -> None:  # pragma: no cover - a developer's tool
     base = f"http://{args.host}:{args.port}"
     ehr = SmartEHR(base, clients={args.client_id: {"redirect_uris": [f"{args.cds}/smart/callback"]}},
                    cds_base=args.cds)
+    ehr.open_fhir = True  # the public CDS Hooks sandbox reads open FHIR servers only (fixture data, no PHI)
     print(f"test EHR: FHIR base {ehr.fhir} (the iss), launcher {base}/ehr/launch, EHR page {base}/ehr?patient=pt-101")
     print(f"service settings: CDS_SMART_CLIENTS='{{\"{ehr.fhir}\": {{\"client_id\": \"{args.client_id}\", "
           f"\"frame_ancestors\": [\"{base}\"]}}}}' CDS_SMART_LINKS_UNAUTHENTICATED=true "

@@ -128,3 +128,18 @@ def test_axe_finds_no_violations(stack, page):
     page.wait_for_selector("h1:has-text('Treatment timeline')")
     results = Axe().run(page)
     assert results.violations_count == 0, results.generate_report()
+
+
+def test_the_sandbox_way_of_launching(stack, page):
+    """As the CDS Hooks sandbox does it: ask the FHIR server for a launch id, then open the app in a new tab."""
+    import httpx
+
+    ehr, service = stack
+    answer = httpx.post(f"{ehr.fhir}/_services/smart/Launch", trust_env=False, json={
+        "launchUrl": f"{service}/smart/launch",
+        "parameters": {"patient": "pt-103", "smart_messaging_origin": "https://sandbox.cds-hooks.org",
+                       "appContext": "stage.s6-on-anti-tnf"}})
+    launch_id = answer.json()["launch_id"]
+    page.goto(f"{service}/smart/launch?launch={launch_id}&iss={ehr.fhir}")
+    page.wait_for_selector("h1:has-text('Treatment timeline')")
+    assert "Treatment ladder: S6 on anti tnf" in page.locator(".focus").inner_text()

@@ -242,7 +242,7 @@ def test_only_the_token_patient_is_read_and_other_patients_are_left_out(service,
     first = start(service, ehr)
     page = service.get(authorize(first.headers["location"]) + "&patient=" + OTHER)  # a patient in the URL: ignored
     assert page.status_code == 200
-    assert "belong to another patient; they were left out" in page.text
+    assert "are not this patient&#x27;s (another patient, or no patient named); they were left out" in page.text
     assert "pt-101" not in page.text and "ifx-plan-1" not in page.text  # pt-101's infliximab plan
     assert "Infliximab" not in page.text
     searched = [r for r in ehr.fhir_requests if "?" in r]

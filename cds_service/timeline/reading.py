@@ -145,8 +145,8 @@ async def read_chart(http: httpx.AsyncClient, guards: OriginGuards, iss: str, ac
                                f"are named by their display text only.")
     chart.requests = source.requests_made
     if chart.other_patients:
-        chart.notes.append(f"{chart.other_patients} resources the FHIR server returned belong to another patient; "
-                           f"they were left out.")
+        chart.notes.append(f"{chart.other_patients} resources the FHIR server returned are not this patient's "
+                           f"(another patient, or no patient named); they were left out.")
     return chart
 
 

@@ -49,7 +49,9 @@ def stack(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        # Third-party cookies off, as Chromium ships them to more and more users: in the EHR's cross-site
+        # frame only a partitioned cookie survives, so the iframe test fails without `Partitioned` (checked).
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, "--test-third-party-cookie-phaseout"])
         yield b
         b.close()
 

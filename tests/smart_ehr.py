@@ -105,6 +105,7 @@ class SmartEHR:
         self.broad_search = False
         self.page_size = 50
         self.open_fhir = False
+        self.slow_types: dict[str, float] = {}  # resource type -> seconds a search of it takes
         self.authorize_requests: list[dict[str, str]] = []
         self.token_requests: list[dict[str, str]] = []
         self.fhir_requests: list[str] = []
@@ -258,6 +259,10 @@ class SmartEHR:
         if request.method == "POST":
             params.update(parse_qsl((await request.body()).decode()))
         self.fhir_requests.append(f"{rtype}?{urlencode(params)}")
+        if rtype in self.slow_types:
+            import asyncio
+
+            await asyncio.sleep(self.slow_types[rtype])
         patient = (params.get("patient") or params.get("subject") or "").rsplit("/", 1)[-1]
         token = self._token(request, patient)
         if token is None:

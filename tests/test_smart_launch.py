@@ -41,6 +41,7 @@ def ehr():
 def _reset(ehr):
     ehr.pkce_methods, ehr.refuse_types, ehr.broad_search, ehr.page_size = ["S256"], set(), False, 50
     ehr.fhir_requests.clear()
+    ehr.slow_types = {}
     yield
 
 
@@ -116,6 +117,23 @@ def test_a_fhir_type_the_ehr_refuses_is_said_plainly(service, ehr):
     assert page.status_code == 200
     assert "What could not be read" in page.text
     assert "MedicationAdministration (infusions given in clinic" in page.text and "HTTP 403" in page.text
+
+
+def test_a_slow_fhir_search_costs_the_deadline_not_the_page(tmp_path, ehr):
+    import time
+
+    ehr.slow_types = {"MedicationAdministration": 8}
+    settings = smart_settings(tmp_path, ehr, smart_fhir_deadline_seconds=1.0)
+    with TestClient(create_app(settings), base_url=SERVICE, follow_redirects=False) as c:
+        first = start(c, ehr)
+        back = authorize(first.headers["location"])
+        started = time.monotonic()
+        page = c.get(back)
+        elapsed = time.monotonic() - started
+    assert page.status_code == 200
+    assert "MedicationAdministration (infusions given in clinic" in page.text and "did not answer in time" in page.text
+    assert "Methotrexate" in page.text  # everything else was read and drawn
+    assert elapsed < 7  # the deadline (1 s) with a wide margin, below the 8 s the server takes
 
 
 def test_pages_are_followed_up_to_the_limit(service, ehr):

@@ -1,12 +1,14 @@
 """Replay cache in Redis, shared by every instance of the service.
 
-Each sighting is one Lua script call (one round trip, atomic): it records the ``jti`` with
-``SET key 1 NX EX ttl`` and reads the deployment's *memory marker*, a key holding the time from which
+Each sighting is one ``EVALSHA`` of a Lua script (one round trip, atomic): it records the ``jti`` with
+``SET key value NX EX ttl`` and reads the deployment's *memory marker*, a key holding the time from which
 Redis has remembered every ``jti``. The marker has no expiry, so it vanishes only with the data around it:
 a Redis restarted without persistence, ``FLUSHALL``/``FLUSHDB``, an empty server behind the same URL.
 The first sighting that finds it missing sets it to the current time, so every instance sees the same
 moment at once, and the authenticator refuses tokens that could have been used before it
-(:attr:`ReplayCache.remembers_since`; see docs/security.md, "Replay protection").
+(:attr:`ReplayCache.remembers_since`; see docs/security.md, "Replay protection"). Against a bare
+``SET key 1 NX EX ttl`` it costs about 15 µs more client CPU per sighting and 15-50 µs more wall time on a
+loaded 2-core machine (bench/replay_cost.py), beside the ~1 ms of verifying and answering the call.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from cds_service import logs
 from cds_service.replay.base import ReplayCache, ReplayCacheUnavailable
@@ -68,7 +70,7 @@ class RedisReplayCache(ReplayCache):
         self.marker = prefix + MARKER
         self._owns_client = owns_client
         self._clock = clock
-        self._script = client.register_script(_SIGHTING)  # EVALSHA; reloaded by redis-py after a restart
+        self._sha = hashlib.sha1(_SIGHTING.encode()).hexdigest()
         self.remembers_since = 0.0
 
     @classmethod
@@ -76,10 +78,14 @@ class RedisReplayCache(ReplayCache):
         return cls(connect(url), prefix=prefix, owns_client=True)
 
     async def seen(self, jti: str, issuer: str, ttl_seconds: int) -> bool:
+        sighting = (2, redis_key(issuer, jti, self.prefix), self.marker, max(1, int(ttl_seconds)),
+                    repr(self._clock()), secrets.token_hex(8))
         try:
-            added, since, created = await self._script(
-                keys=[redis_key(issuer, jti, self.prefix), self.marker],
-                args=[max(1, int(ttl_seconds)), repr(self._clock()), secrets.token_hex(8)])
+            try:
+                added, since, created = await self.client.evalsha(self._sha, *sighting)
+            except NoScriptError:  # a Redis that has restarted since: load the script and ask again
+                self._sha = await self.client.script_load(_SIGHTING)
+                added, since, created = await self.client.evalsha(self._sha, *sighting)
         except (RedisError, OSError) as exc:
             raise ReplayCacheUnavailable(type(exc).__name__) from exc
         try:

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = 5 * 1024 * 1024
     max_json_depth: int = 64
     max_array_length: int = 20_000
+    # Draft orders evaluated per call; more is a 413 (cds_service.workload).
+    max_draft_orders: int = Field(default=1000, ge=1)
 
     # --- FHIR fallback
     # One deadline for all prefetch fallback queries of a request (seconds).

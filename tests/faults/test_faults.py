@@ -33,6 +33,7 @@ from tests.faults.harness import (
     hook_body,
     mixed_load,
     sqlite_rows,
+    with_orders,
 )
 
 MARGIN = 2.0  # seconds on top of a deadline: the machine is shared, the verdict must not hang on its speed
@@ -141,6 +142,53 @@ def test_a_hanging_fhir_server_with_64_concurrent_calls_keeps_every_deadline(tmp
     assert max(refused_ms) / 1000 < deadline + MARGIN
     # the circuit breaker: after the first failures the dead origin is no longer asked
     assert requests_sent < 64 * 7
+
+
+def test_a_large_valid_call_leaves_health_checks_and_other_calls_answering(tmp_path):
+    """3,000 distinct IVIG draft orders (3.3 MB): seconds of rules, worked off the event loop.
+
+    While it is evaluated, ``/health`` and a usual hook call are asked every 20 ms on connections of their
+    own. Evaluated on the event loop, each of them would wait about as long as the large call takes (measured
+    0.8-0.9 of it); here the slowest of them must stay under half of it, and under the margin."""
+    orders = 3000
+    with Service(tmp_path / "data", CDS_MAX_DRAFT_ORDERS=str(orders)) as svc:
+        async def run():
+            large, usual = orjson.dumps(with_orders(orders)), orjson.dumps(hook_body())
+            over = orjson.dumps(with_orders(orders + 1))
+            json_type = {"Content-Type": "application/json"}
+            done = asyncio.Event()
+            waits: dict[str, list[float]] = {"health": [], "hook": []}
+
+            async def probe(kind: str) -> None:
+                async with httpx.AsyncClient(base_url=svc.url, timeout=60, headers=json_type) as client:
+                    while not done.is_set():
+                        t = time.monotonic()
+                        resp = await (client.get("/health") if kind == "health" else client.post(SELECT, content=usual))
+                        assert resp.status_code == 200
+                        waits[kind].append(time.monotonic() - t)
+                        await asyncio.sleep(0.02)
+
+            async with httpx.AsyncClient(base_url=svc.url, timeout=120, headers=json_type) as client:
+                assert (await client.post(SELECT, content=usual)).status_code == 200  # warm
+                probes = [asyncio.create_task(probe(kind)) for kind in waits]
+                await asyncio.sleep(0.2)
+                t = time.monotonic()
+                resp = await client.post(SELECT, content=large)
+                took = time.monotonic() - t
+                done.set()
+                await asyncio.gather(*probes)
+                refused = await client.post(SELECT, content=over)
+            return resp, took, waits, refused
+
+        resp, took, waits, refused = asyncio.run(run())
+    print(f"large call: {took:.2f} s; slowest /health {max(waits['health']) * 1000:.0f} ms, slowest usual hook call "
+          f"{max(waits['hook']) * 1000:.0f} ms ({len(waits['health'])} and {len(waits['hook'])} calls meanwhile)")
+    assert resp.status_code == 200
+    rules = {c["extension"]["org.neurosarcoidosis-cds.rule-id"] for c in resp.json()["cards"]}
+    assert any(rule.startswith("ivig.") for rule in rules), rules
+    for kind, seconds in waits.items():
+        assert max(seconds) < min(took / 2, MARGIN), (kind, sorted(seconds)[-3:], took)
+    assert refused.status_code == 413 and refused.json()["issue"][0]["code"] == "too-costly"
 
 
 @pytest.mark.skipif(not binary("redis-server"), reason="redis-server is not installed")

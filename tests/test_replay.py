@@ -282,8 +282,9 @@ def _redis_server_missing() -> str | None:
 def test_a_redis_restart_never_lets_a_used_token_in_again(tmp_path, persistent):
     """A private redis-server is stopped and started again: empty (no persistence) or with its data (AOF).
 
-    Either way a token used before the restart is refused afterwards; a fresh token is accepted, at once
-    with persistence, and after the leeway (1 s here) when Redis came back empty."""
+    While it is down, calls fail closed (503, Retry-After). Afterwards a token used before the restart is
+    refused either way; a fresh token is accepted, at once with persistence, and after the leeway (1 s here)
+    when Redis came back empty."""
     from fastapi.testclient import TestClient
 
     from cds_service.app import create_app
@@ -314,7 +315,12 @@ def test_a_redis_restart_never_lets_a_used_token_in_again(tmp_path, persistent):
             assert _call(client, used).status_code == 401  # replayed
             started = replay.remembers_since
 
-            redis.restart()
+            redis.stop()
+            t = time.monotonic()
+            down = _call(client, keys.token())
+            assert down.status_code == 503 and down.headers["Retry-After"] == "5"  # fails closed...
+            assert time.monotonic() - t < 3  # ...within the 1 s socket timeout (plus a margin for this machine)
+            redis.start()
             replayed = _call(client, used)
             if persistent:  # the jti survived: a plain replay, and no window for anyone
                 assert replayed.status_code == 401

@@ -237,10 +237,6 @@ class PrivateRedis:
             self.proc.terminate()
             self.proc.wait(10)
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def __enter__(self) -> PrivateRedis:
         return self.start()
 

@@ -5,6 +5,7 @@ Each step lives in its own module; this one only wires them and maps errors to O
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 from contextlib import asynccontextmanager
@@ -14,14 +15,13 @@ import httpx
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cds_service import __version__, logs
+from cds_service import __version__, logs, openapi
 from cds_service.body import read_json
 from cds_service.config import Settings, get_settings
 from cds_service.discovery import SERVICES, discovery_document
@@ -31,16 +31,17 @@ from cds_service.models import (
     CDSResponse,
     DiscoveryResponse,
     FeedbackRequest,
-    HookRequestBody,
     dump,
 )
 from cds_service.sources.gather import GatherPolicy, GatherStats, call_sources, gather
 from cds_service.sources.origin import OriginGuards
+from cds_service.store.base import StoreError
 from cds_service.workload import Workload, WorkloadPolicy
 
 log = logs.get_logger("cds_service.app")
 
 JSON = "application/json"
+READY_TIMEOUT = 3.0
 GC_THRESHOLDS = (50_000, 20, 100)
 FHIR_POOL_SIZE = 100
 
@@ -85,13 +86,20 @@ async def lifespan(app: FastAPI):
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    from fastapi_offline import FastAPIOffline
+
     settings = settings or get_settings()
     logs.configure(settings.log_level, settings.log_json)
-    app = FastAPI(
+    # /docs with the Swagger UI assets served by this service (no CDN): see openapi.py. No /redoc: its bundle
+    # fetches its own logo from a CDN.
+    app = FastAPIOffline(
+        redoc_url=None,
         title="Neurosarcoidosis CDS Hooks service",
         version=__version__,
         description="CDS Hooks 2.0.1 service: neurosarcoidosis treatment ladder and IVIG safety.",
         lifespan=lifespan,
+        static_url="/docs-static",
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.settings = settings
     app.state.gather_policy = GatherPolicy.from_settings(settings)
@@ -105,15 +113,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     _install_error_handlers(app)
     _install_routes(app)
-    _install_openapi(app)
+    openapi.install(app, settings)
     _install_extensions(app, settings)
 
-    # CORS outermost, so its headers are on error responses too; preflight never reaches auth.
+    # CORS outermost, so its headers are on error responses too; preflight never reaches auth. A browser
+    # page on a public origin (the public CDS Hooks sandbox) calling this service on localhost or a private
+    # address first asks with Access-Control-Request-Private-Network: answered for the allowed origins.
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", "Accept"],
+        allow_private_network=settings.cors_private_network,
         expose_headers=["WWW-Authenticate"],
         max_age=600,
     )
@@ -233,11 +244,12 @@ def _install_routes(app: FastAPI) -> None:
     app.router.routes.append(Route("/cds-services/{service_id}", call_service, methods=["POST"]))
     app.state.documented_only = [APIRoute(
         "/cds-services/{service_id}", _documented(call_service), methods=["POST"], response_model=CDSResponse,
-        tags=["CDS Hooks"], summary="Call a service (order-select or order-sign)",
-        responses={400: {}, 401: {}, 404: {}, 412: {}, 413: {}})]
+        tags=["CDS Hooks"], summary="Call a service (order-select, order-sign or patient-view)",
+        responses={400: {}, 401: {}, 404: {}, 412: {}, 413: {}, 415: {}})]
 
     @app.post("/cds-services/{service_id}/feedback", tags=["CDS Hooks"],
-              summary="Feedback on cards (accepted / overridden)", responses={400: {}, 401: {}, 404: {}})
+              summary="Feedback on cards (accepted / overridden)",
+              responses={400: {}, 401: {}, 404: {}, 413: {}, 415: {}, 503: {}})
     async def feedback(service_id: str, request: Request) -> Response:
         await _authenticate(request, f"/cds-services/{service_id}/feedback")
         service = SERVICES.get(service_id)
@@ -260,9 +272,26 @@ def _install_routes(app: FastAPI) -> None:
         return _json({"received": len(items), "stored": stored, "accepted": accepted,
                       "overridden": len(items) - accepted})
 
-    @app.get("/health", tags=["Operations"], summary="Liveness: the process answers")
+    @app.get("/health", tags=["Operations"], summary="Liveness: the process answers (no dependency checked)")
     async def health() -> Response:
         return _json({"status": "ok", "version": __version__})
+
+    @app.get("/ready", tags=["Operations"], summary="Readiness: the audit database answers",
+             responses={503: {}})
+    async def ready(request: Request) -> Response:
+        """200 when this instance can take traffic: its audit database answers within a few seconds. A load
+        balancer sends hook calls only to ready instances; `/health` stays a cheap liveness check."""
+        audit = request.app.state.audit
+        if audit is not None:
+            try:
+                async with asyncio.timeout(READY_TIMEOUT):
+                    await audit.store.ping()
+            except (StoreError, TimeoutError) as exc:
+                reason = str(exc) if isinstance(exc, StoreError) else f"no answer within {READY_TIMEOUT:g} s"
+                log.warning("not_ready", reason=reason)
+                return outcome_response(f"Not ready: the audit database cannot be reached ({reason}).", 503,
+                                        "transient", {"Retry-After": "5"})
+        return _json({"status": "ready", "version": __version__})
 
 
 def _documented(endpoint):
@@ -314,33 +343,3 @@ def evaluate_cards(record, hook: str, hook_instance: str) -> list:
                 extension={"org.neurosarcoidosis-cds.rule-id": "service.evaluation-failed"},
             )
         ]
-
-
-# --------------------------------------------------------------------------- OpenAPI
-def _install_openapi(app: FastAPI) -> None:
-    """Describe the request bodies (read as raw bytes for speed) in the OpenAPI document."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        routes = [*app.routes, *app.state.documented_only]
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=routes)
-        comps = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (HookRequestBody, FeedbackRequest):
-            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            comps.update(js.pop("$defs", {}))
-            comps[model.__name__] = js
-        bodies = {
-            "/cds-services/{service_id}": "HookRequestBody",
-            "/cds-services/{service_id}/feedback": "FeedbackRequest",
-        }
-        for path, name in bodies.items():
-            op = schema["paths"][path]["post"]
-            op["requestBody"] = {
-                "required": True,
-                "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{name}"}}},
-            }
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi

@@ -1,15 +1,33 @@
-"""The ``cds-service`` command: serve, evaluate fixture bundles, and operations (db, report, purge)."""
+"""The ``cds-service`` command: serve, evaluate fixture bundles, and operations (db, report, purge).
+
+Every command reads its configuration through :func:`configured_settings`: a wrong setting is one line
+naming it and what it expects, exit 2, never a traceback. Logs go to stderr as structured lines without
+exception messages or local variables (:mod:`cds_service.logs`), so nothing a command prints carries
+patient data; ``evaluate --json`` keeps stdout pure JSON.
+"""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
+import logging
+import socket
 import sys
+import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-app = typer.Typer(help="Neurosarcoidosis CDS Hooks service.", no_args_is_help=True, add_completion=False)
+if TYPE_CHECKING:
+    from cds_service.config import Settings
+
+app = typer.Typer(help="Neurosarcoidosis CDS Hooks service.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+
+HOOKS = ("order-select", "order-sign", "patient-view")
+EVALUATION_FAILED_RULE = "service.evaluation-failed"
 
 
 def is_loopback(host: str) -> bool:
@@ -21,81 +39,194 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one line on stderr and return the Exit to raise."""
+    typer.secho(message, fg="red", err=True)
+    return typer.Exit(code)
+
+
+def configured_settings() -> Settings:
+    """Every setting checked (service, thresholds, site codes) and logging sent to stderr; exit 2 on a mistake."""
+    from cds_service import logs
+    from cds_service.config import ConfigurationError, load_configuration
+
+    try:
+        settings = load_configuration()
+    except ConfigurationError as exc:
+        for line in exc.lines:
+            typer.secho(line, fg="red", err=True)
+        raise typer.Exit(2) from None
+    logs.configure(settings.log_level, settings.log_json)
+    return settings
+
+
+# --------------------------------------------------------------------------- serve
+def base_url(scheme: str, host: str, port: int) -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def listening_line(url: str, preview: bool = True, workers: int = 1) -> str:
+    parts = [f"OpenAPI page {url}/docs"]
+    if preview:
+        parts.append(f"card preview {url}/")
+    who = f" ({workers} workers)" if workers > 1 else ""
+    return f"cds-service listening on {url}{who} — {', '.join(parts)}"
+
+
+class ListeningLine(logging.Filter):
+    """On uvicorn's logger: prints our one line once the socket listens; lets only warnings and errors through.
+
+    uvicorn logs 'Uvicorn running on <scheme>://<host>:<port>' when it has bound the port (after the
+    application started, with one worker; when the workers' shared socket is bound, with several).
+    """
+
+    def __init__(self, preview: bool = True, workers: int = 1) -> None:
+        super().__init__()
+        self.preview = preview
+        self.workers = workers
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        if isinstance(record.msg, str) and record.msg.startswith("Uvicorn running on") and \
+                isinstance(record.args, tuple) and len(record.args) == 3:
+            scheme, host, port = record.args
+            sys.stdout.write(listening_line(base_url(scheme, host, port), self.preview, self.workers) + "\n")
+            sys.stdout.flush()
+        return False
+
+
+def uvicorn_log_config(preview: bool, workers: int) -> dict:
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"listening": {"()": f"{__name__}.ListeningLine", "preview": preview, "workers": workers}}
+    config["handlers"]["default"]["filters"] = ["listening"]
+    config["loggers"]["uvicorn.error"]["level"] = "INFO"
+    return config
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, no permission, not an address here), or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (f"Port {port} on {host} is already in use (another cds-service?): stop that process, or "
+                        f"choose another port with --port or CDS_PORT.")
+            if exc.errno == errno.EACCES:
+                return f"No permission to listen on port {port}: use a port above 1023 (--port or CDS_PORT)."
+            reason = exc.strerror or type(exc).__name__
+            return f"Cannot listen on {host}:{port} ({reason}): check --host / CDS_HOST."
+    return None
+
+
 @app.command()
 def serve(
     host: str = typer.Option(None, help="Interface to bind (default 127.0.0.1, or CDS_HOST)."),
     port: int = typer.Option(None, help="Port (default 8000, or CDS_PORT)."),
     workers: int = typer.Option(1, help="Worker processes (each a full service; share state via "
-                                         "CDS_DATABASE_URL and CDS_REDIS_URL)."),
+                                         "CDS_DATABASE_URL and CDS_REDIS_URL; metrics are summed across them)."),
     insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback bind without JWT "
                                                              "authentication (never with patient data)."),
 ) -> None:
-    """Run the service with uvicorn."""
-    import uvicorn
-    from pydantic import ValidationError
+    """Run the service with uvicorn; prints one line with its URLs once it listens."""
+    from cds_service.config import Settings, expected_value
 
-    from cds_service.config import get_settings
-
-    try:
-        settings = get_settings()
-    except ValidationError as exc:  # e.g. a malformed CDS_TRUSTED_ISSUERS: say what, without a traceback
-        for err in exc.errors():
-            name = "CDS_" + str(err["loc"][0]).upper() if err.get("loc") else "the settings"
-            typer.secho(f"Configuration error in {name}: {err['msg']}", fg="red", err=True)
-        raise typer.Exit(2) from None
+    settings = configured_settings()
     host = host or settings.host
-    port = port or settings.port
+    port = settings.port if port is None else port
+    if not 1 <= port <= 65535:
+        raise fail(f"Error in --port: expected {expected_value(Settings, 'port')}.")
+    if workers < 1:
+        raise fail("Error in --workers: expected a whole number of at least 1.")
     if not settings.auth_enabled:
         if not is_loopback(host) and not (insecure or settings.allow_insecure):
-            typer.secho(
-                f"Refusing to listen on {host} without authentication: set CDS_TRUSTED_ISSUERS "
-                "(see README, Security) or pass --insecure for a throw-away test setup.",
-                fg="red", err=True,
-            )
-            raise typer.Exit(2)
-        typer.secho(
-            "WARNING: no trusted issuers configured (CDS_TRUSTED_ISSUERS): authentication is OFF. "
-            "Development use only.",
-            fg="yellow", err=True,
-        )
-    from cds_service.metrics import prepare_multiprocess_dir
-
-    prepare_multiprocess_dir()  # PROMETHEUS_MULTIPROC_DIR must start empty (stale worker files add up)
+            raise fail(f"Refusing to listen on {host} without authentication: set CDS_TRUSTED_ISSUERS "
+                       "(see docs/security.md) or pass --insecure for a throw-away test setup.")
+        typer.secho("WARNING: no trusted issuers configured (CDS_TRUSTED_ISSUERS): authentication is OFF. "
+                    "Development use only.", fg="yellow", err=True)
     if settings.auth_enabled and workers > 1 and not settings.redis_url:
-        typer.secho(
-            "WARNING: several workers without CDS_REDIS_URL: each keeps its own JWT replay cache, so a token "
-            "could be replayed once against every worker. Set CDS_REDIS_URL.",
-            fg="yellow", err=True,
+        typer.secho("WARNING: several workers without CDS_REDIS_URL: each keeps its own JWT replay cache, so a "
+                    "token could be replayed once against every worker. Set CDS_REDIS_URL.", fg="yellow", err=True)
+    problem = port_problem(host, port)
+    if problem:
+        raise fail(problem)
+    _run_uvicorn(settings, host, port, workers)
+
+
+def _run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    from cds_service.metrics import own_multiprocess_dir
+
+    # Several workers each count their own requests: without a shared directory /metrics would report
+    # whichever worker answered. `own_multiprocess_dir` makes one for this run when none is configured.
+    with own_multiprocess_dir(workers > 1):
+        uvicorn.run(
+            "cds_service.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=False,
+            log_level=None,
+            log_config=uvicorn_log_config(settings.fixture_endpoint_enabled, workers),
+            proxy_headers=True,
         )
-    uvicorn.run(
-        "cds_service.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        access_log=False,
-        log_level="warning",
-        proxy_headers=True,
-    )
 
 
+# --------------------------------------------------------------------------- evaluate
 def _bundle_paths(target: Path) -> list[Path]:
     if target.is_dir():
         return sorted(p for p in target.glob("*.json"))
     return [target]
 
 
+def _failed(response: dict) -> bool:
+    from cds_service.models import RULE_ID_EXTENSION
+
+    return any((c.get("extension") or {}).get(RULE_ID_EXTENSION) == EVALUATION_FAILED_RULE
+               for c in response.get("cards") or [] if isinstance(c, dict))
+
+
+def _bundle_error(exc: Exception) -> str:
+    """What was wrong with a bundle, in words that cannot carry its content."""
+    from cds_service.errors import ServiceError
+
+    if isinstance(exc, ServiceError):  # our own messages name entries by type/id, never a Patient
+        return exc.message
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(exc, OSError):
+        return f"cannot be read ({exc.strerror or type(exc).__name__})"
+    return f"could not be evaluated ({type(exc).__name__})"
+
+
 @app.command()
 def evaluate(
     bundle: Path = typer.Argument(..., exists=True, help="A FHIR R4 Bundle (JSON), or a folder of them."),
-    hook: str = typer.Option(None, help="order-select or order-sign (default: the fixture's own hook from "
-                                        "fixtures/expected/<name>.yaml, else order-select)."),
+    hook: str = typer.Option(None, help="order-select, order-sign or patient-view (default: the fixture's own "
+                                        "hook from fixtures/expected/<name>.yaml, else order-select)."),
     order: str = typer.Option(None, help="The order to place, e.g. MedicationRequest/ivig-1 (default: the "
                                          "fixture's own order, else every draft order in the bundle)."),
     as_json: bool = typer.Option(False, "--json", help="Print the raw CDS Hooks response (for a folder: a JSON "
                                                        "array of {bundle, hook, response})."),
 ) -> None:
-    """Run the rules on a fixture bundle and print the cards (a folder: one line per bundle)."""
+    """Run the rules on a fixture bundle and print the cards (a folder: one line per bundle).
+
+    Exits 1 when a bundle cannot be read or its evaluation failed, 2 on a configuration error.
+    """
+    configured_settings()
+    if hook is not None and hook not in HOOKS:
+        raise fail(f"Error in --hook: expected one of {', '.join(HOOKS)}.")
     from cds_service.evaluate import evaluate_bundle
     from cds_service.preview.fixtures import expectation_for
     from cds_service.preview.validate import validate_bundle
@@ -103,25 +234,30 @@ def evaluate(
 
     paths = _bundle_paths(bundle)
     if not paths:
-        typer.secho(f"{bundle}: no *.json bundles in this folder.", fg="red", err=True)
-        raise typer.Exit(1)
+        raise fail(f"{bundle}: no *.json bundles in this folder.", 1)
     failed = False
     collected = []
     for path in paths:
         meta = expectation_for(path)
         run_hook = hook or meta.get("hook") or "order-select"
+        run_order = None if run_hook == "patient-view" else (order or meta.get("order"))
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             validate_bundle(data)  # the same entry-naming checks as POST /fixtures/evaluate
-            request, response = evaluate_bundle(data, run_hook, order or meta.get("order"))
+            request, response = evaluate_bundle(data, run_hook, run_order)
         except Exception as exc:  # noqa: BLE001 - report every bundle, keep going
             failed = True
-            typer.secho(f"{path.name}: {exc}", fg="red", err=True)
+            typer.secho(f"{path.name}: {_bundle_error(exc)}", fg="red", err=True)
             continue
+        if _failed(response):
+            failed = True
+            typer.secho(f"{path.name}: evaluation failed: the rules stopped with an internal error (see the log "
+                        "line above); no recommendation was made.", fg="red", err=True)
         if as_json:
             collected.append({"bundle": path.name, "hook": run_hook, "response": response})
         elif len(paths) > 1:
-            print_summary_line(path.name, response, expected=meta.get("cards") if meta else None)
+            own_hook = run_hook == (meta.get("hook") or "order-select")
+            print_summary_line(path.name, response, expected=meta.get("cards") if meta and own_hook else None)
         else:
             print_cards(response, title=f"{path.name} ({run_hook})")
     if as_json:
@@ -132,9 +268,34 @@ def evaluate(
         raise typer.Exit(1)
 
 
-def main() -> None:  # console-script entry point
+# --------------------------------------------------------------------------- entry point
+def _unexpected(exc: BaseException) -> str:
+    """An unexpected failure as its type and innermost place: no message, no locals (either may hold data)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+    return f"cds-service failed unexpectedly: {type(exc).__name__}{where}. Please report it."
+
+
+def main(argv: list[str] | None = None) -> None:  # console-script entry point
+    from cds_service import logs
+
     _register_optional_commands()
-    app()
+    logs.configure()  # before anything can log: stderr, no exception messages or locals
+    try:
+        code = app(args=argv, prog_name="cds-service", standalone_mode=False)
+    except typer.Abort:
+        sys.stderr.write("Aborted.\n")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - every failure is one line
+        if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
+            # a usage error from the command-line parser (click's ClickException, however typer ships it)
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if getattr(ctx, "command_path", None) else ""
+            sys.stderr.write(f"Error: {exc.format_message()}{hint}\n")
+            sys.exit(exc.exit_code)
+        sys.stderr.write(_unexpected(exc) + "\n")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _register_optional_commands() -> None:
@@ -148,7 +309,8 @@ def _register_optional_commands() -> None:
             if exc.name and name.startswith(exc.name):
                 continue
             raise
-        module.register(app)
+        if not any(c.name == "report" for c in app.registered_commands):
+            module.register(app)
 
 
 if __name__ == "__main__":

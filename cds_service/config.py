@@ -1,48 +1,119 @@
 """Service configuration, read from ``CDS_*`` environment variables (or a ``.env`` file).
 
-Clinical thresholds live in :mod:`cds_service.thresholds`; this module is about running the service.
+Clinical thresholds live in ``cds_service/thresholds.py``; this module is about running the service. Any
+setting can also be read from a file named by ``CDS_<NAME>_FILE`` (Docker and Kubernetes secrets), e.g.
+``CDS_PATIENT_KEY_SECRET_FILE=/run/secrets/patient_key``.
+
+:func:`load_configuration` checks every setting the service and the clinical engine read (service
+settings, thresholds, the site code file) and turns each mistake into one line that names the setting and
+what it expects (:class:`ConfigurationError`), never a traceback. The CLI prints those lines and exits 2.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "CDS_"
+ENV_FILE = ".env"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DATABASE_URL_FORMS = "sqlite:///<path> or postgresql://<user>@<host>:<port>/<database>"
 
 
 def _default_data_dir() -> Path:
     return Path.cwd() / "data"
 
 
+class ConfigurationError(ValueError):
+    """One or more settings are wrong. ``lines`` holds one human sentence per mistake."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+class FileVariables(PydanticBaseSettingsSource):
+    """``CDS_<NAME>_FILE=/path``: the value of ``CDS_<NAME>`` read from that file, trailing newline removed.
+
+    Looked up in the environment and in ``.env``. Setting both ``CDS_<NAME>`` and ``CDS_<NAME>_FILE`` is an
+    error rather than a silent choice, and so is a file that cannot be read.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], *variables: Mapping[str, str | None]) -> None:
+        super().__init__(settings_cls)
+        self.variables = variables
+
+    def _lookup(self, name: str) -> str | None:
+        for source in self.variables:
+            for key in (name.lower(), name):
+                value = source.get(key)
+                if value is not None:
+                    return value
+        return None
+
+    def get_field_value(self, field, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in self.settings_cls.model_fields:
+            variable = env_name(name) + "_FILE"
+            path = self._lookup(variable)
+            if not path:
+                continue
+            if self._lookup(env_name(name)) is not None:
+                raise ConfigurationError([f"Configuration error in {variable}: expected {env_name(name)} or "
+                                          f"{variable}, not both."])
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+                raise ConfigurationError([f"Configuration error in {variable}: expected a readable file holding "
+                                          f"the value of "
+                                          f"{env_name(name)} ({path}: {reason.lower()})."]) from None
+            values[name] = text.rstrip("\r\n")
+        return values
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CDS_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=ENV_FILE, extra="ignore")
 
     # --- HTTP
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=1, le=65535)
     # Public base URL as the EHR sees it (behind a proxy); used for the JWT `aud` check.
     public_base_url: str | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
-    max_body_bytes: int = 5 * 1024 * 1024
-    max_json_depth: int = 64
-    max_array_length: int = 20_000
+    # Answer private-network preflights (a page on a public https origin, such as the public CDS Hooks
+    # sandbox, calling this service on localhost or a private address) for the allowed origins.
+    cors_private_network: bool = True
+    max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    max_json_depth: int = Field(64, ge=4)
+    max_array_length: int = Field(20_000, ge=1)
     # Draft orders evaluated per call; more is a 413 (cds_service.workload).
-    max_draft_orders: int = Field(default=1000, ge=1)
+    max_draft_orders: int = Field(1000, ge=1)
 
     # --- FHIR fallback
     # One deadline for all prefetch fallback queries of a request (seconds).
-    fhir_deadline_seconds: float = 0.5
-    fhir_max_pages: int = 5
-    fhir_page_size: int = 100
+    fhir_deadline_seconds: float = Field(0.5, gt=0)
+    fhir_max_pages: int = Field(5, ge=1)
+    fhir_page_size: int = Field(100, ge=1)
 
     # --- security (see README "Security")
     # JSON object: issuer -> JWKS URL, or issuer -> {"jwks_url": ..., "fhir_servers": [...]}.
     trusted_issuers: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
     allow_insecure: bool = False
-    jwt_leeway_seconds: int = 30
+    jwt_leeway_seconds: int = Field(30, ge=0)
     redis_url: str | None = None
     # When authentication is on, the developer evaluate endpoint is off unless enabled explicitly.
     enable_fixture_endpoint: bool | None = None
@@ -56,8 +127,15 @@ class Settings(BaseSettings):
     patient_key_secret: str | None = None
 
     # --- logging
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_json: bool = True
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        files = FileVariables(settings_cls, getattr(env_settings, "env_vars", {}),
+                              getattr(dotenv_settings, "env_vars", {}))
+        return init_settings, env_settings, files, dotenv_settings, file_secret_settings
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -67,8 +145,20 @@ class Settings(BaseSettings):
             if v.startswith("["):
                 import json
 
-                return json.loads(v)
+                try:
+                    return json.loads(v)
+                except ValueError:
+                    raise ValueError("a JSON list of origins or a comma-separated list") from None
             return [o.strip() for o in v.split(",") if o.strip()]
+        return v
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError("'*' or origins such as https://sandbox.cds-hooks.org (scheme and host, "
+                                 "comma-separated)")
         return v
 
     @field_validator("trusted_issuers", mode="before")
@@ -86,8 +176,44 @@ class Settings(BaseSettings):
             try:
                 v = json.loads(v)
             except ValueError as exc:
-                raise ValueError(f"CDS_TRUSTED_ISSUERS is not valid JSON ({exc}).") from exc
+                raise ValueError(f"a JSON object mapping each issuer to its JWKS URL (not valid JSON: "
+                                 f"{exc.msg} at line {exc.lineno} column {exc.colno})") from None
         parse_trusted_issuers(v)
+        return v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, v: Any) -> Any:
+        return v.strip().upper() if isinstance(v, str) else v
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _check_base_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("the http(s) URL EHRs call, such as https://cds.example.org")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("a redis://host:6379/0 (or rediss://, unix://) URL")
+        return v or None
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            backend = make_url(v).get_backend_name()
+        except (ArgumentError, ValueError):
+            raise ValueError(f"a database URL: {DATABASE_URL_FORMS}") from None
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(f"a SQLite or PostgreSQL URL ({DATABASE_URL_FORMS}); '{backend}' is not supported")
         return v
 
     @property
@@ -113,7 +239,165 @@ class Settings(BaseSettings):
             return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
         return url
 
+    @property
+    def database_label(self) -> str:
+        """Which database this is, for people: the SQLite file, or the server URL without credentials."""
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.sqlalchemy_url)
+        if url.get_backend_name() == "sqlite":
+            return f"SQLite {url.database or ':memory:'}"
+        # user, password and query parameters (which may carry a password) stay out
+        port = f":{url.port}" if url.port else ""
+        return f"PostgreSQL {url.host or 'localhost'}{port}/{url.database or ''}"
+
 
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+# --------------------------------------------------------------------------- one line per mistake
+def _describe_type(annotation: Any) -> str:
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(str(a) for a in get_args(annotation))
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if args and get_origin(annotation) is not Annotated:
+        annotation = args[0]
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if annotation is bool:
+        return "true or false"
+    if annotation is int:
+        return "a whole number"
+    if annotation is float:
+        return "a number"
+    if get_origin(annotation) is dict or annotation is dict:
+        return "a JSON object"
+    if get_origin(annotation) is list:
+        return "a list"
+    if annotation is Path:
+        return "a path"
+    return "text"
+
+
+def _describe_bounds(field) -> str:
+    bounds: dict[str, Any] = {}
+    for item in field.metadata:
+        for key in ("ge", "gt", "le", "lt"):
+            value = getattr(item, key, None)
+            if value is not None:
+                bounds[key] = value
+    if "ge" in bounds and "le" in bounds:
+        return f" from {bounds['ge']} to {bounds['le']}"
+    parts = []
+    if "gt" in bounds:
+        parts.append(f"above {bounds['gt']}")
+    if "ge" in bounds:
+        parts.append(f"of at least {bounds['ge']}")
+    if "lt" in bounds:
+        parts.append(f"below {bounds['lt']}")
+    if "le" in bounds:
+        parts.append(f"of at most {bounds['le']}")
+    return (" " + " and ".join(parts)) if parts else ""
+
+
+def expected_value(model: type[BaseSettings], field_name: str) -> str:
+    """What a setting accepts, in words: 'a whole number from 1 to 65535', 'true or false' ..."""
+    field = model.model_fields[field_name]
+    return _describe_type(field.annotation) + _describe_bounds(field)
+
+
+def _where(variable: str, dotenv: Mapping[str, str | None]) -> str:
+    if variable in os.environ or variable + "_FILE" in os.environ:
+        return ""
+    if variable.lower() in dotenv or variable in dotenv:
+        return f" (set in {ENV_FILE})"
+    return ""
+
+
+def _dotenv_vars() -> Mapping[str, str | None]:
+    if not Path(ENV_FILE).is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    try:
+        return {k.lower(): v for k, v in dotenv_values(ENV_FILE).items()}
+    except (OSError, UnicodeDecodeError):
+        return {}
+
+
+def describe_errors(exc: ValidationError, model: type[BaseSettings]) -> list[str]:
+    """One line per error: the environment variable, what it expects, and where the value came from.
+
+    The value itself is never repeated: it may be a secret (a database password, the patient key secret).
+    """
+    dotenv = _dotenv_vars()
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = err.get("loc") or ()
+        name = str(loc[0]) if loc else ""
+        if name not in model.model_fields:  # a check across settings: its message names them
+            message = str(err.get("msg", "")).removeprefix("Value error, ")
+            lines.extend(f"Configuration error: {line}" for line in message.splitlines() if line.strip())
+            continue
+        variable = env_name(name)
+        where = _where(variable, dotenv)
+        if err.get("type") == "value_error":  # our validators say what they expect
+            expected = str(err.get("msg", "")).removeprefix("Value error, ").rstrip(".")
+            if expected.startswith(variable):  # a message that already names the setting (and the key in it)
+                lines.append(f"Configuration error in {expected}{where}.")
+                continue
+        else:
+            expected = expected_value(model, name)
+        lines.append(f"Configuration error in {variable}{where}: expected {expected}.")
+    return lines
+
+
+def _load(model: type[BaseSettings]) -> BaseSettings:
+    try:
+        return model()
+    except ValidationError as exc:
+        raise ConfigurationError(describe_errors(exc, model)) from None
+
+
+def _check_site_codes() -> None:
+    """The site code file (``CDS_EXTRA_CODES``) exists and holds codes the value sets accept."""
+    from cds_service.terminology import SiteCodes, get_terminology
+
+    path = _load(SiteCodes).extra_codes
+    if not path:
+        return
+    where = _where("CDS_EXTRA_CODES", _dotenv_vars())
+    if not Path(path).is_file():
+        raise ConfigurationError([f"Configuration error in CDS_EXTRA_CODES{where}: expected a YAML or JSON file "
+                                  f"of site codes (there is no file at {path})."])
+    try:
+        get_terminology()
+    except Exception as exc:  # noqa: BLE001 - yaml, json, OSError, our own ValueError: all one line
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigurationError([f"Configuration error in CDS_EXTRA_CODES{where}: expected a YAML or JSON file "
+                                  f"of site codes ({reason[:300]})."]) from None
+
+
+def load_configuration() -> Settings:
+    """Every setting checked (service, clinical thresholds, site codes); :class:`ConfigurationError` if any
+    is wrong. The checked objects are the ones the service then uses (the getters' caches)."""
+    from cds_service import thresholds
+
+    get_settings.cache_clear()
+    thresholds.get_thresholds.cache_clear()
+    lines: list[str] = []
+    settings = None
+    for load in (lambda: _load(Settings), lambda: _load(thresholds.Thresholds), _check_site_codes):
+        try:
+            result = load()
+        except ConfigurationError as exc:
+            lines.extend(exc.lines)
+            continue
+        if isinstance(result, Settings):
+            settings = result
+    if lines:
+        raise ConfigurationError(lines)
+    assert settings is not None
+    return get_settings()

@@ -10,11 +10,14 @@ import hashlib
 import logging
 import sys
 import time
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 import structlog
 
+MAX_FRAMES = 8
 # A log field longer than this is cut, with its length and a short digest so equal values stay
 # recognisable: a caller-chosen string (a 4.5 MB hookInstance) never reaches the log whole.
 MAX_FIELD_CHARS = 200
@@ -76,16 +79,39 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+def exception_without_data(_logger, _method, event_dict):
+    """A failure as its type and where it happened (``facts.py:120 in build_facts``, innermost first).
+
+    Never the exception's message or local variables: either can carry patient data (a name in a
+    ValueError, a birth date in a local). Replaces ``exc_info`` before any renderer can format it.
+    """
+    exc_info = event_dict.pop("exc_info", None)
+    if not exc_info:
+        return event_dict
+    if isinstance(exc_info, BaseException):
+        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    elif not isinstance(exc_info, tuple):
+        exc_info = sys.exc_info()
+    etype, _exc, tb = exc_info
+    if etype is None:
+        return event_dict
+    frames = traceback.extract_tb(tb)[-MAX_FRAMES:]
+    where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in reversed(frames))
+    event_dict["exception"] = f"{etype.__name__} at {where}" if where else etype.__name__
+    return event_dict
+
+
 def configure(level: str = "INFO", json: bool = True) -> None:
     processors = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info,
         _cap_fields,
+        exception_without_data,  # after the cap: its text is ours and bounded (MAX_FRAMES)
     ]
     renderer = (
-        structlog.processors.JSONRenderer(serializer=_orjson_dumps) if json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer(serializer=_orjson_dumps) if json
+        else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
     structlog.configure(
         processors=[*processors, renderer],

@@ -11,10 +11,11 @@ What is measured (all names prefixed ``cds_``):
 * ``audit_rows_written_total{kind}``, ``audit_write_failures_total{kind}``, ``audit_rows_dropped_total{reason}``
   and ``audit_queue_depth``: the audit writer's health.
 
-Several worker processes (``cds-service serve --workers N``) each hold their own counters; set
-``PROMETHEUS_MULTIPROC_DIR`` to an empty, writable directory and every worker writes its values there, so
-whichever worker answers ``/metrics`` reports the sum. ``cds-service serve`` empties the directory at start
-(prometheus_client requires that); use one directory per ``serve`` process.
+Several worker processes (``cds-service serve --workers N``) each hold their own counters, so every worker
+writes its values to one directory (``PROMETHEUS_MULTIPROC_DIR``) and whichever worker answers
+``/metrics`` reports the sum. ``cds-service serve --workers N`` sets this up itself: a temporary directory
+for that run, removed when it stops, unless ``PROMETHEUS_MULTIPROC_DIR`` names one (then that directory is
+emptied at start, as prometheus_client requires; use one directory per ``serve`` process).
 
 Cost: one pure-ASGI middleware with pre-resolved label children; a few microseconds per request
 (the stock Prometheus instrumentation measured ~+47 µs per request; this is leaner).
@@ -22,8 +23,12 @@ Cost: one pure-ASGI middleware with pre-resolved label children; a few microseco
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +60,23 @@ def prepare_multiprocess_dir() -> None:
         stale.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def own_multiprocess_dir(needed: bool) -> Iterator[str | None]:
+    """For the lifetime of one ``serve`` run: the multiprocess directory, made (and removed afterwards) when
+    ``needed`` and none is configured. Worker processes inherit it through the environment."""
+    created = None
+    if needed and not multiprocess_dir():
+        created = tempfile.mkdtemp(prefix="cds-metrics-")
+        os.environ[MULTIPROC_ENV] = created
+    prepare_multiprocess_dir()
+    try:
+        yield multiprocess_dir()
+    finally:
+        if created:
+            os.environ.pop(MULTIPROC_ENV, None)
+            shutil.rmtree(created, ignore_errors=True)
+
+
 def endpoint_of(path: str) -> str:
     """A bounded label for a request path (raw paths would let a scanner create unbounded series)."""
     if path == "/cds-services":
@@ -66,7 +88,7 @@ def endpoint_of(path: str) -> str:
         if rest.endswith("/feedback") and rest.count("/") == 1:
             return "feedback"
         return "other"
-    if path in ("/health", "/metrics"):
+    if path in ("/health", "/ready", "/metrics"):
         return path[1:]
     if path.startswith("/fixtures"):
         return "fixtures"

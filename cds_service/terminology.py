@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .resources import data_path
 
@@ -609,9 +609,17 @@ def build_terminology(extra_codes: str | None = None) -> Terminology:
     return term
 
 
+class SiteCodes(BaseSettings):
+    """Where the site's extra codes come from: ``CDS_EXTRA_CODES`` in the environment or in ``.env``."""
+
+    model_config = SettingsConfigDict(env_prefix="CDS_", env_file=".env", extra="ignore")
+
+    extra_codes: str | None = None
+
+
 @functools.lru_cache(maxsize=1)
 def get_terminology() -> Terminology:
-    return build_terminology(os.environ.get("CDS_EXTRA_CODES") or None)
+    return build_terminology(SiteCodes().extra_codes or None)
 
 
 # Non-JSON Python values (datetime, dataclass, str/int/dict subclasses) make orjson raise: no key, no memo.

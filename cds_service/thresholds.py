@@ -12,8 +12,32 @@ from __future__ import annotations
 
 import functools
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Pairs of settings whose order the rules rely on: (lower, higher, may_be_equal, why). A site that changes
+# one of them without the other gets a start-up error naming both instead of cards that silently invert
+# (eGFR 'critical' at 90 with 'warning' at 60 would call every reduced eGFR critical).
+ORDERED_PAIRS: tuple[tuple[str, str, bool, str], ...] = (
+    ("egfr_critical", "egfr_warning", False, "critical renal impairment is the lower eGFR"),
+    ("gc_dependence_mg", "gc_high_dose_mg", False, "glucocorticoid dependence is a maintenance dose below the "
+     "high dose"),
+    ("gc_high_dose_mg", "gc_pulse_mg", False, "an IV pulse is a higher dose than a high oral dose"),
+    ("gc_high_dose_mg", "prednisone_suggested_mg_day", True, "the prednisone dose proposed for untreated disease "
+     "must count as a high-dose trial"),
+    ("mtx_subtherapeutic_mg_week", "mtx_suggested_mg_week", True, "the methotrexate dose proposed on escalation "
+     "cards must not be sub-therapeutic"),
+    ("ivig_dose_g_per_kg", "ivig_max_course_g_per_kg", True, "the proposed IVIG course must not trip the "
+     "course-dose warning"),
+    ("ivig_min_days", "ivig_suggested_days", True, "the proposed IVIG course must not trip the too-few-days "
+     "warning"),
+    ("ivig_suggested_days", "ivig_max_days", True, "the proposed IVIG course must stay within the usual days"),
+)
+# Ranges other than 'a positive number' (every other numeric threshold must be above 0).
+RANGES: dict[str, tuple[float, float | None, str]] = {
+    "adjusted_weight_factor": (0.0, 1.0, "from 0 to 1 (adjusted weight lies between ideal and actual weight)"),
+    "aki_ratio": (1.0, None, "above 1 (a creatinine at least this multiple of the baseline)"),
+}
 
 
 class Thresholds(BaseSettings):
@@ -122,6 +146,42 @@ class Thresholds(BaseSettings):
                                               "infusion volume.")
     hf_daily_volume_ml: float = Field(500, description="Daily infusion volume above this (mL) is stated as a "
                                       "large volume load on the heart-failure card.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Thresholds:
+        problems = threshold_problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+def _env(name: str) -> str:
+    return f"CDS_{name.upper()}"
+
+
+def threshold_problems(th: Thresholds) -> list[str]:
+    """One sentence per threshold outside its range or out of order with its partner (empty when consistent)."""
+    problems = []
+    for name in Thresholds.model_fields:
+        value = getattr(th, name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        low, high, words = RANGES.get(name, (0.0, None, "above 0"))
+        inclusive_low = name == "adjusted_weight_factor"
+        if value < low or (value == low and not inclusive_low) or (high is not None and value > high):
+            problems.append(f"{_env(name)} must be {words} (it is {value:g}).")
+    for lower, higher, may_equal, why in ORDERED_PAIRS:
+        a, b = getattr(th, lower), getattr(th, higher)
+        if a > b or (a == b and not may_equal):
+            relation = "at most" if may_equal else "below"
+            problems.append(f"{_env(lower)} ({a:g}) must be {relation} {_env(higher)} ({b:g}): {why}.")
+    # the proposed course split over the proposed days must not trip the daily-dose warning either
+    daily = th.ivig_dose_g_per_kg / th.ivig_suggested_days if th.ivig_suggested_days > 0 else 0
+    if daily > th.ivig_max_daily_g_per_kg + 1e-9:
+        problems.append(f"CDS_IVIG_DOSE_G_PER_KG / CDS_IVIG_SUGGESTED_DAYS ({daily:g} g/kg a day) must be at most "
+                        f"CDS_IVIG_MAX_DAILY_G_PER_KG ({th.ivig_max_daily_g_per_kg:g}): the proposed course must not "
+                        "trip the daily-dose warning.")
+    return problems
 
 
 @functools.lru_cache(maxsize=1)

@@ -5,20 +5,25 @@
     python scripts/load_fixtures.py --request fixtures/fhir/02-s1-conduction-block-ivig.json \\
         --fhir-server http://hapi:8080/fhir > request.json
 
-Each fixture is a ``collection`` Bundle; a FHIR server only accepts ``transaction`` (or ``batch``) Bundles
-at its base URL, so every entry becomes a ``PUT Type/id`` (idempotent: loading twice changes nothing;
-the ids the fixtures reference stay the same). Entries without an id are ``POST``-ed under their
-``urn:uuid`` fullUrl so references to them still resolve. Loading uses only the standard library, so it
-runs in any Python 3.11 (the compose loader uses the service image). ``--request`` needs the
-``cds_service`` package: it prints the CDS Hooks request an EHR would send for the fixture, without
-prefetch, so the service fetches everything from the FHIR server.
+Fixtures reuse resource ids (``Condition/ns-1`` is in most of them), so every resource id is made unique
+per fixture before loading (``19-ivig-renal-egfr-48.json``: ``ns-1`` becomes ``f19-ns-1``) and every
+reference to it is rewritten; loading all fixtures then keeps every patient's data intact. Each fixture
+is a ``collection`` Bundle; a FHIR server only accepts ``transaction`` (or ``batch``) Bundles at its base
+URL, so every entry becomes a ``PUT Type/id`` (idempotent: loading twice changes nothing). Entries without
+an id are ``POST``-ed under their ``urn:uuid`` fullUrl so references to them still resolve. Loading uses
+only the standard library, so it runs in any Python 3.11 (the compose loader uses the service image).
+``--request`` needs the ``cds_service`` package: it prints the CDS Hooks request an EHR would send for the
+fixture, with the same loaded ids and without prefetch, so the service fetches everything from the FHIR
+server.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
+import re
 import sys
 import time
 import urllib.error
@@ -28,6 +33,67 @@ from pathlib import Path
 from typing import Any
 
 FHIR_JSON = "application/fhir+json"
+MAX_ID = 64  # FHIR id: [A-Za-z0-9\-\.]{1,64}
+
+
+def fixture_prefix(path: Path) -> str:
+    """``f19`` for ``19-ivig-renal-egfr-48.json``; ``f`` and a short hash of the name when it has no number."""
+    match = re.match(r"(\d+)", path.stem)
+    return f"f{match.group(1)}" if match else "f" + hashlib.sha1(path.stem.encode()).hexdigest()[:8]
+
+
+def _loaded_id(prefix: str, rid: str) -> str:
+    candidate = f"{prefix}-{rid}"
+    if len(candidate) <= MAX_ID:
+        return candidate
+    return f"{prefix}-{hashlib.sha1(rid.encode()).hexdigest()[:32]}"
+
+
+def id_map(bundle: dict[str, Any], prefix: str) -> dict[str, str]:
+    """``{"Condition/ns-1": "Condition/f19-ns-1", ...}`` for every resource of the bundle that has an id."""
+    out = {}
+    for entry in bundle.get("entry") or []:
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(res, dict) and isinstance(res.get("id"), str) and isinstance(res.get("resourceType"), str):
+            out[f"{res['resourceType']}/{res['id']}"] = f"{res['resourceType']}/{_loaded_id(prefix, res['id'])}"
+    return out
+
+
+def _rewrite(node: Any, refs: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str):
+                out[key] = _new_reference(value, refs)
+            else:
+                out[key] = _rewrite(value, refs)
+        return out
+    if isinstance(node, list):
+        return [_rewrite(v, refs) for v in node]
+    return node
+
+
+def _new_reference(value: str, refs: dict[str, str]) -> str:
+    if value in refs:
+        return refs[value]
+    for old, new in refs.items():  # absolute references: http://server/fhir/Patient/x
+        if value.endswith("/" + old):
+            return value[: -len(old)] + new
+    return value
+
+
+def with_unique_ids(bundle: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """A copy of ``bundle`` whose resource ids carry ``prefix`` and whose references (and fullUrls) follow."""
+    refs = id_map(bundle, prefix)
+    out = _rewrite(bundle, refs)
+    for entry in out.get("entry") or []:
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(res, dict) and isinstance(res.get("id"), str):
+            res["id"] = refs[f"{res['resourceType']}/{res['id']}"].split("/", 1)[1]
+        full = entry.get("fullUrl") if isinstance(entry, dict) else None
+        if isinstance(full, str) and not full.startswith("urn:"):
+            entry["fullUrl"] = _new_reference(full, refs)
+    return out
 
 
 def to_transaction(bundle: dict[str, Any]) -> dict[str, Any]:
@@ -87,14 +153,15 @@ def load(base: str, paths: list[Path]) -> int:
     failures = 0
     for path in paths:
         try:
-            bundle = to_transaction(json.loads(path.read_text(encoding="utf-8")))
+            bundle = to_transaction(with_unique_ids(json.loads(path.read_text(encoding="utf-8")),
+                                                    fixture_prefix(path)))
         except (ValueError, json.JSONDecodeError) as exc:
             print(f"SKIP {path.name}: {exc}", file=sys.stderr)
             failures += 1
             continue
         status, body = _request(base.rstrip("/"), json.dumps(bundle).encode("utf-8"))
         if status // 100 == 2:
-            print(f"ok   {path.name}: {len(bundle['entry'])} resources")
+            print(f"ok   {path.name}: {len(bundle['entry'])} resources (ids prefixed {fixture_prefix(path)}-)")
         else:
             failures += 1
             print(f"FAIL {path.name}: HTTP {status}: {_diagnostics(body)}", file=sys.stderr)
@@ -118,7 +185,8 @@ def fixture_paths(targets: list[str]) -> list[Path]:
 
 
 def hook_request(path: Path, fhir_server: str) -> dict[str, Any]:
-    """The CDS Hooks request for a fixture, prefetch removed: the service must read the FHIR server."""
+    """The CDS Hooks request for a fixture as loaded (ids prefixed), prefetch removed: the service must read
+    the FHIR server."""
     from cds_service.evaluate import build_request
 
     expected = path.parent.parent / "expected" / (path.stem + ".yaml")
@@ -128,7 +196,11 @@ def hook_request(path: Path, fhir_server: str) -> dict[str, Any]:
 
         spec = yaml.safe_load(expected.read_text(encoding="utf-8")) or {}
         hook, order = spec.get("hook", hook), spec.get("order")
-    request = build_request(json.loads(path.read_text(encoding="utf-8")), hook, order)
+    bundle = json.loads(path.read_text(encoding="utf-8"))
+    prefix = fixture_prefix(path)
+    if order:
+        order = id_map(bundle, prefix).get(order, order)
+    request = build_request(with_unique_ids(bundle, prefix), hook, order)
     request.pop("prefetch", None)
     request["fhirServer"] = fhir_server
     return request

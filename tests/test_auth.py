@@ -12,6 +12,7 @@ import httpx
 import orjson
 import pytest
 import respx
+from conftest import free_port
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -543,6 +544,7 @@ def serve(monkeypatch):
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: runs.append(kw))
     for var in ("CDS_TRUSTED_ISSUERS", "CDS_ALLOW_INSECURE", "CDS_HOST", "CDS_REDIS_URL", "PROMETHEUS_MULTIPROC_DIR"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CDS_PORT", str(free_port()))  # serve checks that its port is free before starting
     get_settings.cache_clear()
 
     def invoke(*args: str, env: dict[str, str] | None = None):
@@ -593,7 +595,8 @@ def test_serve_with_malformed_issuers_stops_with_a_clear_message(serve):
     invoke, runs = serve
     result = invoke(env={"CDS_TRUSTED_ISSUERS": "{oops"})
     assert result.exit_code == 2
-    assert "CDS_TRUSTED_ISSUERS is not valid JSON" in result.output
+    assert "CDS_TRUSTED_ISSUERS" in result.output and "not valid JSON" in result.output
+    assert len(result.output.strip().splitlines()) == 1
     assert "Traceback" not in result.output
     assert runs == []
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -43,7 +44,8 @@ def compose():
 def test_compose_has_service_postgres_redis_hapi_and_a_fixture_loader(compose):
     services = compose["services"]
     assert {"cds", "postgres", "redis", "hapi", "fixtures"} <= set(services)
-    assert services["hapi"]["image"].startswith("hapiproject/hapi:v")  # a pinned release, never "latest"
+    hapi_build = (REPO / services["hapi"]["build"] / "Dockerfile").read_text()
+    assert re.search(r"^FROM hapiproject/hapi:v[0-9.]+$", hapi_build, re.M)  # a pinned release, never "latest"
     assert services["cds"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["cds"]["depends_on"]["redis"]["condition"] == "service_healthy"
     loader_cmd = " ".join(services["fixtures"]["command"])
@@ -133,7 +135,7 @@ class _FakeFhir(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).received.append((self.path, self.headers["Content-Type"], body))
-        if any(e["resource"].get("id") == "reject-me" for e in body["entry"]):
+        if any(e["resource"].get("id", "").endswith("-reject-me") for e in body["entry"]):
             self._answer(400, {"resourceType": "OperationOutcome", "issue": [{"diagnostics": "bad id"}]})
         else:
             self._answer(200, {"resourceType": "Bundle", "type": "transaction-response"})
@@ -176,3 +178,89 @@ def test_request_for_a_fixture_makes_the_service_read_the_fhir_server():
     request = loader.hook_request(FIXTURE_FILES[0], "http://hapi:8080/fhir")
     assert "prefetch" not in request and request["fhirServer"] == "http://hapi:8080/fhir"
     assert request["hook"] in ("order-select", "order-sign") and request["context"]["patientId"]
+
+
+# --------------------------------------------------------------------------- every patient intact after loading
+def _patient_of(bundle: dict) -> dict:
+    return next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+
+
+@pytest.mark.skipif(not FIXTURE_FILES, reason="no fixtures in fixtures/fhir yet")
+def test_fixture_ids_collide_so_loading_must_make_them_unique():
+    """Why the loader rewrites ids: the same Condition id is in many fixtures."""
+    seen: dict[str, int] = {}
+    for path in FIXTURE_FILES:
+        for entry in load_json(path)["entry"]:
+            key = f"{entry['resource']['resourceType']}/{entry['resource'].get('id')}"
+            seen[key] = seen.get(key, 0) + 1
+    assert max(seen.values()) > 1
+
+
+@pytest.mark.skipif(not FIXTURE_FILES, reason="no fixtures in fixtures/fhir yet")
+def test_loading_every_fixture_keeps_every_patients_data_intact(capsys):
+    from fhir_double import FhirServerDouble
+
+    with FhirServerDouble() as fhir:
+        assert loader.main(["--server", fhir.base, "--wait", "5", *map(str, FIXTURE_FILES)]) == 0
+        total = sum(len(load_json(p)["entry"]) for p in FIXTURE_FILES)
+        assert fhir.puts == total and len(fhir.resources) == total  # nothing overwritten
+        for path in FIXTURE_FILES:
+            bundle = load_json(path)
+            prefix = loader.fixture_prefix(path)
+            patient = _patient_of(bundle)
+            loaded_id = f"{prefix}-{patient['id']}"
+            # read the patient back, and everything that refers to them
+            status, body = fhir.get(f"/fhir/Patient/{loaded_id}")
+            assert status == 200 and {**body, "id": patient["id"]} == patient, path.name
+            stored = fhir.of_patient(loaded_id)
+            assert len(stored) == len(bundle["entry"]), path.name  # all of this fixture, nothing of another
+            for entry in bundle["entry"]:
+                original = entry["resource"]
+                copy = stored[(original["resourceType"], f"{prefix}-{original['id']}")]
+                back = json.loads(json.dumps(copy).replace(f"/{prefix}-", "/").replace(f'"{prefix}-', '"'))
+                assert back == original, (path.name, original["resourceType"], original["id"])
+    assert f"{len(FIXTURE_FILES)}/{len(FIXTURE_FILES)} fixtures loaded" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not FIXTURE_FILES, reason="no fixtures in fixtures/fhir yet")
+def test_every_fixture_gives_its_cards_when_the_service_reads_the_loaded_server(tmp_path):
+    """End to end: all fixtures loaded together, then each fixture's hook request (as --request prints it:
+    loaded ids, no prefetch) makes the service read the FHIR server and answer the fixture's expected cards."""
+    from fastapi.testclient import TestClient
+    from fhir_double import FhirServerDouble
+
+    from cds_service.app import create_app
+    from cds_service.preview.fixtures import expected, expected_cards
+
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", trusted_issuers={}, redis_url=None,
+                        database_url=None, fhir_deadline_seconds=10)
+    with FhirServerDouble() as fhir, TestClient(create_app(settings)) as client:
+        assert loader.main(["--server", fhir.base, *map(str, FIXTURE_FILES)]) == 0
+        for path in FIXTURE_FILES:
+            request = loader.hook_request(path, fhir.base)
+            assert "prefetch" not in request
+            resp = client.post(f"/cds-services/neurosarcoidosis-{request['hook']}", json=request)
+            assert resp.status_code == 200, (path.name, resp.text)
+            shown = sorted((c["extension"]["org.neurosarcoidosis-cds.rule-id"], c["indicator"])
+                           for c in resp.json()["cards"])
+            want = sorted((c["rule_id"], c["indicator"]) for c in expected_cards(expected(path.stem)))
+            assert shown == want, path.name
+
+
+def test_hapi_has_a_health_check_it_can_run_and_keeps_its_data_on_a_volume(compose):
+    services, volumes = compose["services"], compose["volumes"]
+    hapi = services["hapi"]
+    test = hapi["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[-1] == "http://127.0.0.1:8080/fhir/metadata"
+    # the probe's binary is put into the image by its own build (the upstream image has no HTTP client)
+    dockerfile = (REPO / hapi["build"] / "Dockerfile").read_text()
+    assert "FROM hapiproject/hapi:v" in dockerfile and f"COPY --from=busybox /bin/busybox {test[1]}" in dockerfile
+    assert hapi["healthcheck"]["start_period"]  # HAPI takes a minute or two to start
+    # its database is a PostgreSQL whose files are on a named volume
+    url = hapi["environment"]["spring.datasource.url"]
+    db_service = url.split("//", 1)[1].split(":", 1)[0]
+    db_volume = services[db_service]["volumes"][0].split(":", 1)[0]
+    assert db_volume in volumes and services[db_service]["healthcheck"]
+    assert hapi["depends_on"][db_service]["condition"] == "service_healthy"
+    # fixtures are loaded only once HAPI is healthy
+    assert services["fixtures"]["depends_on"]["hapi"]["condition"] == "service_healthy"

@@ -182,7 +182,7 @@ def test_bad_bundles_get_a_400_that_says_what_is_wrong(client, mutate, needle):
 @pytest.mark.parametrize(
     ("query", "needle"),
     [
-        ("hook=patient-view", "hook must be order-select or order-sign"),
+        ("hook=admission", "query.hook: Input should be"),
         ("order=not-a-reference", "order must be a reference"),
         ("order=MedicationRequest/missing", "no MedicationRequest/missing"),
     ],

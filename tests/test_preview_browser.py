@@ -321,3 +321,103 @@ def test_page_is_served_with_a_csp_the_browser_enforces(page, base_url):
                              document.body.appendChild(s); }""")
     assert page.evaluate("window.__inline") is None
     assert any("Content Security Policy" in p for p in page.problems)
+
+
+# --------------------------------------------------------------------------- patient-view, stale cards, races
+def _request_json(page) -> dict:
+    import json
+
+    return json.loads(page.locator("#request-json").text_content())
+
+
+def test_patient_view_can_be_tried_in_the_preview(page):
+    _pick_fixture(page, PREFERRED_FIXTURE)
+    page.check('input[name="hook"][value="patient-view"]')
+    assert page.locator("#order").is_disabled()  # patient-view places no order
+    assert page.locator("#hook-hint").is_visible()
+    page.click("#evaluate")
+    state = _wait_for_result(page)
+    request = _request_json(page)
+    assert request["hook"] == "patient-view"
+    assert "draftOrders" not in request["context"] and "selections" not in request["context"]
+    assert request["context"]["patientId"]
+    if not _engine_is_placeholder():
+        assert state == "cards"
+        rules = page.locator("#cards article.card").evaluate_all("as => as.map(a => a.dataset.ruleId)")
+        # the chart as it stands: the IVIG order is not placed, so no IVIG safety card
+        assert rules and not any(r.startswith("ivig.safety") for r in rules)
+    page.check('input[name="hook"][value="order-sign"]')
+    assert not page.locator("#order").is_disabled() and not page.locator("#hook-hint").is_visible()
+    assert page.problems == []
+
+
+def test_another_fixture_clears_the_cards_and_an_edit_dims_them(page):
+    _pick_fixture(page, PREFERRED_FIXTURE)
+    page.click("#evaluate")
+    first = _wait_for_result(page)
+    assert first in ("cards", "empty")
+    # editing the bundle after the answer: the cards stay readable but are marked as not current
+    page.locator("#bundle").press("End")
+    page.locator("#bundle").type(" ")
+    sync_api.expect(page.locator("#cards")).to_have_attribute("data-stale", "true")
+    assert "press Evaluate to update" in page.inner_text("#status")
+    assert page.locator("#cards").evaluate("c => getComputedStyle(c).opacity") == "0.45"
+    # another patient: nothing of the previous one stays on screen
+    page.select_option("#fixture", NO_CARDS_FIXTURE)
+    sync_api.expect(page.locator("#cards")).to_have_attribute("data-state", "idle")
+    assert page.locator("#cards > *").count() == 0
+    assert page.locator("#raw").is_hidden()
+    sync_api.expect(page.locator("#status")).to_have_text("Fixture loaded. Press Evaluate.")
+    assert f'"fixture-{NO_CARDS_FIXTURE.split("-")[0]}"' in page.input_value("#bundle")  # the new patient's
+    page.click("#evaluate")
+    assert _wait_for_result(page) == "empty"
+    assert page.locator("#cards").get_attribute("data-stale") is None
+    assert page.problems == []
+
+
+def test_evaluate_right_after_a_paste_uses_the_pasted_bundle(page):
+    """The fixture's order (MedicationRequest/ivig-…) must not travel with a pasted bundle that lacks it,
+    however fast Evaluate follows the paste."""
+    import json
+
+    _pick_fixture(page, PREFERRED_FIXTURE)
+    assert page.input_value("#order")  # the fixture's own order is selected
+    page.fill("#bundle", json.dumps(PASTED))
+    page.click("#evaluate")  # at once: no wait for the order list to refresh
+    assert _wait_for_result(page) == "empty", page.inner_text("#error")
+    request = _request_json(page)
+    assert request["context"]["selections"] == ["MedicationRequest/abx-1", "MedicationRequest/abx-2"]
+    assert page.locator("#error").is_hidden()
+
+
+def test_a_fixture_arriving_after_a_paste_does_not_overwrite_it(page, base_url):
+    """Choose a fixture, paste before it has loaded: the pasted bundle stays."""
+    import json
+
+    page.wait_for_selector(f'#fixture option[value="{PREFERRED_FIXTURE}"]', state="attached")
+    page.route(f"**/fixtures/{PREFERRED_FIXTURE}", lambda route: (time.sleep(1.0), route.continue_()))
+    page.select_option("#fixture", PREFERRED_FIXTURE)
+    page.fill("#bundle", json.dumps(PASTED))
+    page.wait_for_timeout(1500)
+    assert json.loads(page.input_value("#bundle")) == PASTED
+
+
+def test_results_scroll_into_view_on_a_phone(browser, base_url):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        page.goto(base_url + "/")
+        _pick_fixture(page, PREFERRED_FIXTURE)
+        heading = page.locator("#cards-title")
+        sync_api.expect(heading).not_to_be_in_viewport()  # one column: the cards are below the form
+        page.click("#evaluate")
+        _wait_for_result(page)
+        sync_api.expect(heading).to_be_in_viewport()
+        # and an error is shown where the developer can see it too
+        page.evaluate("window.scrollTo(0, 0)")
+        page.fill("#bundle", "{ not json")
+        page.click("#evaluate")
+        sync_api.expect(page.locator("#error")).to_be_in_viewport()
+    finally:
+        context.close()

@@ -113,10 +113,59 @@ def test_report_period_filters_by_when_cards_were_shown(cli, tmp_path):
     assert bad.exit_code == 2 and "not a date" in bad.output
 
 
-def test_report_on_a_fresh_install_is_empty_with_a_hint(cli):
-    result = cli("report", "--json")
-    assert json.loads(result.stdout) == {"rules": []}
-    assert "db upgrade" in result.stderr
+@pytest.mark.parametrize("command", [("report", "--json"), ("report",), ("purge",)])
+def test_report_and_purge_refuse_a_database_that_does_not_exist(cli, tmp_path, command):
+    """Run where the service does not run (or with CDS_DATA_DIR elsewhere): say so, create nothing."""
+    result = cli(*command, ok=False)
+    db = tmp_path / "data" / "cds_service.db"
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines()[0] == f"Database: SQLite {db}"
+    assert f"there is no audit database at {db}" in result.stderr and "db upgrade" in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_db_current_looks_without_creating(cli, tmp_path):
+    result = cli("db", "current")
+    assert result.stdout.strip() == "none" and "(no such file)" in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_report_from_another_directory_creates_nothing_there(tmp_path):
+    """The real command in a directory that is not the service's: no ./data appears, the message says where
+    it looked and what to set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for command in (["report"], ["purge"], ["db", "current"]):
+        result = subprocess.run([sys.executable, "-m", "cds_service", *command], cwd=elsewhere, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert f"Database: SQLite {elsewhere / 'data' / 'cds_service.db'}" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.postgres
+def test_purge_and_report_leave_a_database_without_tables_alone():
+    from store_support import PgSchema, pg_url_with_schema, postgres_unavailable
+
+    if postgres_unavailable():
+        pytest.skip(postgres_unavailable())
+    with PgSchema() as schema:
+        url = pg_url_with_schema(schema.name, plain=True)
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("CDS_")}, "CDS_DATABASE_URL": url}
+        for command in (["report"], ["purge"]):
+            result = subprocess.run([sys.executable, "-m", "cds_service", *command], env=env,
+                                    capture_output=True, text=True, timeout=120)
+            assert result.returncode == 1, result.stderr
+            assert "no audit tables" in result.stderr
+            # which database, never its user or password
+            assert "Database: PostgreSQL 127.0.0.1:5432/test" in result.stderr and "postgres@" not in result.stderr
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            tables = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = %s",
+                                  (schema.name,)).fetchone()[0]
+        assert tables == 0
 
 
 def test_db_upgrade_and_purge(cli, tmp_path):

@@ -89,7 +89,7 @@ def test_first_line_threshold_is_20mg(mg, stage):
 
 
 def test_threshold_is_configurable():
-    th = Thresholds(gc_high_dose_mg=30)
+    th = Thresholds(gc_high_dose_mg=30, prednisone_suggested_mg_day=30)  # the proposed dose must stay a trial
     assert stage_of(ns_patient(pred(mg=20, start=5)), th).stage == "S2b"
 
 

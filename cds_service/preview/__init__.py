@@ -1,6 +1,6 @@
 """Developer preview: post a FHIR fixture bundle and see the cards an EHR would show.
 
-* ``POST /fixtures/evaluate?hook=order-select|order-sign[&order=MedicationRequest/x]`` — the bundle is
+* ``POST /fixtures/evaluate?hook=order-select|order-sign|patient-view[&order=MedicationRequest/x]`` — the bundle is
   turned into the CDS Hooks request an EHR would send (:func:`cds_service.evaluate.build_request`) and
   evaluated; the answer holds that request, the CDS Hooks response, and a ``preview`` part (sanitised
   detail HTML, http(s)-only links) that is never part of a CDS Hooks response.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from importlib import resources as _ilr
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from fastapi import FastAPI, Query, Request
@@ -33,7 +33,7 @@ from cds_service.preview.validate import validate_bundle
 
 log = logs.get_logger("cds_service.preview")
 
-HOOKS = ("order-select", "order-sign")
+HOOKS = ("order-select", "order-sign", "patient-view")
 ORDER_RE = re.compile(r"^[A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
 
 # The page loads only its own script, stylesheet and JSON; no inline script or style can run, so even
@@ -84,13 +84,16 @@ def install(app: FastAPI, settings: Settings) -> None:
               responses={400: {}, 401: {}, 413: {}, 415: {}})
     async def evaluate_fixture(
         request: Request,
-        hook: str = Query("order-select", description="order-select or order-sign"),
+        hook: Literal["order-select", "order-sign", "patient-view"] = Query(
+            "order-select", description="The hook to simulate: order-select, order-sign, or patient-view (the "
+                                        "chart as it stands; no order is placed)"),
         order: str | None = Query(None, description="The order to place, e.g. MedicationRequest/ivig-1 "
-                                                     "(default: every draft order in the bundle)"),
+                                                     "(default: every draft order in the bundle; ignored for "
+                                                     "patient-view)"),
     ) -> Response:
         await _authenticate(request, "/fixtures/evaluate")
-        if hook not in HOOKS:
-            raise BadRequest(f"hook must be order-select or order-sign, not '{hook[:40]}'.")
+        if hook == "patient-view":
+            order = None
         if order is not None and not ORDER_RE.match(order):
             raise BadRequest("order must be a reference such as 'MedicationRequest/ivig-1'.")
         bundle = await read_json(request, limit=settings.max_body_bytes, max_depth=settings.max_json_depth,

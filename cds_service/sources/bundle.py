@@ -16,6 +16,7 @@ from cds_service.record import ORDER_TYPES
 from cds_service.sources.base import DataSource, KeyResult
 from cds_service.sources.gather import prefetch_queries
 
+HOOKS = ("order-select", "order-sign", "patient-view")
 BUNDLE_TYPES = ("collection", "transaction", "searchset", "batch", "document", "message")
 _PATIENT_REFS = ("subject", "patient")
 _FILLER_USER = "Practitioner/fixture-clinician"
@@ -114,16 +115,22 @@ def request_from_bundle(bundle: dict[str, Any], hook: str, order: str | None = N
     """Build the CDS Hooks request an EHR would send for ``bundle``.
 
     ``order`` ("MedicationRequest/abc") chooses the order being placed; by default every draft order
-    in the bundle is placed (order-select selects them all).
+    in the bundle is placed (order-select selects them all). ``patient-view`` places no order: the chart
+    as it stands (draft orders left out), as when the clinician opens it.
     """
-    if hook not in ("order-select", "order-sign"):
-        raise BadRequest(f"hook must be order-select or order-sign, not '{hook}'.")
+    if hook not in HOOKS:
+        raise BadRequest(f"hook must be order-select, order-sign or patient-view, not '{hook}'.")
     resources = bundle_resources(bundle)
     patients = [r for r in resources if r["resourceType"] == "Patient"]
     if len(patients) != 1:
         raise BadRequest(f"The bundle must hold exactly one Patient (it holds {len(patients)}).")
     patient_id = patients[0]["id"]
     drafts = [r for r in resources if _is_draft_order(r)]
+    if hook == "patient-view":
+        context = {"userId": _FILLER_USER, "patientId": patient_id}
+        source = BundleSource(resources, patient_id, {(r["resourceType"], r["id"]) for r in drafts})
+        return {"hookInstance": str(uuid.uuid4()), "hook": hook, "context": context,
+                "prefetch": source.answer(prefetch_queries(context, patient_id, _FILLER_USER))}
     medications = [r for r in resources if r["resourceType"] == "Medication"]
     if order:
         rtype, _, rid = order.partition("/")

@@ -1,7 +1,10 @@
 """Operations commands: ``cds-service report``, ``cds-service db upgrade|current|revision``, ``cds-service purge``.
 
 They read the same settings as the service (``CDS_DATABASE_URL`` or the SQLite file in ``CDS_DATA_DIR``),
-so run them with the service's environment.
+so run them with the service's environment. Each says on stderr which database it uses (never its
+credentials). Only ``db upgrade`` creates a database: ``report``, ``purge`` and ``db current`` refuse a
+SQLite file that does not exist (run from another directory, ``CDS_DATA_DIR`` points elsewhere) instead of
+creating an empty one and reporting nothing.
 """
 
 from __future__ import annotations
@@ -19,17 +22,39 @@ db_app = typer.Typer(help="Database schema (migrations ship inside the package).
 
 
 def _settings():
-    from cds_service.config import get_settings
+    from cds_service.cli import configured_settings
 
-    return get_settings()
+    return configured_settings()
 
 
-def _run(coro_fn):
-    """Open the store, run ``coro_fn(store)``, close; a store error is a one-line message and exit 1."""
+def _missing_sqlite_file(settings):
+    """The SQLite file the settings name when it does not exist yet (None for PostgreSQL or an existing file)."""
+    from cds_service.store.sqlite import database_path
+
+    if not settings.sqlalchemy_url.startswith("sqlite"):
+        return None
+    path = database_path(settings.sqlalchemy_url)
+    return path if path is not None and not path.exists() else None
+
+
+def _run(coro_fn, *, create: bool = False):
+    """Open the store, run ``coro_fn(store)``, close; a store error is a one-line message and exit 1.
+
+    Without ``create``, a SQLite file that does not exist is refused (one line, exit 1) and not created.
+    """
     from cds_service.store import open_store
 
+    settings = _settings()
+    typer.echo(f"Database: {settings.database_label}", err=True)
+    missing = _missing_sqlite_file(settings)
+    if missing is not None and not create:
+        typer.secho(f"Error: there is no audit database at {missing.resolve()}. Run this command where the "
+                    "service runs, or set CDS_DATA_DIR or CDS_DATABASE_URL to the service's; "
+                    "`cds-service db upgrade` creates an empty one.", fg="red", err=True)
+        raise typer.Exit(1)
+
     async def main():
-        store = open_store(_settings())
+        store = open_store(settings)
         try:
             return await coro_fn(store)
         finally:
@@ -40,6 +65,13 @@ def _run(coro_fn):
     except StoreError as exc:
         typer.secho(f"Error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
+
+
+async def _require_tables(store) -> None:
+    if await store.revision() is None:
+        typer.secho("Error: the database has no audit tables (the service creates them on its first start; "
+                    "`cds-service db upgrade` creates them now).", fg="red", err=True)
+        raise typer.Exit(1)
 
 
 def parse_when(value: str | None, *, end: bool = False) -> datetime | None:
@@ -100,10 +132,7 @@ def report(
     start, end = parse_when(since), parse_when(until, end=True)
 
     async def go(store):
-        if await store.revision() is None:
-            typer.secho("Warning: the database has no audit tables yet (the service creates them on its "
-                        "first start; or run `cds-service db upgrade`).", fg="yellow", err=True)
-            return []
+        await _require_tables(store)
         return await store.report(start, end)
 
     rules = _run(go)
@@ -126,7 +155,7 @@ def purge(
     before = datetime.now(UTC) - timedelta(days=days)
 
     async def go(store):
-        await store.upgrade()
+        await _require_tables(store)
         return await store.purge(before)
 
     deleted = _run(go)
@@ -142,7 +171,7 @@ def db_upgrade() -> None:
         await store.upgrade()
         return await store.revision()
 
-    revision = _run(go)
+    revision = _run(go, create=True)
     typer.echo(f"Database is at revision {revision} (head {head_revision()}).")
 
 
@@ -152,6 +181,11 @@ def db_current() -> None:
     async def go(store):
         return await store.revision()
 
+    settings = _settings()
+    if _missing_sqlite_file(settings) is not None:  # not created: a look must not leave an empty database
+        typer.echo(f"Database: {settings.database_label} (no such file)", err=True)
+        typer.echo("none")
+        return
     typer.echo(_run(go) or "none")
 
 
@@ -164,7 +198,7 @@ def db_revision(message: str = typer.Option(..., "-m", "--message", help="What t
         await store.upgrade()
         await migrate.autogenerate(store.engine, message)
 
-    _run(go)
+    _run(go, create=True)
 
 
 def register(app: typer.Typer) -> None:

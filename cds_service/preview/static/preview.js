@@ -1,6 +1,12 @@
 // Card preview page. Vanilla JS, no build step. Every piece of text from a bundle or a card goes into
 // the page with textContent; the only HTML inserted is the card detail the server rendered and
 // sanitised (markdown-it without raw HTML, then nh3). The page's CSP forbids inline script anyway.
+//
+// What is shown always belongs to what is on the form: choosing another fixture (or uploading a file)
+// clears the cards; editing the bundle, the hook or the order dims them until Evaluate is pressed again;
+// a fixture or an evaluation that arrives after the form changed is not applied. Evaluate reads the
+// form as it is at that moment (the order list is refreshed first, so a pasted bundle is never sent
+// with the previous fixture's order).
 "use strict";
 
 (function () {
@@ -9,6 +15,8 @@
   const INDICATOR_RANK = { critical: 0, warning: 1, info: 2 };
   const $ = (id) => document.getElementById(id);
   let fixtures = [];
+  let generation = 0; // bumped whenever the form changes; late answers for an older form are dropped
+  let orderTimer = null;
 
   // ------------------------------------------------------------------ helpers
   function el(tag, props, children) {
@@ -131,22 +139,70 @@
   async function onFixtureChange() {
     const name = $("fixture").value;
     const meta = fixtures.find((f) => f.name === name);
+    const mine = ++generation;
     $("fixture-description").textContent = meta && meta.description ? meta.description : "";
+    clearResult(name ? "Loading the fixture…" : "Choose a fixture or paste a bundle, then press Evaluate.");
     if (!name) return;
     showError("");
+    let bundle;
     try {
-      const bundle = await api("fixtures/" + encodeURIComponent(name));
-      $("bundle").value = JSON.stringify(bundle, null, 2);
+      bundle = await api("fixtures/" + encodeURIComponent(name));
     } catch (err) {
-      showError(err.message);
+      if (mine === generation) showError(err.message);
       return;
     }
+    if (mine !== generation) return; // the developer pasted, uploaded or chose again meanwhile
+    $("bundle").value = JSON.stringify(bundle, null, 2);
     if (meta && meta.hook) {
       const radio = document.querySelector('input[name="hook"][value="' + meta.hook + '"]');
       if (radio) radio.checked = true;
     }
     updateOrders(meta && meta.order);
+    updateHook();
     setStatus("Fixture loaded. Press Evaluate.");
+  }
+
+  // ------------------------------------------------------------------ what is shown vs. what is on the form
+  function clearResult(status) {
+    const box = $("cards");
+    box.textContent = "";
+    box.dataset.state = "idle";
+    delete box.dataset.stale;
+    $("raw").hidden = true;
+    $("request-json").textContent = "";
+    $("response-json").textContent = "";
+    showError("");
+    setStatus(status);
+  }
+
+  function markStale() {
+    generation++;
+    const box = $("cards");
+    if (box.dataset.state === "cards" || box.dataset.state === "empty") {
+      box.dataset.stale = "true";
+      setStatus("The bundle, hook or order changed: press Evaluate to update the cards.");
+    }
+  }
+
+  function selectedHook() {
+    return document.querySelector('input[name="hook"]:checked').value;
+  }
+
+  function updateHook() {
+    const patientView = selectedHook() === "patient-view";
+    $("order").disabled = patientView; // patient-view places no order
+    $("hook-hint").hidden = !patientView;
+  }
+
+  // Scroll the answer into view when it is below the fold (one-column layout on a phone).
+  function revealResult() {
+    const heading = $("cards-title");
+    const top = heading.getBoundingClientRect().top;
+    if (top < 0 || top > window.innerHeight - 80) {
+      const smooth = !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+      heading.scrollIntoView({ behavior: smooth ? "smooth" : "auto", block: "start" });
+    }
+    heading.focus({ preventScroll: true });
   }
 
   // ------------------------------------------------------------------ the bundle and its orders
@@ -193,11 +249,14 @@
   function onFile(event) {
     const file = event.target.files && event.target.files[0];
     if (!file) return;
+    const mine = ++generation;
     file.text().then((text) => {
+      if (mine !== generation) return;
       $("bundle").value = text;
       $("fixture").value = "";
       $("fixture-description").textContent = "Uploaded " + file.name + ".";
       updateOrders("");
+      clearResult("File loaded. Press Evaluate.");
     });
   }
 
@@ -311,14 +370,20 @@
 
   async function onSubmit(event) {
     event.preventDefault();
+    // the form as it is now: refresh the order list from the bundle in the box (a paste may be newer
+    // than the last refresh) before reading the order
+    clearTimeout(orderTimer);
+    updateOrders();
     const text = $("bundle").value.trim();
     showError("");
     if (!text) {
       showError("Choose a fixture, upload a file or paste a bundle first.");
       return;
     }
-    const params = new URLSearchParams({ hook: document.querySelector('input[name="hook"]:checked').value });
-    if ($("order").value) params.set("order", $("order").value);
+    const hook = selectedHook();
+    const params = new URLSearchParams({ hook: hook });
+    if (hook !== "patient-view" && $("order").value) params.set("order", $("order").value);
+    const mine = ++generation;
     const button = $("evaluate");
     button.disabled = true;
     $("cards").dataset.state = "loading";
@@ -329,13 +394,19 @@
         headers: { "Content-Type": "application/json", Accept: "application/json" },
         body: text,
       });
+      if (mine !== generation) return; // the form changed while the service was answering
+      delete $("cards").dataset.stale;
       renderResult(result);
+      revealResult();
     } catch (err) {
+      if (mine !== generation) return;
       $("cards").textContent = "";
+      delete $("cards").dataset.stale;
       $("cards").dataset.state = "error";
       $("raw").hidden = true;
       setStatus("No result.");
       showError(err.message);
+      revealResult();
     } finally {
       button.disabled = false;
     }
@@ -346,11 +417,19 @@
     $("form").addEventListener("submit", onSubmit);
     $("fixture").addEventListener("change", onFixtureChange);
     $("file").addEventListener("change", onFile);
-    let timer = null;
     $("bundle").addEventListener("input", () => {
-      clearTimeout(timer);
-      timer = setTimeout(() => updateOrders(), 250);
+      markStale();
+      clearTimeout(orderTimer);
+      orderTimer = setTimeout(() => updateOrders(), 250);
     });
+    for (const radio of document.querySelectorAll('input[name="hook"]')) {
+      radio.addEventListener("change", () => {
+        updateHook();
+        markStale();
+      });
+    }
+    $("order").addEventListener("change", markStale);
+    updateHook();
     loadServices();
     loadFixtures();
   });

@@ -156,7 +156,7 @@ def test_two_instances_share_the_redis_replay_cache(tmp_path):
     shared.delete(*stale)
     # A Redis never used by the service has no replay-memory marker: its first use refuses tokens issued
     # before it for the leeway (tested below with a private server); this one has been in use for a day.
-    shared.set(PREFIX + MARKER, repr(time.time() - 86400), nx=True)
+    shared.set(PREFIX + MARKER, repr(time.time() - 86400))
     settings = Settings(data_dir=tmp_path, trusted_issuers=trusted(), redis_url=REDIS_URL, database_url=None)
     token = keys.token()
     with respx.mock(assert_all_called=False) as mock:

@@ -6,6 +6,7 @@ Each step lives in its own module; this one only wires them and maps errors to O
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import time
 from contextlib import asynccontextmanager
@@ -36,6 +37,7 @@ from cds_service.models import (
 from cds_service.sources.gather import GatherPolicy, GatherStats, call_sources, gather
 from cds_service.sources.origin import OriginGuards
 from cds_service.store.base import StoreError
+from cds_service.workload import Workload, WorkloadPolicy
 
 log = logs.get_logger("cds_service.app")
 
@@ -107,6 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.shutdown_hooks = []
     app.state.authenticator = None  # set by cds_service.auth when trusted issuers are configured
     app.state.audit = None  # set by cds_service.audit
+    app.state.workload = Workload(WorkloadPolicy.from_settings(settings))
+    app.state.shutdown_hooks.append(_close_workload)
 
     _install_error_handlers(app)
     _install_routes(app)
@@ -126,6 +130,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_age=600,
     )
     return app
+
+
+async def _close_workload(app: FastAPI) -> None:
+    app.state.workload.close()
 
 
 def _install_extensions(app: FastAPI, settings: Settings) -> None:
@@ -197,10 +205,12 @@ def _install_routes(app: FastAPI) -> None:
         service = SERVICES.get(service_id)
         if service is None:
             raise NotFound(f"There is no CDS service with id '{service_id}'.")
+        workload: Workload = request.app.state.workload  # large calls work off the event loop
         data = await read_json(request, limit=settings.max_body_bytes, max_depth=settings.max_json_depth,
-                               max_array=settings.max_array_length)
+                               max_array=settings.max_array_length, workload=workload)
         call = parse_call(service, data)
         logs.bind(hookInstance=call.hook_instance)  # on every log line of this request, errors included
+        workload.check(call)
         stats = GatherStats()
         policy: GatherPolicy = request.app.state.gather_policy
         request.state.gather_stats = stats  # the metrics middleware reads it, also when gather fails (412)
@@ -210,12 +220,16 @@ def _install_routes(app: FastAPI) -> None:
                               policy, stats)
         if not settings.auth_enabled:  # fixtures pin "now" so their dates stay meaningful; never with auth on
             record.now = evaluation_time(call.body.extension) or record.now
-        cards = evaluate_cards(record, call.hook, call.hook_instance)
+        links = None
         if settings.smart_clients:  # the treatment timeline link (cds_service/smart/links.py)
             from cds_service.smart.links import for_call
 
-            for_call(cards, settings, getattr(client, "issuer", None), str(request.base_url))
-        body = orjson.dumps(dump(CDSResponse(cards=cards)))
+            issuer = getattr(client, "issuer", None)
+            links = functools.partial(for_call, settings=settings, issuer=issuer, request_base=str(request.base_url))
+        if workload.large_record(record):
+            cards, body = await workload.run(answer, record, call.hook, call.hook_instance, links)
+        else:
+            cards, body = answer(record, call.hook, call.hook_instance, links)
         elapsed = time.perf_counter() - started
         audit = request.app.state.audit
         if audit is not None:  # queued; written after the response, in batches
@@ -307,6 +321,14 @@ def parse_feedback(data: dict[str, Any]) -> list:
         return FeedbackRequest.model_validate(data).feedback
     except ValidationError as exc:
         raise BadRequest(f"Invalid feedback: {_describe(exc)}.") from exc
+
+
+def answer(record, hook: str, hook_instance: str, links=None) -> tuple[list, bytes]:
+    """The cards (with the links ``links(cards)`` adds, when given) and the encoded CDS Hooks response."""
+    cards = evaluate_cards(record, hook, hook_instance)
+    if links is not None:
+        links(cards)
+    return cards, orjson.dumps(dump(CDSResponse(cards=cards)))
 
 
 def evaluate_cards(record, hook: str, hook_instance: str) -> list:

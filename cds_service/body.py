@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
 
 from cds_service.errors import BadRequest, PayloadTooLarge
+
+if TYPE_CHECKING:
+    from cds_service.workload import Workload
 
 # A refused body is still read (and thrown away) up to this many bytes and seconds before the 413 is sent:
 # a client that writes its whole body before reading the answer would otherwise see its connection reset
@@ -203,9 +207,14 @@ def parse_json(raw: bytes, *, max_depth: int, max_array: int) -> dict[str, Any]:
     return data
 
 
-async def read_json(request: Request, *, limit: int, max_depth: int, max_array: int) -> dict[str, Any]:
+async def read_json(request: Request, *, limit: int, max_depth: int, max_array: int,
+                    workload: Workload | None = None) -> dict[str, Any]:
+    """The body as a JSON object; a large one is parsed in the ``workload``'s worker thread."""
     ctype = request.headers.get("content-type", "")
     if ctype and "json" not in ctype.lower():
         raise BadRequest(f"Content-Type must be application/json, not {ctype.split(';')[0]!r}.",
                          status=415, code="not-supported")
-    return parse_json(await read_limited(request, limit), max_depth=max_depth, max_array=max_array)
+    raw = await read_limited(request, limit)
+    if workload is not None and workload.large_body(len(raw)):
+        return await workload.run(functools.partial(parse_json, raw, max_depth=max_depth, max_array=max_array))
+    return parse_json(raw, max_depth=max_depth, max_array=max_array)

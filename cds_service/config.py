@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
     max_json_depth: int = Field(64, ge=4)
     max_array_length: int = Field(20_000, ge=1)
+    # Draft orders evaluated per call; more is a 413 (cds_service.workload).
+    max_draft_orders: int = Field(1000, ge=1)
 
     # --- FHIR fallback
     # One deadline for all prefetch fallback queries of a request (seconds).

@@ -42,9 +42,9 @@ class AuthUnavailable(ServiceError):
 
     status, code = 503, "transient"
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, retry_after: int = 5) -> None:
         super().__init__("Authentication is temporarily unavailable; try again shortly.",
-                         headers={"Retry-After": "5"})
+                         headers={"Retry-After": str(max(1, retry_after))})
         self.reason = reason
 
 
@@ -155,6 +155,8 @@ class Authenticator:
             replayed = await self.replay.seen(jti, issuer.issuer, ttl)
         except ReplayCacheUnavailable as exc:
             raise AuthUnavailable(f"replay cache unavailable ({exc})") from exc
+        # before the replay verdict, so a client retrying the same token in the window gets the same 503
+        self._check_replay_memory(float(claims["iat"]), now)
         if replayed:
             raise Unauthorized(f"replayed jti from issuer {issuer.issuer!r}")
         return TrustedClient(issuer=issuer.issuer, jti=jti, config=issuer)
@@ -249,6 +251,24 @@ class Authenticator:
         if exp - iat > MAX_LIFETIME_SECONDS:
             raise Unauthorized(f"token lifetime longer than {MAX_LIFETIME_SECONDS} s")
 
+    def _check_replay_memory(self, iat: float, now: float) -> None:
+        """Refuse a token that could have been used before the replay cache lost its memory.
+
+        Such a token was accepted, at the latest, just before the cache's memory starts
+        (``remembers_since``), and an accepted ``iat`` lies at most the leeway in the future: so a token
+        whose ``iat`` is earlier than ``remembers_since`` + leeway may be a replay the cache forgot. While
+        an honest client could still hold such a token (the leeway after that moment), the answer is a
+        503 with Retry-After (a fresh token then passes); later, a 401.
+        """
+        since = self.replay.remembers_since
+        trusted_from = since + self.leeway
+        if not since or iat >= trusted_from:
+            return
+        if now < trusted_from + self.leeway:
+            raise AuthUnavailable("replay cache lost its memory; token issued before it can be checked again",
+                                  retry_after=math.ceil(trusted_from - now))
+        raise Unauthorized("replay memory lost: token issued before the replay cache lost its memory")
+
     def _verify_signature(self, token: str, key: jwt.PyJWK, alg: str, issuer: str) -> dict[str, Any]:
         try:
             return jwt.decode(
@@ -292,6 +312,7 @@ _REASON_CATEGORIES = (
     ("token not yet valid", "not-yet-valid"),
     ("token lifetime", "lifetime-too-long"),
     ("replayed jti", "replayed-jti"),
+    ("replay memory lost", "replay-memory-lost"),
     ("signature does not verify", "bad-signature"),
 )
 

@@ -147,13 +147,13 @@ class FhirServerSource(DataSource):
         (set to the time left) or the deadline check between body chunks. httpcore can lose a pool slot
         for good when a task is cancelled at the wrong moment inside it (still so in 1.0.9, see
         docs/operations.md); this way it never is. The task holds the origin's place until the request has ended."""
-        await self.guard.acquire()
+        trial = await self.guard.acquire()
         self.requests_made += 1
-        task = asyncio.ensure_future(self._send(url, is_read, deadline))
+        task = asyncio.ensure_future(self._send(url, is_read, deadline, trial))
         task.add_done_callback(_retrieve)
         return await asyncio.shield(task)
 
-    async def _send(self, url: str, is_read: bool, deadline: float | None) -> bytes | None:
+    async def _send(self, url: str, is_read: bool, deadline: float | None, trial: bool = False) -> bytes | None:
         ok = False
         try:
             timeout = httpx.USE_CLIENT_DEFAULT
@@ -179,7 +179,7 @@ class FhirServerSource(DataSource):
             ok = False
             raise SourceError("the FHIR server did not answer in time") from None
         finally:
-            self.guard.success() if ok else self.guard.failure()
+            self.guard.record(ok, trial=trial)
             self.guard.release()
         return raw
 

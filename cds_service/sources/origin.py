@@ -9,16 +9,21 @@ Why both. A FHIR server that stops answering must cost the service nothing after
   connection slot for good when a request is cancelled while it waits in a contended pool, after which
   every request fails with a pool timeout until restart (docs/operations.md, FHIR fallback).
   A request that never waits inside the pool cannot hit that path.
-* **Circuit breaker.** After ``failures`` consecutive failures (timeout, connection error, HTTP 5xx) the
-  origin is *open* for ``open_seconds``: its requests fail at once, without touching the network. Then
-  one trial request is let through (*half-open*); success closes the circuit, failure opens it again
-  for twice as long (up to ``max_open_seconds``).
+* **Circuit breaker.** When at least ``failure_ratio`` of the requests to an origin in the last
+  ``window_seconds`` failed (timeout, connection error, HTTP 5xx), and there were at least ``min_requests`` of
+  them, the origin is *open* for ``open_seconds``: its requests fail at once, without touching the network,
+  and requests that were waiting for a place give it up. Then one trial request is let through
+  (*half-open*); success closes the circuit, failure opens it again for twice as long (up to
+  ``max_open_seconds``). A share over a window, not a run of consecutive failures: one call asks for up
+  to eight keys at once, so one slow call would be a run of eight failures and cut off a server that
+  answers every other call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -45,56 +50,75 @@ class CircuitOpen(SourceError):
 
 
 class OriginGuard:
-    def __init__(self, per_origin: int, total: asyncio.Semaphore, *, failures: int, open_seconds: float,
-                 max_open_seconds: float, clock: Callable[[], float]) -> None:
+    def __init__(self, per_origin: int, total: asyncio.Semaphore, *, window_seconds: float, min_requests: int,
+                 failure_ratio: float, open_seconds: float, max_open_seconds: float,
+                 clock: Callable[[], float]) -> None:
         self._slots = asyncio.Semaphore(per_origin)
         self._total = total
-        self._threshold = failures
+        self._window = window_seconds
+        self._min_requests = min_requests
+        self._ratio = failure_ratio
         self._base_open = open_seconds
         self._max_open = max_open_seconds
         self._clock = clock
-        self.consecutive_failures = 0
+        self._outcomes: deque[list[float]] = deque()  # [second, answered, failed], oldest first
+        self.tripped = False
         self.open_until = 0.0
         self._open_for = open_seconds
         self._trial_in_flight = False
 
     @property
     def state(self) -> str:
-        if self.consecutive_failures < self._threshold:
+        if not self.tripped:
             return "closed"
         return "open" if self._clock() < self.open_until or self._trial_in_flight else "half-open"
 
-    def _admit(self) -> bool:
-        """Whether a request may go out now; marks the half-open trial."""
-        if self.consecutive_failures < self._threshold:
-            return True
-        if self._clock() < self.open_until or self._trial_in_flight:
+    def _admit(self) -> bool | None:
+        """None: refused; otherwise whether this request is the half-open trial."""
+        if not self.tripped:
             return False
+        if self._clock() < self.open_until or self._trial_in_flight:
+            return None
         self._trial_in_flight = True
         return True
 
-    def success(self) -> None:
-        self.consecutive_failures = 0
-        self._open_for = self._base_open
-        self._trial_in_flight = False
+    def _count(self, ok: bool, now: float) -> tuple[int, int]:
+        """Record one outcome; the answered and failed requests within the window."""
+        second = float(int(now))
+        outcomes = self._outcomes
+        while outcomes and outcomes[0][0] <= second - self._window:
+            outcomes.popleft()
+        if not outcomes or outcomes[-1][0] != second:
+            outcomes.append([second, 0, 0])
+        outcomes[-1][1 if ok else 2] += 1
+        return sum(int(o[1]) for o in outcomes), sum(int(o[2]) for o in outcomes)
 
-    def failure(self) -> None:
-        was_trial = self._trial_in_flight
-        self._trial_in_flight = False
-        self.consecutive_failures += 1
-        if was_trial:
-            self._open_for = min(self._max_open, self._open_for * 2)
-        if self.consecutive_failures >= self._threshold:
-            self.open_until = self._clock() + self._open_for
+    def record(self, ok: bool, *, trial: bool = False) -> None:
+        """The outcome of a request that went out (``trial``: the half-open trial)."""
+        now = self._clock()
+        if trial:
+            self._trial_in_flight = False
+            if ok:  # the origin answers again: forget the failures that opened the circuit
+                self.tripped, self._open_for = False, self._base_open
+                self._outcomes.clear()
+            else:
+                self._open_for = min(self._max_open, self._open_for * 2)
+                self.open_until = now + self._open_for
+            return
+        answered, failed = self._count(ok, now)
+        if not ok and not self.tripped and answered + failed >= self._min_requests and \
+                failed >= self._ratio * (answered + failed):
+            self.tripped, self.open_until = True, now + self._open_for
 
-    async def acquire(self) -> None:
-        """Wait for a place for one request (a cancellable wait); :class:`CircuitOpen` at once when open.
+    async def acquire(self) -> bool:
+        """Wait for a place for one request (a cancellable wait); :class:`CircuitOpen` at once when open, or
+        when the circuit opened while this request waited. Returns whether the request is the trial.
 
         The caller hands the place to the task that makes the request, which calls :meth:`release` when
         the request has really ended (so requests in flight never exceed the pool size)."""
-        if not self._admit():
+        trial = self._admit()
+        if trial is None:
             raise CircuitOpen("the FHIR server is not answering (recent requests failed); not asked again yet")
-        trial = self._trial_in_flight
         try:
             await self._slots.acquire()
             try:
@@ -106,6 +130,10 @@ class OriginGuard:
             if trial:
                 self._trial_in_flight = False
             raise
+        if self.tripped and not trial:  # opened while this request waited for its place
+            self.release()
+            raise CircuitOpen("the FHIR server is not answering (recent requests failed); not asked again yet")
+        return trial
 
     def release(self) -> None:
         self._total.release()
@@ -115,14 +143,15 @@ class OriginGuard:
 class OriginGuards:
     """The guards of every FHIR origin this process has called (one per scheme, host and port)."""
 
-    def __init__(self, *, per_origin: int = 16, total: int = 100, failures: int = 5, open_seconds: float = 5.0,
+    def __init__(self, *, per_origin: int = 16, total: int = 100, window_seconds: float = 10.0,
+                 min_requests: int = 10, failure_ratio: float = 0.5, open_seconds: float = 5.0,
                  max_open_seconds: float = 60.0, max_origins: int = 1000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.per_origin = per_origin
         self.total = total
         self._total = asyncio.Semaphore(total)
-        self._options = dict(failures=failures, open_seconds=open_seconds, max_open_seconds=max_open_seconds,
-                             clock=clock)
+        self._options = dict(window_seconds=window_seconds, min_requests=min_requests, failure_ratio=failure_ratio,
+                             open_seconds=open_seconds, max_open_seconds=max_open_seconds, clock=clock)
         self._guards: dict[Origin, OriginGuard] = {}
         self._max_origins = max_origins
 

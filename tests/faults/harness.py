@@ -91,6 +91,23 @@ def hook_body(**over) -> dict:
     return body
 
 
+def with_orders(n: int) -> dict:
+    """The IVIG fixture request with ``n`` distinct IVIG draft orders (each one's dose text differs, so no cache
+    of the rules helps)."""
+    body = copy.deepcopy(REQUEST)
+    order = body["context"]["draftOrders"]["entry"][0]
+    entries = []
+    for i in range(n):
+        entry = copy.deepcopy(order)
+        entry["resource"]["id"] = f"ivig-order-{i}"
+        entry["resource"]["dosageInstruction"][0]["text"] = f"Immune globulin (human) IV, order {i}"
+        entries.append(entry)
+    body["context"]["draftOrders"]["entry"] = entries
+    body["context"]["selections"] = [f"MedicationRequest/ivig-order-{i}" for i in range(n)]
+    body["hookInstance"] = str(uuid.uuid4())
+    return body
+
+
 def feedback_body(card: str, comment: str = "ok") -> dict:
     return {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-11-25T01:37:52Z",
                           "overrideReason": {"reason": {"code": "patient-declined", "display": "Declined"},
@@ -191,6 +208,40 @@ class HangingServer:
 
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free loopback port, stopped and started at will.
+
+    ``persistent=False`` is Redis as often deployed for caches (no RDB, no AOF): a restart comes back empty.
+    """
+
+    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.directory = directory
+        self.persistent = persistent
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> PrivateRedis:
+        durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else \
+            ["--appendonly", "no"]
+        self.proc = subprocess.Popen(
+            [binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             *durability, "--dir", str(self.directory)], stdout=subprocess.DEVNULL)
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def __enter__(self) -> PrivateRedis:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def binary(name: str) -> str | None:

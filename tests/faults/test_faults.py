@@ -8,19 +8,23 @@ seconds of load each); a longer run multiplies the load (docs/operations.md has 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from tests.faults.harness import (
     SCALE,
     SELECT,
     HangingServer,
+    PrivateRedis,
     Service,
     Tally,
     binary,
@@ -29,7 +33,7 @@ from tests.faults.harness import (
     hook_body,
     mixed_load,
     sqlite_rows,
-    wait_port,
+    with_orders,
 )
 
 MARGIN = 2.0  # seconds on top of a deadline: the machine is shared, the verdict must not hang on its speed
@@ -88,39 +92,103 @@ def test_kill_9_loses_no_acknowledged_feedback_and_restarts_on_the_same_file(tmp
 
 
 def test_a_hanging_fhir_server_with_64_concurrent_calls_keeps_every_deadline(tmp_path):
+    """64 calls whose FHIR server never answers, beside 8 calls with their prefetch, in rounds.
+
+    Each caller has a connection of its own (as separate EHR sessions do) and its bodies are encoded before
+    the clock starts: one client pool shared by 72 callers spends more CPU in this process than the service
+    spends answering (httpcore scans its pool for every request), and on a loaded machine that time, not the
+    service's, decided the verdict. The service's own account of each refused call (its ``request`` log
+    line) is checked too.
+    """
     deadline = 0.5
-    with HangingServer() as fhir, Service(tmp_path / "data", CDS_FHIR_DEADLINE_SECONDS=str(deadline)) as svc:
+    data = tmp_path / "data"
+    with HangingServer() as fhir, Service(data, CDS_FHIR_DEADLINE_SECONDS=str(deadline),
+                                          CDS_LOG_LEVEL="INFO") as svc:
         async def run():
-            async with httpx.AsyncClient(base_url=svc.url, timeout=30,
-                                         limits=httpx.Limits(max_connections=100)) as client:
-                async def fallback():
-                    body = hook_body(fhirServer=fhir.url)
-                    body.pop("prefetch")
-                    t = time.monotonic()
-                    resp = await client.post(SELECT, json=body)
-                    return resp.status_code, time.monotonic() - t
+            fallback_body = hook_body(fhirServer=fhir.url)
+            fallback_body.pop("prefetch")
+            bodies = [orjson.dumps(dict(fallback_body, hookInstance=str(uuid.uuid4()))) for _ in range(64)]
+            bodies += [orjson.dumps(hook_body()) for _ in range(8)]
+            clients = [httpx.AsyncClient(base_url=svc.url, timeout=30, headers={"Content-Type": "application/json"})
+                       for _ in bodies]
 
-                async def prefetched():
-                    t = time.monotonic()
-                    resp = await client.post(SELECT, json=hook_body())
-                    return resp.status_code, time.monotonic() - t
+            async def call(client, body):
+                t = time.monotonic()
+                resp = await client.post(SELECT, content=body)
+                return resp.status_code, time.monotonic() - t
 
+            try:
                 rounds = []
                 for _ in range(max(2, int(3 * SCALE))):
-                    rounds.append(await asyncio.gather(*(fallback() for _ in range(64)),
-                                                       *(prefetched() for _ in range(8))))
+                    rounds.append(await asyncio.gather(*(call(c, b) for c, b in zip(clients, bodies, strict=True))))
                 return rounds
+            finally:
+                await asyncio.gather(*(c.aclose() for c in clients))
 
         rounds = asyncio.run(run())
         requests_sent = fhir.requests
-    for results in rounds:
+    served = [json.loads(line) for line in svc.log.read_text().splitlines() if line.startswith("{")]
+    refused_ms = [e["ms"] for e in served if e.get("event") == "request" and e.get("status") == 412]
+    for n, results in enumerate(rounds):
         fallbacks, others = results[:64], results[64:]
+        print(f"round {n}: fallback calls max {max(t for _, t in fallbacks):.3f} s, prefetch-only calls max "
+              f"{max(t for _, t in others):.3f} s")
         assert {s for s, _ in fallbacks} == {412}
         assert max(t for _, t in fallbacks) < deadline + MARGIN, sorted(t for _, t in fallbacks)[-5:]
         assert {s for s, _ in others} == {200}
         assert max(t for _, t in others) < MARGIN
+    print(f"service: {len(refused_ms)} calls refused (412), the slowest in {max(refused_ms):.0f} ms")
+    assert len(refused_ms) == 64 * len(rounds)
+    assert max(refused_ms) / 1000 < deadline + MARGIN
     # the circuit breaker: after the first failures the dead origin is no longer asked
     assert requests_sent < 64 * 7
+
+
+def test_a_large_valid_call_leaves_health_checks_and_other_calls_answering(tmp_path):
+    """3,000 distinct IVIG draft orders (3.3 MB): seconds of rules, worked off the event loop.
+
+    While it is evaluated, ``/health`` and a usual hook call are asked every 20 ms on connections of their
+    own. Evaluated on the event loop, each of them would wait about as long as the large call takes (measured
+    0.8-0.9 of it); here the slowest of them must stay under half of it, and under the margin."""
+    orders = 3000
+    with Service(tmp_path / "data", CDS_MAX_DRAFT_ORDERS=str(orders)) as svc:
+        async def run():
+            large, usual = orjson.dumps(with_orders(orders)), orjson.dumps(hook_body())
+            over = orjson.dumps(with_orders(orders + 1))
+            json_type = {"Content-Type": "application/json"}
+            done = asyncio.Event()
+            waits: dict[str, list[float]] = {"health": [], "hook": []}
+
+            async def probe(kind: str) -> None:
+                async with httpx.AsyncClient(base_url=svc.url, timeout=60, headers=json_type) as client:
+                    while not done.is_set():
+                        t = time.monotonic()
+                        resp = await (client.get("/health") if kind == "health" else client.post(SELECT, content=usual))
+                        assert resp.status_code == 200
+                        waits[kind].append(time.monotonic() - t)
+                        await asyncio.sleep(0.02)
+
+            async with httpx.AsyncClient(base_url=svc.url, timeout=120, headers=json_type) as client:
+                assert (await client.post(SELECT, content=usual)).status_code == 200  # warm
+                probes = [asyncio.create_task(probe(kind)) for kind in waits]
+                await asyncio.sleep(0.2)
+                t = time.monotonic()
+                resp = await client.post(SELECT, content=large)
+                took = time.monotonic() - t
+                done.set()
+                await asyncio.gather(*probes)
+                refused = await client.post(SELECT, content=over)
+            return resp, took, waits, refused
+
+        resp, took, waits, refused = asyncio.run(run())
+    print(f"large call: {took:.2f} s; slowest /health {max(waits['health']) * 1000:.0f} ms, slowest usual hook call "
+          f"{max(waits['hook']) * 1000:.0f} ms ({len(waits['health'])} and {len(waits['hook'])} calls meanwhile)")
+    assert resp.status_code == 200
+    rules = {c["extension"]["org.neurosarcoidosis-cds.rule-id"] for c in resp.json()["cards"]}
+    assert any(rule.startswith("ivig.") for rule in rules), rules
+    for kind, seconds in waits.items():
+        assert max(seconds) < min(took / 2, MARGIN), (kind, sorted(seconds)[-3:], took)
+    assert refused.status_code == 413 and refused.json()["issue"][0]["code"] == "too-costly"
 
 
 @pytest.mark.skipif(not binary("redis-server"), reason="redis-server is not installed")
@@ -128,15 +196,8 @@ def test_redis_stopped_mid_load_fails_closed_fast_and_recovers_without_a_restart
     from cds_service.replay.base import ReplayCacheUnavailable
     from cds_service.replay.redis import RedisReplayCache
 
-    port = free_port()
-
-    def start_redis():
-        return subprocess.Popen([binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-
-    redis = start_redis()
-    wait_port(port)
-    cache = RedisReplayCache.from_url(f"redis://127.0.0.1:{port}/0")
+    redis = PrivateRedis(tmp_path).start()
+    cache = RedisReplayCache.from_url(redis.url)
 
     async def scenario():
         seen = 0
@@ -144,8 +205,7 @@ def test_redis_stopped_mid_load_fails_closed_fast_and_recovers_without_a_restart
             assert await cache.seen(f"jti-{i}", "iss", 300) is False
             seen += 1
         assert await cache.seen("jti-0", "iss", 300) is True  # a replay is refused
-        redis.terminate()
-        redis.wait(10)
+        redis.stop()
         for i in range(5):
             t = time.monotonic()
             with pytest.raises(ReplayCacheUnavailable):
@@ -154,10 +214,8 @@ def test_redis_stopped_mid_load_fails_closed_fast_and_recovers_without_a_restart
         return seen
 
     asyncio.run(scenario())
-    redis = start_redis()
+    redis.start()
     try:
-        wait_port(port)
-
         async def recovered():
             for _ in range(50):
                 try:
@@ -167,8 +225,7 @@ def test_redis_stopped_mid_load_fails_closed_fast_and_recovers_without_a_restart
             raise AssertionError("the cache did not recover")
         assert asyncio.run(recovered()) is False  # same client object: no restart needed
     finally:
-        redis.terminate()
-        redis.wait(10)
+        redis.stop()
 
 
 def _private_postgres(tmp_path):

@@ -12,6 +12,7 @@ from cds_service.timeline.normalise import build_timeline
 from cds_service.timeline.page import timeline_page
 from cds_service.timeline.reading import read_chart
 
+LARGE_CHART = 1000  # resources
 # LOINC codes the timeline draws: creatinine, eGFR (the codes the engine reads), body weight.
 OBSERVATION_CODES = ("2160-0", "38483-4", "98979-8", "98980-6", "62238-1", "88293-6", "88294-4", "94677-2",
                      "50210-4", "77147-7", "48642-3", "48643-1", "50044-7", "70969-1", "69405-9", "33914-3",
@@ -48,9 +49,18 @@ async def timeline_html(app, iss: str, token: TokenResponse) -> tuple[str, dict[
                              max_depth=settings.max_json_depth, max_array=settings.max_array_length,
                              observation_codes=OBSERVATION_CODES)
     today = datetime.now(UTC).date()
-    timeline = build_timeline(chart.record, today=today, focus=focus_for(token.app_context, known_rules()),
-                              notes=chart.notes)
-    html = timeline_page(timeline, banner=banner(chart.record.patient) if token.need_patient_banner else "")
+    focus = focus_for(token.app_context, known_rules())
+    shown = banner(chart.record.patient) if token.need_patient_banner else ""
+
+    def render():
+        timeline = build_timeline(chart.record, today=today, focus=focus, notes=chart.notes)
+        return timeline, timeline_page(timeline, banner=shown)
+
+    # ~40 ms for 900 resources (measured); a larger chart is drawn off the event loop, so hook calls never wait
+    if chart.record.count() > LARGE_CHART:
+        timeline, html = await asyncio.to_thread(render)
+    else:
+        timeline, html = render()
     counts = {"resources": chart.record.count(), "fhir_requests": chart.requests, "notes": len(timeline.notes),
               "other_patient_resources": chart.other_patients, "focus": int(timeline.focus is not None)}
     return html, counts

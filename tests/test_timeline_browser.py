@@ -41,6 +41,7 @@ def stack(tmp_path_factory):
                    clients={CLIENT_ID: {"redirect_uris": [f"{service}/smart/callback"]}})
     settings = Settings(data_dir=tmp_path_factory.mktemp("data"), trusted_issuers={}, redis_url=None,
                         database_url=None, log_level="WARNING", smart_links_unauthenticated=True,
+                        smart_preview_launcher=f"{ehr.base}/ehr/launch",
                         smart_clients={ehr.fhir: {"client_id": CLIENT_ID, "frame_ancestors": [ehr.base]}})
     with serving(ehr.app(), EHR_HOST, ehr_port), serving(create_app(settings), "127.0.0.1", service_port):
         yield ehr, service
@@ -145,3 +146,23 @@ def test_the_sandbox_way_of_launching(stack, page):
     page.goto(f"{service}/smart/launch?launch={launch_id}&iss={ehr.fhir}")
     page.wait_for_selector("h1:has-text('Treatment timeline')")
     assert "Treatment ladder: S6 on anti tnf" in page.locator(".focus").inner_text()
+
+
+def test_from_the_card_preview_page(stack, page):
+    """The preview page's smart link goes through the development launcher (the test EHR's) to the timeline."""
+    import re
+
+    _ehr, service = stack
+    page.goto(f"{service}/")
+    page.wait_for_selector('#fixture option[value="19-ivig-renal-egfr-48"]', state="attached")
+    page.select_option("#fixture", "19-ivig-renal-egfr-48")
+    sync_api.expect(page.locator("#bundle")).to_have_value(re.compile('"resourceType": "Bundle"'))
+    page.click("#evaluate")
+    page.wait_for_selector('#cards[data-state="cards"]', state="attached")
+    link = page.locator("a", has_text="Open treatment timeline (SMART app, via the launcher)").first
+    with page.context.expect_page() as opened:
+        link.click()
+    timeline = opened.value
+    timeline.wait_for_selector("h1:has-text('Treatment timeline')")
+    assert timeline.url.startswith(f"{service}/smart/callback")
+    assert timeline.locator(".focus").count() == 1

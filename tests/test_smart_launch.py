@@ -146,6 +146,19 @@ def test_pages_are_followed_up_to_the_limit(service, ehr):
            "pages were read" in page.text
 
 
+def test_a_failure_while_drawing_is_an_honest_page_not_a_trace(service, ehr, monkeypatch):
+    from cds_service.timeline import service as timeline_service
+
+    def broken(*args, **kwargs):
+        raise ValueError("Lindqvist 1958-11-19")  # a message that could carry patient data
+
+    monkeypatch.setattr(timeline_service, "build_timeline", broken)
+    page = run_launch(service, ehr)
+    assert page.status_code == 500 and "could not be drawn" in page.text
+    assert "Lindqvist" not in page.text and "Traceback" not in page.text
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+
+
 def test_an_unknown_app_context_highlights_nothing(service, ehr):
     page = run_launch(service, ehr, app_context="<script>alert(1)</script>")
     assert page.status_code == 200

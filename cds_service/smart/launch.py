@@ -156,7 +156,13 @@ async def finish(request: Request) -> Response:
                                     deadline=loop.time() + TOKEN_SECONDS)
         from cds_service.timeline.service import timeline_html
 
-        html, counts = await timeline_html(request.app, payload["iss"], token)
+        try:
+            html, counts = await timeline_html(request.app, payload["iss"], token)
+        except Exception as exc:  # noqa: BLE001 - a bug must still give the clinician a page that says so
+            log.error("timeline_failed", issuer=issuer, error=type(exc).__name__, exc_info=True)
+            raise LaunchRefused("The timeline could not be drawn because of an internal error; it has been logged "
+                                "for the service team. The chart in the EHR is unaffected.", "timeline_failed",
+                                500) from None
     except LaunchRefused as exc:
         return _refusal(exc, ancestors, step="callback", issuer=issuer, cookie=cookie)
     resp = HTMLResponse(html, headers=page.headers(ancestors))

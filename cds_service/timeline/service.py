@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
+from cds_service.engine import without_invalid_resources
 from cds_service.smart.oauth import TokenResponse
 from cds_service.timeline.focus import focus_for
 from cds_service.timeline.normalise import build_timeline
@@ -53,7 +54,13 @@ async def timeline_html(app, iss: str, token: TokenResponse) -> tuple[str, dict[
     shown = banner(chart.record.patient) if token.need_patient_banner else ""
 
     def render():
-        timeline = build_timeline(chart.record, today=today, focus=focus, notes=chart.notes)
+        try:
+            timeline = build_timeline(chart.record, today=today, focus=focus, notes=chart.notes)
+        except Exception:  # noqa: BLE001 - malformed data the readers' cheap checks let through: as the engine does,
+            cleaned = without_invalid_resources(chart.record)  # drop what is not valid FHIR R4 (noted), retry once
+            if cleaned is None:
+                raise
+            timeline = build_timeline(cleaned, today=today, focus=focus, notes=[*chart.notes, *cleaned.notes])
         return timeline, timeline_page(timeline, banner=shown)
 
     # ~40 ms for 900 resources (measured); a larger chart is drawn off the event loop, so hook calls never wait

@@ -131,8 +131,8 @@ class _Canvas:
     def band(self, key: str, height: float) -> None:
         if key in self.focus:
             self.add(f'<rect x="0" y="{_num(self.y)}" width="{WIDTH}" height="{_num(height)}" fill="{FOCUS_FILL}" '
-                     f'stroke="#bf8700" stroke-width="1"><title>Highlighted: the card that opened this '
-                     f'timeline is about this row</title></rect>')
+                     f'fill-opacity="0.6" stroke="#bf8700" stroke-width="1"><title>Highlighted: the card that '
+                     f'opened this timeline is about this row</title></rect>')
 
     # ---------------------------------------------------------------------------------------- rows
     def events(self) -> None:
@@ -224,7 +224,9 @@ class _Canvas:
             self.y += CHART_HEIGHT + CHART_GAP
             return
         low, high = min(values), max(values)
-        low = min(low, high / 2)  # at least half the scale: small wobbles must not look like large changes
+        if high - low < series.min_span:  # small wobbles must not look like large changes
+            low = max(0.0, high - series.min_span)
+            high = low + series.min_span
         pad = (high - low) * 0.1 or max(abs(high) * 0.1, 1.0)
         low, high = max(0.0, low - pad), high + pad
 

@@ -67,6 +67,7 @@ class Series:
     unit: str
     points: list[Point] = field(default_factory=list)
     thresholds: list[Threshold] = field(default_factory=list)
+    min_span: float = 0.0  # the scale covers at least this much (in ``unit``), so small wobbles stay small
 
 
 @dataclass(frozen=True)

@@ -162,13 +162,13 @@ def _point(v: LabValue) -> Point:
 
 
 def series_of(values: dict[str, list[LabValue]], height_m: float | None, th: Thresholds) -> list[Series]:
-    creatinine = Series("creatinine", "Creatinine", "mg/dL", [_point(v) for v in values["creatinine"]])
+    creatinine = Series("creatinine", "Creatinine", "mg/dL", [_point(v) for v in values["creatinine"]], min_span=1.0)
     egfr = Series("egfr", "eGFR", "mL/min/1.73 m2", [_point(v) for v in values["egfr"]], [
         Threshold(th.egfr_warning, f"eGFR below {fmt(th.egfr_warning)}: renal warning on IVIG orders (egfr_warning)",
                   "warning", f"{fmt(th.egfr_warning)} warning"),
         Threshold(th.egfr_critical, f"eGFR below {fmt(th.egfr_critical)}: renal critical on IVIG orders "
-                                    f"(egfr_critical)", "critical", f"{fmt(th.egfr_critical)} critical")])
-    weight = Series("weight", "Weight", "kg", [_point(v) for v in values["weight"]])
+                                    f"(egfr_critical)", "critical", f"{fmt(th.egfr_critical)} critical")], min_span=40)
+    weight = Series("weight", "Weight", "kg", [_point(v) for v in values["weight"]], min_span=20)
     if height_m and th.use_adjusted_weight:
         limit = th.adjusted_weight_bmi * height_m * height_m
         weight.thresholds.append(Threshold(round(limit, 1), f"{fmt(limit)} kg is BMI {fmt(th.adjusted_weight_bmi)} at "

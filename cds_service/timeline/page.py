@@ -30,6 +30,8 @@ h2 { font-size: 1.05rem; margin: 1.25rem 0 0.5rem; }
 .layout { display: grid; grid-template-columns: minmax(0, 1fr); gap: 1rem; }
 @media (min-width: 1500px) { .layout { grid-template-columns: minmax(0, 3fr) minmax(24rem, 2fr); } }
 figure { margin: 0; }
+.chart { overflow-x: auto; }
+.chart svg { min-width: 56rem; display: block; }
 figcaption { color: #57606a; font-size: 0.85rem; }
 .legend { display: flex; flex-wrap: wrap; gap: 0.5rem 1.25rem; padding: 0; list-style: none; font-size: 0.85rem; }
 table { border-collapse: collapse; width: 100%; font-size: 0.85rem; margin-bottom: 0.75rem; }
@@ -152,9 +154,12 @@ def timeline_page(t: Timeline, *, banner: str = "") -> str:
     if t.empty:
         parts.append("<p>No neurosarcoidosis treatment, neurological event or tracked result was found in this "
                      "chart.</p>")
-    figure = (f'<figure>{draw(t)}<figcaption>Each row shares the time axis; hover a mark for its details. The '
+    # In a narrow EHR frame the picture keeps a legible size and scrolls sideways (a focusable region).
+    figure = (f'<figure><div class="chart" tabindex="0" role="region" aria-label="Timeline picture">{draw(t)}'
+              f'</div><figcaption>Each row shares the time axis; hover a mark for its details. The '
               f'tables hold every value shown.</figcaption>{LEGEND}</figure>')
     tables = "".join([_treatments(t, focus), _events(t), *(_series_table(s) for s in t.series), _courses(t)])
-    parts.append(f'<div class="layout">{figure}<section class="tables" aria-label="The timeline as tables">'
+    parts.append(f'<div class="layout">{figure}<section class="tables" tabindex="0" '
+                 f'aria-label="The timeline as tables">'
                  f'{tables}</section></div></main>')
     return _document("Treatment timeline", "".join(parts))

@@ -35,7 +35,7 @@ def _request() -> dict:
 
 
 async def _stub_engine_if_silent(request: dict) -> bool:
-    from cds_service import engine
+    from cds_service.clinical import engine
     from cds_service.evaluate import evaluate_request_async
 
     if (await evaluate_request_async(request, "order-select"))["cards"]:

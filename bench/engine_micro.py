@@ -15,7 +15,7 @@ resources plus the clinical core and an IVIG draft order), then reports the medi
 * ``engine.evaluate`` with every engine memo cache cleared before each call (the first request to carry
   these codes and resources: the worst case).
 
-Every call gets a freshly gathered :class:`~cds_service.record.PatientRecord` (gathering is not timed), so
+Every call gets a freshly gathered :class:`~cds_service.clinical.record.PatientRecord` (gathering is not timed), so
 notes appended by one evaluation never leak into the next, and only one record is alive at a time, as in
 the service. Runs of the sizes are interleaved in rounds so
 a burst of load on the machine hits every size alike; the figures are medians of all runs. Run it on a
@@ -45,7 +45,7 @@ from bench import gen  # noqa: E402
 
 def clear_engine_caches() -> None:
     """Empty every per-process memo the engine keeps (not the loaded value sets or card texts)."""
-    from cds_service import facts, terminology, units
+    from cds_service.clinical import facts, terminology, units
 
     for mod in (facts, terminology, units):
         clear = getattr(mod, "clear_caches", None)
@@ -88,8 +88,8 @@ def _stats(samples: list[float]) -> dict[str, float]:
 
 
 def run(sizes: list[int], runs: int, rounds: int) -> dict[str, dict[str, dict[str, float]]]:
-    from cds_service import engine
     from cds_service.body import check_bounds, check_raw_bounds
+    from cds_service.clinical import engine
 
     engine.warm_up()
     cases = [Case(n) for n in sizes]

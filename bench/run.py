@@ -385,7 +385,7 @@ def engine_state() -> str:
     text = engine.read_text() if engine.exists() else ""
     if "PLACEHOLDER" in text or not (ROOT / "cds_service" / "rules.py").exists():
         return "placeholder (the clinical engine had not landed: no rules ran, no cards)"
-    return "real clinical engine (cds_service/rules.py present)"
+    return "real clinical engine (cds_service/clinical/rules.py present)"
 
 
 def budget(results: dict, args) -> list[tuple[str, str, str, bool | None]]:

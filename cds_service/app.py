@@ -66,7 +66,7 @@ async def lifespan(app: FastAPI):
     app.state.fhir_guards = OriginGuards(total=FHIR_POOL_SIZE)
     for hook in app.state.startup_hooks:
         await hook(app)
-    from cds_service import engine
+    from cds_service.clinical import engine
 
     engine.warm_up()
     # The cyclic GC's full collections over the ~60k objects FastAPI and fhir.resources leave behind
@@ -333,7 +333,7 @@ def answer(record, hook: str, hook_instance: str, links=None) -> tuple[list, byt
 
 def evaluate_cards(record, hook: str, hook_instance: str) -> list:
     """Run the rules; a bug in a rule becomes an honest card, never a 500 or a silent empty answer."""
-    from cds_service import engine
+    from cds_service.clinical import engine
     from cds_service.models import Card, Source
 
     try:

@@ -1,6 +1,6 @@
 """Service configuration, read from ``CDS_*`` environment variables (or a ``.env`` file).
 
-Clinical thresholds live in ``cds_service/thresholds.py``; this module is about running the service. Any
+Clinical thresholds live in ``cds_service/clinical/thresholds.py``; this module is about running the service. Any
 setting can also be read from a file named by ``CDS_<NAME>_FILE`` (Docker and Kubernetes secrets), e.g.
 ``CDS_PATIENT_KEY_SECRET_FILE=/run/secrets/patient_key``.
 
@@ -405,7 +405,7 @@ def _load(model: type[BaseSettings]) -> BaseSettings:
 
 def _check_site_codes() -> None:
     """The site code file (``CDS_EXTRA_CODES``) exists and holds codes the value sets accept."""
-    from cds_service.terminology import SiteCodes, get_terminology
+    from cds_service.clinical.terminology import SiteCodes, get_terminology
 
     path = _load(SiteCodes).extra_codes
     if not path:
@@ -425,7 +425,7 @@ def _check_site_codes() -> None:
 def load_configuration() -> Settings:
     """Every setting checked (service, clinical thresholds, site codes); :class:`ConfigurationError` if any
     is wrong. The checked objects are the ones the service then uses (the getters' caches)."""
-    from cds_service import thresholds
+    from cds_service.clinical import thresholds
 
     get_settings.cache_clear()
     thresholds.get_thresholds.cache_clear()

@@ -17,10 +17,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from cds_service.clinical.record import ORDER_TYPES
 from cds_service.discovery import Service
 from cds_service.errors import BadRequest
 from cds_service.models import EVALUATION_TIME_EXTENSION, HookRequestBody
-from cds_service.record import ORDER_TYPES
 
 # R4 elements that are arrays but some clients send as a single object.
 _ARRAY_ELEMENTS = ("category", "reasonCode", "dosageInstruction", "identifier", "note")

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from cds_service.errors import PayloadTooLarge
 
 if TYPE_CHECKING:
+    from cds_service.clinical.record import PatientRecord
     from cds_service.config import Settings
     from cds_service.hooks import HookCall
-    from cds_service.record import PatientRecord
 
 T = TypeVar("T")
 

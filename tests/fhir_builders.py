@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cds_service.record import PatientRecord
+from cds_service.clinical.record import PatientRecord
 
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 SCT = "http://snomed.info/sct"

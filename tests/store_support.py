@@ -88,7 +88,7 @@ class StubEvaluation:
 
 def stub_engine(monkeypatch, rules=(("test.rule-a", "warning"), ("test.rule-b", "info"))):
     """Make the rules engine answer fixed cards (fresh uuids per call), independent of clinical content."""
-    from cds_service import engine
+    from cds_service.clinical import engine
 
     def evaluate(record, hook, **_):
         return StubEvaluation([make_card(rule, indicator) for rule, indicator in rules])

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 
 from cds_service import models
-from cds_service.cards import card_library, fit_summary, md_escape, render
-from cds_service.engine import evaluate
-from cds_service.facts import FactRef, build_facts
-from cds_service.resources import data_path
-from cds_service.rules import RULE_IDS, Fired
-from cds_service.thresholds import Thresholds, markdown_table
+from cds_service.clinical.cards import card_library, fit_summary, md_escape, render
+from cds_service.clinical.engine import evaluate
+from cds_service.clinical.facts import FactRef, build_facts
+from cds_service.clinical.resources import data_path
+from cds_service.clinical.rules import RULE_IDS, Fired
+from cds_service.clinical.thresholds import Thresholds, markdown_table
 from tests import test_rules as tr
 from tests.fhir_builders import (
     IVIG,
@@ -142,12 +142,12 @@ def test_card_texts_come_from_the_cards_folder():
 
 
 def test_ivig_suggestion_uses_site_rxnorm_when_configured(tmp_path, monkeypatch):
-    from cds_service import terminology
+    from cds_service.clinical import terminology
 
     extra = tmp_path / "x.yaml"
     extra.write_text("ivig_rxnorm: ['999001']\n")
     monkeypatch.setattr(terminology, "get_terminology", lambda: terminology.build_terminology(str(extra)))
-    import cds_service.cards as cards_mod
+    import cds_service.clinical.cards as cards_mod
 
     monkeypatch.setattr(cards_mod, "get_terminology", lambda: terminology.build_terminology(str(extra)))
     ev = evaluate(tr.ns_patient(tr.pred(), tr.relapse(), weight(70), drafts=[tr.PRED_ORDER]), "order-select")

@@ -42,7 +42,7 @@ SECRETS = (PATIENT_ID, GIVEN, FAMILY, BIRTH_DATE, "23/07/1961", "07/23/1961", MR
 
 # The rules fail with the patient's data in the exception message and in their local variables.
 FAILING_ENGINE = """
-import cds_service.engine as engine
+import cds_service.clinical.engine as engine
 original = engine.build_facts
 def build_facts(record, th):
     patient = record.patient or {}
@@ -185,7 +185,7 @@ def test_consistent_site_changes_are_accepted(monkeypatch):
     for k, v in {"CDS_EGFR_WARNING": "45", "CDS_EGFR_CRITICAL": "15", "CDS_GC_HIGH_DOSE_MG": "30",
                  "CDS_PREDNISONE_SUGGESTED_MG_DAY": "40"}.items():
         monkeypatch.setenv(k, v)
-    from cds_service.thresholds import get_thresholds
+    from cds_service.clinical.thresholds import get_thresholds
 
     load_configuration()
     assert (get_thresholds().egfr_warning, get_thresholds().egfr_critical) == (45, 15)

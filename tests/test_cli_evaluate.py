@@ -46,7 +46,7 @@ CARDS = [
 @pytest.fixture
 def seen(monkeypatch):
     """A stand-in engine answering CARDS for immune globulin orders and nothing otherwise."""
-    from cds_service import engine
+    from cds_service.clinical import engine
 
     calls = []
 

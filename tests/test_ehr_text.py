@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
-from cds_service.engine import evaluate
+from cds_service.clinical.engine import evaluate
 from tests.fhir_builders import (
     ATC,
     RXN,
@@ -109,7 +109,7 @@ def test_the_reported_phishing_text_is_shown_literally_in_the_dose_card():
 
 
 def test_validation_error_text_in_data_notes_is_escaped():
-    from cds_service.engine import _add_data_notes
+    from cds_service.clinical.engine import _add_data_notes
     from cds_service.models import Card, Source
 
     card = Card(summary="s", indicator="info", source=Source(label="x"))

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.engine import Evaluation, evaluate
-from cds_service.record import PatientRecord
+from cds_service.clinical.engine import Evaluation, evaluate
+from cds_service.clinical.record import PatientRecord
 from tests.fhir_builders import (
     AMOXICILLIN,
     PREDNISONE,

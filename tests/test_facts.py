@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.facts import build_facts
-from cds_service.record import PatientRecord
-from cds_service.terminology import GC
+from cds_service.clinical.facts import build_facts
+from cds_service.clinical.record import PatientRecord
+from cds_service.clinical.terminology import GC
 from tests.fhir_builders import (
     ATC,
     IVIG,
@@ -269,7 +269,7 @@ def test_synthea_records_build_without_exceptions(path):
 
 # ----------------------------------------------------------------------------- memos and the validation cache
 def test_same_record_twice_gives_the_same_facts_from_warm_caches():
-    from cds_service import facts as facts_mod
+    from cds_service.clinical import facts as facts_mod
 
     def build():
         bad = weight(70, oid="weight-bad")
@@ -287,7 +287,7 @@ def test_same_record_twice_gives_the_same_facts_from_warm_caches():
 
 
 def test_validation_cache_is_bounded_in_entries_and_bytes(monkeypatch):
-    from cds_service import facts as facts_mod
+    from cds_service.clinical import facts as facts_mod
 
     facts_mod.clear_caches()
     monkeypatch.setattr(facts_mod, "_VALIDATION_CACHE_MAX", 20)

@@ -426,7 +426,7 @@ def test_preview_card_filters_links_source_and_evidence():
 
 def install_cards(monkeypatch, cards):
     """Stand-in engine answering ``cards`` (the endpoint must work the same with the real engine)."""
-    from cds_service import engine
+    from cds_service.clinical import engine
 
     class Result:
         def __init__(self):

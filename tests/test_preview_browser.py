@@ -113,7 +113,7 @@ def _pick_fixture(page, name: str) -> None:
 
 
 def _engine_is_placeholder() -> bool:
-    from cds_service import engine
+    from cds_service.clinical import engine
 
     return (engine.__doc__ or "").startswith("PLACEHOLDER")
 
@@ -273,7 +273,7 @@ def _stub_cards() -> list[Card]:
 def test_cards_render_like_an_ehr_sidebar_and_card_text_stays_inert(page, monkeypatch, tmp_path):
     import json
 
-    from cds_service import engine
+    from cds_service.clinical import engine
 
     class Result:
         cards = _stub_cards()

@@ -3,8 +3,8 @@
 import pytest
 
 from cds_service import models
-from cds_service.engine import evaluate
-from cds_service.thresholds import Thresholds
+from cds_service.clinical.engine import evaluate
+from cds_service.clinical.thresholds import Thresholds
 from tests.fhir_builders import (
     AMOXICILLIN,
     CYCLOPHOSPHAMIDE,

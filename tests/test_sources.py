@@ -243,7 +243,7 @@ def test_bundle_source_reads_by_id():
 
 
 def test_record_tolerates_junk_entries_and_keeps_order_and_dedupes():
-    from cds_service.record import PatientRecord
+    from cds_service.clinical.record import PatientRecord
 
     rec = PatientRecord(patient_id="p1")
     rec.add({"resourceType": "Bundle", "entry": [

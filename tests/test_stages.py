@@ -1,8 +1,8 @@
 import pytest
 
-from cds_service.facts import build_facts
-from cds_service.stages import compute_stage
-from cds_service.thresholds import Thresholds
+from cds_service.clinical.facts import build_facts
+from cds_service.clinical.stages import compute_stage
+from cds_service.clinical.thresholds import Thresholds
 from tests.fhir_builders import (
     INFLIXIMAB,
     METHOTREXATE,

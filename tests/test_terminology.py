@@ -1,6 +1,6 @@
 import json
 
-from cds_service.terminology import (
+from cds_service.clinical.terminology import (
     ANTI_TNF,
     GC,
     IG,
@@ -112,7 +112,7 @@ def test_site_extra_codes_without_editing_python(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- memoised matching
 def test_memoised_match_tells_json_types_apart_and_equals_a_fresh_match():
-    from cds_service.terminology import concept_key
+    from cds_service.clinical.terminology import concept_key
 
     t = build_terminology()
     concepts = [cc(ICD, "N18.4"), cc(SCT, "709489006"), cc(SCT, "709489006", "Small fiber neuropathy"),
@@ -138,7 +138,7 @@ def test_memo_belongs_to_its_registry_and_site_codes_change_answers(tmp_path):
 
 
 def test_memos_are_bounded(monkeypatch):
-    from cds_service import terminology
+    from cds_service.clinical import terminology
 
     monkeypatch.setattr(terminology, "MEMO_MAX_ENTRIES", 50)
     t = build_terminology()

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cds_service.clinical.record import PatientRecord
 from cds_service.evaluate import evaluate_bundle
 from cds_service.models import RULE_ID_EXTENSION
-from cds_service.record import PatientRecord
 from cds_service.timeline.drawing import draw
 from cds_service.timeline.focus import focus_for
 from cds_service.timeline.model import Lane, Marker, Point, Segment, Series, Timeline

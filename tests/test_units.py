@@ -1,6 +1,6 @@
 import pytest
 
-from cds_service import units
+from cds_service.clinical import units
 
 
 @pytest.mark.parametrize(("value", "code", "kind", "expected"), [

@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from cds_service.clinical.resources import data_path
 from cds_service.errors import NotFound
-from cds_service.resources import data_path
 
 # Fixture names become URL path segments and file names: keep them boring (no dots, no slashes).
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")

@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from cds_service.clinical.record import CLINICAL_TYPES, ORDER_TYPES
 from cds_service.errors import BadRequest
-from cds_service.record import CLINICAL_TYPES, ORDER_TYPES
 from cds_service.sources.bundle import bundle_resources
 
 # The types the rules read (and the orders); anything else in a bundle (Practitioner ...) is ignored.

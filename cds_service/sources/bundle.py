@@ -11,8 +11,8 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qsl
 
+from cds_service.clinical.record import ORDER_TYPES
 from cds_service.errors import BadRequest
-from cds_service.record import ORDER_TYPES
 from cds_service.sources.base import DataSource, KeyResult
 from cds_service.sources.gather import prefetch_queries
 

@@ -19,10 +19,10 @@ from urllib.parse import quote
 
 import httpx
 
+from cds_service.clinical.record import PatientRecord
 from cds_service.discovery import OPTIONAL_KEYS, PREFETCH
 from cds_service.errors import PreconditionFailed
 from cds_service.hooks import HookCall
-from cds_service.record import PatientRecord
 from cds_service.sources.base import DataSource, KeyResult, Outcome, UnavailableSource
 from cds_service.sources.fhir_server import FhirServerSource, next_link
 from cds_service.sources.origin import OriginGuards

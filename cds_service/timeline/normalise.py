@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
-from cds_service.facts import Exposure, LabValue, NSCondition, build_facts, fmt, kdigo_aki, parse_dt, ref_of
-from cds_service.record import PatientRecord
-from cds_service.terminology import ANTI_TNF, GC, IG, RITUXIMAB, SECOND_LINE
-from cds_service.thresholds import Thresholds, get_thresholds
+from cds_service.clinical.facts import Exposure, LabValue, NSCondition, build_facts, fmt, kdigo_aki, parse_dt, ref_of
+from cds_service.clinical.record import PatientRecord
+from cds_service.clinical.terminology import ANTI_TNF, GC, IG, RITUXIMAB, SECOND_LINE
+from cds_service.clinical.thresholds import Thresholds, get_thresholds
 from cds_service.timeline.model import Course, Focus, Lane, Marker, Point, Segment, Series, Threshold, Timeline
 
 # drug class -> lane title; the ladder's lanes and immune globulin are always drawn, rituximab when recorded

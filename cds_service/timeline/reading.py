@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import httpx
 
-from cds_service.record import PatientRecord
+from cds_service.clinical.record import PatientRecord
 from cds_service.sources.base import Outcome
 from cds_service.sources.fhir_server import FhirServerSource
 from cds_service.sources.origin import OriginGuards

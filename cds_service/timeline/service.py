@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-from cds_service.engine import without_invalid_resources
+from cds_service.clinical.engine import without_invalid_resources
 from cds_service.smart.oauth import TokenResponse
 from cds_service.timeline.focus import focus_for
 from cds_service.timeline.normalise import build_timeline
@@ -21,7 +21,7 @@ OBSERVATION_CODES = ("2160-0", "38483-4", "98979-8", "98980-6", "62238-1", "8829
 
 
 def known_rules() -> frozenset[str]:
-    from cds_service.cards import card_library
+    from cds_service.clinical.cards import card_library
 
     return frozenset(k for k in card_library() if not k.startswith("_"))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-# kind -> (lowest plausible, highest plausible), in the kind's target unit (cds_service.units)
+# kind -> (lowest plausible, highest plausible), in the kind's target unit (cds_service.clinical.units)
 RANGES: dict[str, tuple[float, float]] = {
     "creatinine": (0.05, 40.0),  # mg/dL
     "egfr": (0.0, 300.0),  # mL/min/1.73 m2

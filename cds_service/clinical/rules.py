@@ -1,7 +1,7 @@
 """The rules: which cards fire, with which numbers and which facts.
 
-Texts live in ``cards/*.yaml`` (rendered by :mod:`cds_service.cards`); thresholds in
-:mod:`cds_service.thresholds`; code lists in :mod:`cds_service.terminology`. A rule here only decides
+Texts live in ``cards/*.yaml`` (rendered by :mod:`cds_service.clinical.cards`); thresholds in
+:mod:`cds_service.clinical.thresholds`; code lists in :mod:`cds_service.clinical.terminology`. A rule here only decides
 *whether* a card fires, *which variant*, the values for its templates, the facts it cites and which
 suggestions it enables.
 

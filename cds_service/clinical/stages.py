@@ -2,7 +2,7 @@
 
 Gate S0 first, then the first predicate from S7 down to S1 that holds is the stage (the highest tier
 reached wins). Minimum trials (decision 5) decide when continued disease (B4) counts against a drug.
-Every predicate that placed the patient is returned as :class:`~cds_service.facts.FactRef` evidence.
+Every predicate that placed the patient is returned as :class:`~cds_service.clinical.facts.FactRef` evidence.
 """
 
 from __future__ import annotations

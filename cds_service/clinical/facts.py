@@ -1,9 +1,9 @@
-"""Clinical facts of one request, built once from a :class:`~cds_service.record.PatientRecord`.
+"""Clinical facts of one request, built once from a :class:`~cds_service.clinical.record.PatientRecord`.
 
 How resources are read (fast path first):
 
 1. Cheap dict checks pick candidates: resourceType, status, and code lookups in the value sets of
-   :mod:`cds_service.terminology` (plain dict/set lookups).
+   :mod:`cds_service.clinical.terminology` (plain dict/set lookups).
 2. Only a resource that is about to become a fact is validated with ``fhir.resources.R4B``, and only on
    the fields the rules read (a projection; required elements the rules do not read, such as
    ``subject``, are stubbed). A resource that fails is skipped and a note goes to ``record.notes``:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from . import markup, models
+from cds_service import models
+
+from . import markup
 from .facts import FactRef, Facts, fmt
 from .resources import load_yaml_dir
 from .rules import Fired
@@ -119,7 +121,7 @@ def fit_summary(template: str, values: dict[str, Any], th: Thresholds, prefix: s
 
 
 def md_escape(text: Any) -> str:
-    """EHR-supplied text made literal before it goes into a card (the one rule: :mod:`cds_service.markup`)."""
+    """EHR-supplied text made literal before it goes into a card (the one rule: :mod:`cds_service.clinical.markup`)."""
     return markup.text(text)
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import markup, models
+from cds_service import models
+
+from . import markup
 from .cards import card_library, render_all
 from .facts import Facts, build_facts
 from .record import PatientRecord

@@ -7,7 +7,7 @@ from importlib import resources as _ilr
 from pathlib import Path
 from typing import Any
 
-_PKG = Path(__file__).resolve().parent
+_PKG = Path(__file__).resolve().parent.parent
 
 
 @functools.lru_cache(maxsize=8)

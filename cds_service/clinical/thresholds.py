@@ -194,7 +194,8 @@ def markdown_table() -> str:
     lines = [
         "# Clinical thresholds",
         "",
-        "Generated from `cds_service/thresholds.py` (`python -m cds_service.thresholds > docs/thresholds.md`).",
+        "Generated from `cds_service/clinical/thresholds.py`",
+        "(`python -m cds_service.clinical.thresholds > docs/thresholds.md`).",
         "Every value is a default a site can change with the environment variable shown; every card shows",
         "the number it used. Sources: the product decisions in `docs/clinical/decisions.md` (they win) and the",
         "research proposals in `docs/clinical/knowledge.md`.",

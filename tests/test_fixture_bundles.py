@@ -36,7 +36,7 @@ STAGE_RULES = {
     "S7": "stage.s7-refractory-all",
 }
 STAGES = {"S0", *STAGE_RULES}
-LADDER_RULES = {*STAGE_RULES.values(), "ladder.mtx-frequency"}
+LADDER_RULES = {*STAGE_RULES.values(), "ladder.mtx-frequency", "ladder.skipped-rung"}
 INDICATION_RULES = {
     "ivig.indication.steroid-resistant",
     "ivig.indication.decompensated",
@@ -87,12 +87,26 @@ def walk_references(node: Any):
     if isinstance(node, dict):
         for k, v in node.items():
             if k == "reference" and isinstance(v, str):
-                yield v
+                if not v.startswith("#"):  # "#m1": a contained resource, checked with the medication
+                    yield v
             else:
                 yield from walk_references(v)
     elif isinstance(node, list):
         for v in node:
             yield from walk_references(v)
+
+
+def medication_codings(bundle: dict[str, Any], res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The codings of a medication record: its medicationCodeableConcept, or the Medication its
+    medicationReference names (contained, "#id", or in the bundle), as EHR exports carry them."""
+    if "medicationCodeableConcept" in res:
+        return res["medicationCodeableConcept"].get("coding") or []
+    ref = (res.get("medicationReference") or {}).get("reference", "")
+    if ref.startswith("#"):
+        meds = [c for c in res.get("contained") or [] if c.get("id") == ref[1:]]
+    else:
+        meds = [by_ref(bundle)[ref]] if ref in by_ref(bundle) else []
+    return [c for m in meds for c in (m.get("code") or {}).get("coding") or []]
 
 
 def is_ivig(res: dict[str, Any]) -> bool:
@@ -167,7 +181,7 @@ def test_bundle_clinical_shape(stem):
             assert q["system"] == UCUM and q.get("code"), f"Observation/{r['id']} needs a UCUM code"
             assert "effectiveDateTime" in r
         if rtype in ("MedicationStatement", "MedicationRequest", "MedicationAdministration"):
-            assert r.get("medicationCodeableConcept", {}).get("coding"), f"{rtype}/{r['id']} is coded"
+            assert medication_codings(raw, r), f"{rtype}/{r['id']} is coded"
         for key in ("effectiveDateTime", "onsetDateTime", "recordedDate", "authoredOn", "abatementDateTime"):
             if key in r:
                 assert r[key][:10] <= TODAY.isoformat(), f"{rtype}/{r['id']}.{key} is in the future"

@@ -18,7 +18,7 @@ from cds_service import models
 from . import markup
 from .facts import FactRef, Facts, fmt
 from .resources import load_yaml_dir
-from .rules import Fired
+from .rules.context import Fired
 from .terminology import SYSTEM_URI, get_terminology
 from .thresholds import Thresholds
 

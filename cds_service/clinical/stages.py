@@ -12,10 +12,36 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from .facts import Exposure, FactRef, Facts, NSCondition, fmt
-from .terminology import ANTI_TNF, GC, SECOND_LINE
+from .terminology import ANTI_TNF, GC, LADDER_TIER, RITUXIMAB, SECOND_LINE
 from .thresholds import Thresholds
 
-STAGES = ("S0", "S1", "S2", "S2b", "S3R", "S3I", "S4", "S5", "S6", "S7")
+
+@dataclass(frozen=True)
+class Rung:
+    """One stage of the ladder: the card it shows and the drug tier (terminology.LADDER_TIER) that card
+    proposes; decision 6 suppresses the card when a draft order is of that tier or higher."""
+
+    stage: str
+    rule_id: str | None
+    proposes_tier: int | None = None
+
+
+# The one table of the ladder's stages (knowledge §4.2, decision 5), lowest first.
+RUNGS = (
+    Rung("S0", None),
+    Rung("S1", "stage.s1-untreated", LADDER_TIER[GC]),
+    Rung("S2", "stage.s2-on-gc"),
+    Rung("S2b", "stage.s2b-gc-subthreshold"),
+    Rung("S3R", "stage.s3r-gc-refractory", LADDER_TIER[SECOND_LINE]),
+    Rung("S3I", "stage.s3i-gc-intolerant", LADDER_TIER[SECOND_LINE]),
+    Rung("S4", "stage.s4-on-second-line"),
+    Rung("S5", "stage.s5-second-line-refractory", LADDER_TIER[ANTI_TNF]),
+    Rung("S6", "stage.s6-on-anti-tnf"),
+    Rung("S7", "stage.s7-refractory-all", LADDER_TIER[RITUXIMAB]),
+)
+STAGES = tuple(r.stage for r in RUNGS)
+RUNG_OF = {r.stage: r for r in RUNGS}
+STAGE_RULES = {r.stage: r.rule_id for r in RUNGS if r.rule_id}
 
 
 @dataclass

@@ -230,8 +230,7 @@ def render(fired: Fired, facts: Facts, th: Thresholds, *, _view: _ThresholdView 
         parts.append("\n".join(lines))
     detail = "\n\n".join(p for p in parts if p)
 
-    # The card is validated once as a whole (one pydantic call instead of one per nested object: same
-    # models, same checks, a third of the cost).
+    # The card is validated once as a whole (one pydantic call instead of one per nested object).
     suggestions = []
     for sug in spec.get("suggestions") or ():
         if sug.get("key") not in fired.suggestions:

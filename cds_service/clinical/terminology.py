@@ -4,7 +4,7 @@ Sources, in order:
 
 1. ``data/terminology.json`` (418 entries with ``group``/``system``/``code``/``verified``): every entry is
    a member of its ``group`` value set. ATC entries match by prefix (``G03C`` covers ``G03CA03``).
-2. :data:`CATEGORIES`: finer value sets the rules need (e.g. ``renal.dialysis``, ``thrombosis.history``).
+2. :data:`CATEGORIES` (``criteria/value_sets.yaml``): finer value sets the rules need (``renal.dialysis`` ...).
    They list codes of ``terminology.json`` (whose ``verified`` flag they inherit) and the ICD-10-CM
    *families* the research names (``N18.x``, ``E08-E13``, ``I50.x`` ...; knowledge §2.2 and §3.2), matched by prefix.
 3. The site file named by ``CDS_EXTRA_CODES`` (YAML or JSON): a list of ``{group, system, code, display,
@@ -188,7 +188,7 @@ _GROUP_CLASS = {"glucocorticoid": GC, "second-line": SECOND_LINE, "third-line-an
 
 # Memo limits. A text or concept beyond these sizes is matched without the memo: hostile input (megabyte
 # texts, thousands of distinct codes) can neither grow memory nor evict much; the memos are cleared whole
-# when full (cheap, and a steady service refills them with the few hundred codes it really sees).
+# when full (clinical/memo.py).
 MEMO_MAX_ENTRIES = 4096
 MEMO_MAX_TEXT = 256  # characters of a text memoised by itself
 MEMO_MAX_KEY = 1024  # bytes of a concept memoised by its JSON content (concept_key)
@@ -297,7 +297,7 @@ class Terminology:
     _med_memo: Memo = field(default_factory=lambda: Memo(MEMO_MAX_ENTRIES, register=False), repr=False,
                             compare=False)
     _memos: dict[str, Memo] = field(default_factory=dict, repr=False, compare=False)
-    # the ivig_rxnorm the memos were made with: a reassigned attribute empties them (identity check, ~free)
+    # the ivig_rxnorm the memos were made with: a reassigned attribute empties them
     _memo_ivig: frozenset[str] | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ building
@@ -567,7 +567,7 @@ def concept_key(concept: dict[str, Any]) -> bytes | None:
 
 
 def clear_caches() -> None:
-    """Empty every memo of the engine and the memos of the loaded registry (benchmarks: cold-cache figures)."""
+    """Empty every memo of the engine and the memos of the loaded registry (cold-cache figures)."""
     clear_all()
     if get_terminology.cache_info().currsize:
         get_terminology().clear_caches()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from ..record import PatientRecord
 from ..terminology import Terminology
@@ -46,6 +46,4 @@ def read_patient(record: PatientRecord, term: Terminology, th: Thresholds) -> Pa
 
 def now_of(record: PatientRecord) -> datetime:
     """The evaluation time of the record, made timezone-aware (UTC when none was given)."""
-    from datetime import UTC
-
     return record.now if record.now.tzinfo else record.now.replace(tzinfo=UTC)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 
 # Clause boundaries: sentence ends, semicolons, colons, brackets, dashes between words, "but"/"however".
-_CLAUSES = re.compile(r"[.;:()\[\]\n]|\s[-–—]\s|\bbut\b|\bhowever\b|\balthough\b", re.IGNORECASE)
+_CLAUSES = re.compile(r"[.;:|()\[\]\n]|\s[-–—]\s|\bbut\b|\bhowever\b|\balthough\b", re.IGNORECASE)
 _CUES = re.compile(
     r"\bno\b|\bnot\b|\bnon\b|\bwithout\b|\bdenie[sd]\b|\bdeny\b|\bnegative\b|\bfree of\b|\babsen(?:t|ce)\b|"
     r"\bnever\b|\bnone\b|\bnor\b|\bexclud\w*|\bruled? out\b|\br/o\b|\bunlikely\b|\bresolved\b|\bnormal\b|"
@@ -33,10 +33,3 @@ def affirmed(text: str, pattern: re.Pattern[str]) -> bool:
         return False
     return any(pattern.search(c) and not _CUES.search(c) for c in clauses(text))
 
-
-def denied_or_uncertain(text: str, pattern: re.Pattern[str]) -> bool:
-    """True when ``pattern`` occurs in ``text`` only in clauses that deny or doubt it."""
-    if not isinstance(text, str) or not text:
-        return False
-    hits = [c for c in clauses(text) if pattern.search(c)]
-    return bool(hits) and all(_CUES.search(c) for c in hits)

@@ -7,8 +7,6 @@ Decisions 19-22 and 44, as pure functions of dates (no FHIR here):
   shown on the card, never a rung that failed;
 - decision 20: the Condition that records the diagnosis is why treatment began; its onset is never evidence
   of continued disease;
-- decision 21: "refractory" needs the lower rungs actually tried (S5: a glucocorticoid and a second-line
-  trial; S7: also an anti-TNF trial);
 - decision 22: an intravenous pulse opens a glucocorticoid trial; the minimum trial runs from the first
   pulse like any other;
 - decision 44: a drug answers for disease activity only while it acts: while it is given, and for infused
@@ -19,9 +17,8 @@ Decisions 19-22 and 44, as pure functions of dates (no FHIR here):
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 
 def ns_period_start(start: datetime | None, ns_onset: datetime | None, reason_is_ns: bool) -> datetime | None:
@@ -68,49 +65,17 @@ def counts_against(when: datetime | None, trial_start: datetime | None, min_days
     return acting_end is None or when <= acting_end
 
 
-class _Dated(Protocol):
-    reference: str | None
-    clinical_status: str
-
-    @property
-    def date(self) -> datetime | None: ...
-
-
 _RELAPSE_STATUSES = ("recurrence", "relapse")
 
 
-def diagnosis_reference(conditions: Iterable[Any]) -> str | None:
-    """The Condition that records the neurosarcoidosis diagnosis (decision 20): the earliest dated one that
-    is not itself recorded as a relapse or recurrence. Its onset is the reason treatment began."""
-    best: tuple[datetime, str] | None = None
-    for c in conditions:
-        d = getattr(c, "date", None)
-        ref = getattr(c, "reference", None)
-        if d is None or ref is None or getattr(c, "clinical_status", "") in _RELAPSE_STATUSES:
-            continue
-        if best is None or d < best[0]:
-            best = (d, ref)
-    return best[1] if best else None
-
-
-# ------------------------------------------------------------------------------------------ decision 21
-@dataclass(frozen=True, slots=True)
-class RungsTried:
-    """Which rungs had a trial given for neurosarcoidosis (decisions 19-21)."""
-
-    glucocorticoid: bool
-    second_line: bool
-    anti_tnf: bool
-
-    def may_be_second_line_refractory(self) -> bool:
-        """S5 needs a glucocorticoid trial and a second-line trial (decision 21)."""
-        return self.glucocorticoid and self.second_line
-
-    def may_be_refractory_to_all(self) -> bool:
-        """S7 needs every rung tried (decision 21)."""
-        return self.glucocorticoid and self.second_line and self.anti_tnf
-
-    def missing_below(self, tier: int) -> list[str]:
-        """Rungs below an order's tier that were never tried (decision 27 names the glucocorticoid rung:
-        starting an anti-TNF agent without methotrexate is accepted practice, A13)."""
-        return ["glucocorticoid"] if tier >= 2 and not self.glucocorticoid else []
+def diagnosis_references(conditions: Iterable[Any]) -> frozenset[str]:
+    """The Conditions that record the neurosarcoidosis diagnosis (decision 20): those dated on the earliest
+    date, not themselves recorded as a relapse or recurrence (a diagnosis often comes as several problems
+    entered the same day). Their onset is the reason treatment began, never evidence against it."""
+    dated = [(c.date, c.reference) for c in conditions
+             if getattr(c, "date", None) is not None and getattr(c, "reference", None) is not None
+             and getattr(c, "clinical_status", "") not in _RELAPSE_STATUSES]
+    if not dated:
+        return frozenset()
+    first = min(d for d, _ in dated)
+    return frozenset(ref for d, ref in dated if d == first)

@@ -19,17 +19,16 @@ import pytest
 import yaml
 
 from cds_service import models
+from cds_service.clinical import ladder_steps
 from cds_service.clinical.condition_dates import condition_date, date_at_age, parse_onset_string
 from cds_service.clinical.engine import Evaluation, evaluate
-from cds_service.clinical.ladder_steps import ladder_steps
 from cds_service.clinical.negation import affirmed
 from cds_service.clinical.record import PatientRecord
 from cds_service.clinical.sig import current, frequency_per_day, highest, parse_sig, schedule
 from cds_service.clinical.trials import (
-    RungsTried,
     acting_until,
     counts_against,
-    diagnosis_reference,
+    diagnosis_references,
     ended_before_onset,
     ns_period_start,
 )
@@ -204,38 +203,31 @@ def test_trial_windows():
     assert not counts_against(_dt("2026-11-23"), _dt("2026-11-22"), 14, None)  # day 2 of a pulse
 
 
-def test_the_diagnosis_is_the_earliest_condition_that_is_not_a_relapse():
+def test_the_diagnosis_is_the_earliest_conditions_that_are_not_a_relapse():
     class C:
         def __init__(self, ref, when, status="active"):
             self.reference, self.date, self.clinical_status = ref, _dt(when), status
 
     conds = [C("Condition/relapse", "2026-01-01", "recurrence"), C("Condition/later", "2026-06-01"),
-             C("Condition/dx", "2026-03-01")]
-    assert diagnosis_reference(conds) == "Condition/dx"
-    assert diagnosis_reference([]) is None
-
-
-def test_rungs_tried():
-    assert not RungsTried(False, True, False).may_be_second_line_refractory()
-    assert RungsTried(True, True, False).may_be_second_line_refractory()
-    assert not RungsTried(True, False, True).may_be_refractory_to_all()
-    assert RungsTried(False, False, False).missing_below(2) == ["glucocorticoid"]
-    assert RungsTried(True, False, False).missing_below(3) == []  # anti-TNF without methotrexate: A13
+             C("Condition/dx", "2026-03-01"), C("Condition/dx-same-day", "2026-03-01")]
+    assert diagnosis_references(conds) == {"Condition/dx", "Condition/dx-same-day"}
+    assert diagnosis_references(reversed(conds)) == diagnosis_references(conds)  # Bundle order does not matter
+    assert diagnosis_references([]) == frozenset()
 
 
 def test_ladder_steps_data():
-    steps = ladder_steps()
-    assert steps.withholds_drug("heart-failure", "infliximab")
-    assert not steps.withholds_drug("heart-failure", "methotrexate")
-    assert steps.next_step_ruled_out("S5", ["tuberculosis"])
-    assert not steps.next_step_ruled_out("S3R", ["pregnancy"])  # azathioprine remains
-    assert steps.next_step_ruled_out("S3R", ["pregnancy"], not_tolerated=["azathioprine"])
-    assert not steps.next_step_ruled_out("S2", ["fungal"])  # no next standard step in S2
-    assert steps.next_step_ruled_out("S1", ["fungal"])
+    assert ladder_steps.withholds_drug("heart-failure", "infliximab")
+    assert not ladder_steps.withholds_drug("heart-failure", "methotrexate")
+    assert ladder_steps.withholds_drug("fungal", "methotrexate")  # a class in the data covers its drugs
+    assert ladder_steps.next_step_ruled_out("S5", ["tuberculosis"])
+    assert not ladder_steps.next_step_ruled_out("S3R", ["pregnancy"])  # azathioprine remains
+    assert ladder_steps.next_step_ruled_out("S3R", ["pregnancy"], not_tolerated=["azathioprine"])
+    assert not ladder_steps.next_step_ruled_out("S2", ["fungal"])  # no next standard step in S2
+    assert ladder_steps.next_step_ruled_out("S1", ["fungal"])
+    assert not ladder_steps.next_step_ruled_out("S1", ["tuberculosis"])  # TB calls for prophylaxis first
 
 
 # ============================================================================================ decisions
-@pending(19)
 def test_decision_19_adalimumab_stopped_before_onset_is_earlier_exposure_not_a_failed_rung():
     ev = run(40)
     assert ev.stage == "S1"
@@ -244,7 +236,6 @@ def test_decision_19_adalimumab_stopped_before_onset_is_earlier_exposure_not_a_f
     assert not {"stage.s7-refractory-all", "ivig.indication.steroid-resistant"} & set(ev.rule_ids)
 
 
-@pending(19)
 def test_decision_19_hydroxychloroquine_running_at_onset_counts_from_the_onset():
     ev = run(41)
     assert ev.stage == "S4"
@@ -257,14 +248,12 @@ def test_decision_19_a_drug_given_for_ns_counts_from_its_own_start():
     assert "Condition/relapse-42" in cited(card(ev, "stage.s5-second-line-refractory"))
 
 
-@pending(20)
 def test_decision_20_the_diagnosis_is_never_a_relapse():
     ev = run(43)
     assert ev.stage == "S2"
     assert "stage.s3r-gc-refractory" not in ev.rule_ids
 
 
-@pending(21)
 def test_decision_21_no_refractory_without_a_glucocorticoid_trial():
     bundle, expected = fixture(42)
     ev = run_bundle(without(bundle, "pred-42"), expected)  # the same relapse on methotrexate, no glucocorticoid
@@ -272,21 +261,18 @@ def test_decision_21_no_refractory_without_a_glucocorticoid_trial():
     assert all("refractory" not in text(c).lower() for c in ev.cards)
 
 
-@pending(22)
 def test_decision_22_a_pulse_opens_a_fourteen_day_trial():
     ev = run(44)
     assert ev.stage == "S2"
     assert "pulse" in text(card(ev, "stage.s2-on-gc")).lower()
 
 
-@pending(23)
 def test_decision_23_new_optic_neuritis_in_confirmed_ns_is_continued_disease():
     ev = run(45)
     assert ev.stage == "S3R"
     assert "Condition/optic-45" in cited(card(ev, "stage.s3r-gc-refractory"))
 
 
-@pending(24)
 def test_decision_24_card_says_which_date_it_used():
     ev = run(46)
     t = text(card(ev, "stage.s3r-gc-refractory"))
@@ -294,21 +280,18 @@ def test_decision_24_card_says_which_date_it_used():
     assert "date recorded" in t  # the relapse has only a recordedDate
 
 
-@pending(25)
 def test_decision_25_q8h_in_sig_text_is_three_a_day():
     ev = run(49)
     assert ev.stage == "S2"
     assert "30" in card(ev, "stage.s2-on-gc").summary
 
 
-@pending(25)
 def test_decision_25_taper_in_sig_text_starts_at_its_highest_step():
     ev = run(50)
     assert ev.stage == "S2"
     assert "60" in card(ev, "stage.s2-on-gc").summary
 
 
-@pending(26)
 def test_decision_26_suggested_prednisone_is_40_mg_by_default():
     s1 = card(run(40), "stage.s1-untreated")
     (order,) = suggested(s1)
@@ -316,7 +299,6 @@ def test_decision_26_suggested_prednisone_is_40_mg_by_default():
     assert "20-40" in text(s1) and "40-60" in text(s1)
 
 
-@pending(27)
 def test_decision_27_methotrexate_without_glucocorticoid_names_the_skipped_rung():
     ev = run(57)
     c = card(ev, "ladder.skipped-rung")
@@ -328,7 +310,6 @@ def test_decision_27_no_skipped_rung_card_once_glucocorticoids_were_tried():
     assert "ladder.skipped-rung" not in run(53).rule_ids  # infliximab restarted after GC, MTX, IFX
 
 
-@pending(39)
 def test_decision_39_heart_failure_withholds_infliximab_not_methotrexate():
     ev = run(58)
     assert "ivig.indication.immunosuppression-contraindicated" not in ev.rule_ids
@@ -344,7 +325,7 @@ def test_decision_39_contraindication_card_when_the_whole_next_step_is_ruled_out
     assert not suggested(card(ev, "stage.s5-second-line-refractory"))
 
 
-@pending(40)
+@pytest.mark.xfail(reason="decision 40, wired after the restructure", strict=True)
 def test_decision_40_encounters_are_in_the_prefetch():
     from cds_service.discovery import PREFETCH
 
@@ -352,7 +333,6 @@ def test_decision_40_encounters_are_in_the_prefetch():
     assert encounter_keys and "in-progress" in encounter_keys[0]
 
 
-@pending(44)
 def test_decision_44_relapse_after_infliximab_stopped_for_remission_is_not_anti_tnf_failure():
     ev = run(53)
     assert ev.stage == "S1"
@@ -360,34 +340,29 @@ def test_decision_44_relapse_after_infliximab_stopped_for_remission_is_not_anti_
     assert not {"stage.s7-refractory-all", "ivig.indication.steroid-resistant"} & set(ev.rule_ids)
 
 
-@pending(45)
 def test_decision_45_an_infliximab_plan_is_not_treatment():
     ev = run(54)
     assert ev.stage == "S5"
     assert suggested(card(ev, "stage.s5-second-line-refractory"))
 
 
-@pending(46)
 def test_decision_46_current_step_of_a_successful_taper_is_not_dependence():
     ev = run(51)
     assert ev.stage == "S2"
     assert "stage.s3i-gc-intolerant" not in ev.rule_ids
 
 
-@pending(46)
 def test_decision_46_taper_stuck_above_10_mg_is_dependence():
     ev = run(52)
     assert ev.stage == "S3I"
     assert "15 mg" in text(card(ev, "stage.s3i-gc-intolerant"))
 
 
-@pending(47)
 def test_decision_47_negated_text_never_makes_neurosarcoidosis():
     ev = run(55)
     assert ev.stage == "S0" and ev.cards == []
 
 
-@pending(47)
 def test_decision_47_text_only_is_possible_ns_without_a_one_click_order():
     ev = run(56)
     s1 = card(ev, "stage.s1-untreated")
@@ -398,14 +373,12 @@ def test_decision_48_childhood_epilepsy_is_not_neurosarcoidosis():
     assert run(47).stage == "S0"
 
 
-@pending(48)
 def test_decision_48_myelitis_after_sarcoidosis_onset_is_neurosarcoidosis():
     ev = run(48)
     assert ev.stage == "S1"
     assert "Condition/myelitis-48" in cited(card(ev, "stage.s1-untreated"))
 
 
-@pending(49)
 def test_decision_49_monitoring_follows_the_drug():
     s4 = text(card(run(41), "stage.s4-on-second-line")).lower()
     assert "retin" in s4 and "folic" not in s4

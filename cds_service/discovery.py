@@ -34,8 +34,10 @@ PREFETCH: dict[str, str] = {
     "allergies": "AllergyIntolerance?patient={{context.patientId}}",
     "medicationAdministrations": "MedicationAdministration?patient={{context.patientId}}",
     "devices": "Device?patient={{context.patientId}}",
+    # decision 40: a current admission (inpatient or emergency) for the decompensation indication
+    "encounters": "Encounter?patient={{context.patientId}}&status=in-progress",
 }
-OPTIONAL_KEYS = frozenset({"allergies", "medicationAdministrations", "devices"})
+OPTIONAL_KEYS = frozenset({"allergies", "medicationAdministrations", "devices", "encounters"})
 
 
 @dataclass(frozen=True)

@@ -99,13 +99,6 @@ def without(bundle: dict[str, Any], *ids: str) -> dict[str, Any]:
     return out
 
 
-WIRED_LATER = "decision {}, wired after the restructure"
-
-
-def pending(n: int):
-    return pytest.mark.xfail(reason=WIRED_LATER.format(n), strict=True)
-
-
 # ============================================================================================ pure readers
 @pytest.mark.parametrize(("phrase", "per_day"), [
     ("take 2 tablets by mouth every 8 hours", 3), ("20 mg q8h", 3), ("1 tab TID", 3), ("four times a day", 4),
@@ -325,12 +318,15 @@ def test_decision_39_contraindication_card_when_the_whole_next_step_is_ruled_out
     assert not suggested(card(ev, "stage.s5-second-line-refractory"))
 
 
-@pytest.mark.xfail(reason="decision 40, wired after the restructure", strict=True)
 def test_decision_40_encounters_are_in_the_prefetch():
-    from cds_service.discovery import PREFETCH
+    from cds_service.discovery import OPTIONAL_KEYS, PREFETCH
+    from cds_service.sources.bundle import request_from_bundle
 
-    encounter_keys = [q for q in PREFETCH.values() if q.startswith("Encounter?")]
-    assert encounter_keys and "in-progress" in encounter_keys[0]
+    assert PREFETCH["encounters"].startswith("Encounter?") and "status=in-progress" in PREFETCH["encounters"]
+    assert "encounters" in OPTIONAL_KEYS  # a server without Encounter search gives a note, not a 412
+    bundle, _ = fixture(16)  # decompensating on an inpatient stay
+    request = request_from_bundle(bundle, "order-sign")
+    assert [e["resource"]["id"] for e in request["prefetch"]["encounters"]["entry"]] == ["enc-1"]
 
 
 def test_decision_44_relapse_after_infliximab_stopped_for_remission_is_not_anti_tnf_failure():

@@ -59,6 +59,7 @@ _OPTIONAL_MEANING = {
     "allergies": "allergies (prior immune globulin reactions)",
     "medicationAdministrations": "medication administrations (infusion-centre therapy)",
     "devices": "devices (central venous catheters)",
+    "encounters": "encounters (a current admission)",
 }
 
 

@@ -142,6 +142,16 @@ def test_sig_undated_taper_has_no_current_step():
     assert current(sched, _dt("2026-11-25")) is None  # where it stands is not written
 
 
+def test_sig_dose_in_words_with_structured_timing():
+    from tests.fhir_builders import med_statement, ns_patient
+
+    concept = {"text": "predniSONE 10 mg tablet"}
+    dose = {"text": "Take 2 tablets by mouth", "timing": {"code": {"coding": [{"code": "BID"}]}}}
+    ev = evaluate(ns_patient(med_statement("p", concept, dose=dose, start_days=20)), "patient-view")
+    (gc,) = ev.facts.of_class("glucocorticoid")
+    assert gc.pred_eq_mg == 40 and ev.stage == "S2"  # 2 x 10 mg twice a day
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("June 2026", date(2026, 6, 1)), ("2026-06", date(2026, 6, 1)), ("15 June 2026", date(2026, 6, 15)),
     ("Jun 15, 2026", date(2026, 6, 15)), ("03/2025", date(2025, 3, 1)), ("since 2019", date(2019, 1, 1)),

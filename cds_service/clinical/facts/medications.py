@@ -4,7 +4,7 @@ to ladder drugs and immune globulin (B2-B3, A3-A5, A8-A9), and current drugs tha
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -264,7 +264,10 @@ def _add_dose(exp: Exposure, dosages: list[dict[str, Any]], text: str, rtype: st
             pdays = 1.0
         line_start, line_end = dosage_bounds(d)
         if mg is None and exp.drug_class == GC:
-            steps += sig.schedule(sig.parse_sig(dosage_text(d), strength_mg(text)), line_start or exp.start)
+            parsed = sig.parse_sig(dosage_text(d), strength_mg(text))
+            if pdays is not None:  # structured timing with the dose only in words ("take 2 tablets", BID)
+                parsed = [replace(st, per_day=pdays) if st.per_day is None else st for st in parsed]
+            steps += sig.schedule(parsed, line_start or exp.start)
             continue
         if mg is not None:
             exp.dose_mg = mg if exp.dose_mg is None else max(exp.dose_mg, mg)

@@ -61,21 +61,21 @@ class Case:
 
     def __init__(self, size: int) -> None:
         from cds_service.config import Settings
-        from cds_service.discovery import SERVICES
         from cds_service.hooks import parse_call
+        from cds_service.services import registry
 
         self.size = size
         self.body = orjson.dumps(gen.build_request(size))
         self.settings = Settings()
         self.data = orjson.loads(self.body)
-        self.call = parse_call(SERVICES[gen.SERVICE_ID], self.data)
+        self.call = parse_call(registry()[gen.SERVICE_ID], self.data)
         self.loop = asyncio.new_event_loop()
 
     def record(self) -> Any:
-        from cds_service.sources.gather import GatherPolicy, GatherStats, call_sources, gather
+        from cds_service.sources.gather import GatherPolicy, GatherStats, gather, prefetch_only
 
         policy = GatherPolicy(deadline_seconds=5.0)
-        return self.loop.run_until_complete(gather(self.call, call_sources(self.call, policy), policy,
+        return self.loop.run_until_complete(gather(self.call, prefetch_only(self.call), policy,
                                                    GatherStats()))
 
     def close(self) -> None:

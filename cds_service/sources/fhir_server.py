@@ -60,6 +60,7 @@ def next_link(bundle: dict[str, Any]) -> str | None:
 
 class FhirServerSource(DataSource):
     name = "the FHIR server"
+    remote = True
 
     def __init__(
         self,

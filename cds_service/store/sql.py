@@ -26,6 +26,7 @@ from cds_service.store.base import (
     dedupe_feedback,
     run_to_end,
 )
+from cds_service.store.engines import make_engine
 from cds_service.store.schema import cards, feedback
 from cds_service.store.text import db_text
 
@@ -53,8 +54,6 @@ def purge_statements(conn: sa.Connection, before: datetime) -> int:
 
 class SqlStore(Store):
     def __init__(self, url: str) -> None:
-        from cds_service.store import make_engine
-
         self.url = url
         self.engine = make_engine(url)
         self.dialect = self.engine.dialect.name

@@ -7,9 +7,7 @@
 For each size it builds one ``order-select`` request with :func:`bench.gen.build_request` (real Synthea
 resources plus the clinical core and an IVIG draft order), then reports the median and p90 of:
 
-* the bounds check: ``check_raw_bounds`` on the raw bytes (what the service runs) and the tree walk
-  ``check_bounds`` on the parsed body (its fallback for documents with many commas), with
-  ``orjson.loads`` of the same bytes for scale;
+* the bounds check ``check_bounds`` on the raw bytes, with ``orjson.loads`` of the same bytes for scale;
 * ``engine.evaluate`` with the memo caches warm (a steady service: the same codes and texts come back in
   every request);
 * ``engine.evaluate`` with every engine memo cache cleared before each call (the first request to carry
@@ -88,13 +86,13 @@ def _stats(samples: list[float]) -> dict[str, float]:
 
 
 def run(sizes: list[int], runs: int, rounds: int) -> dict[str, dict[str, dict[str, float]]]:
-    from cds_service.body import check_bounds, check_raw_bounds
+    from cds_service.body import check_bounds
     from cds_service.clinical import engine
 
     engine.warm_up()
     cases = [Case(n) for n in sizes]
     samples: dict[int, dict[str, list[float]]] = {
-        c.size: {k: [] for k in ("orjson.loads", "check_raw_bounds", "check_bounds", "evaluate (warm)",
+        c.size: {k: [] for k in ("orjson.loads", "check_bounds", "evaluate (warm)",
                                  "evaluate (cold caches)")}
         for c in cases}
     per_round = max(1, runs // rounds)
@@ -113,13 +111,10 @@ def run(sizes: list[int], runs: int, rounds: int) -> dict[str, dict[str, dict[st
                 t0 = time.perf_counter()
                 orjson.loads(c.body)
                 t1 = time.perf_counter()
-                check_raw_bounds(c.body, depth, arr)
+                check_bounds(c.body, depth, arr)
                 t2 = time.perf_counter()
-                check_bounds(c.data, depth, arr)
-                t3 = time.perf_counter()
                 s["orjson.loads"].append((t1 - t0) * 1e6)
-                s["check_raw_bounds"].append((t2 - t1) * 1e6)
-                s["check_bounds"].append((t3 - t2) * 1e6)
+                s["check_bounds"].append((t2 - t1) * 1e6)
             # one live record at a time, as in the service (a list of them would make every GC pass longer)
             for _ in range(n):
                 rec = c.record()

@@ -230,9 +230,9 @@ def _install_routes(app: FastAPI) -> None:
         return Response(body, media_type=JSON)
 
     # The hook call is the hot path and reads its body as raw bytes, so FastAPI's per-request dependency
-    # and parameter machinery has nothing to do but costs ~70 µs of a ~1.2 ms call (bench/profile_hot.py):
-    # it is served by a plain Starlette route (same exception handlers and middleware). The APIRoute
-    # twin is never routed; it only describes the endpoint in the OpenAPI document.
+    # and parameter machinery would have nothing to do but still cost time on every call: it is served by a
+    # plain Starlette route (same exception handlers and middleware). The APIRoute twin is never routed; it
+    # only describes the endpoint in the OpenAPI document.
     app.router.routes.append(Route("/cds-services/{service_id}", call_service, methods=["POST"]))
     app.state.documented_only = [APIRoute(
         "/cds-services/{service_id}", _documented(call_service), methods=["POST"], response_model=CDSResponse,

@@ -126,8 +126,8 @@ async def _ask(source: DataSource, wanted: dict[str, str], paged: list[dict[str,
     """The source's results for the ``wanted`` keys, and for the later pages of the ``paged`` Bundles."""
     if not paged:
         # Awaited directly: a source that answers from memory (prefetch) then finishes without yielding to
-        # the event loop, as asyncio.gather's task would make it do. Calls yielding there are interleaved
-        # under load, eight calls' parsed requests alive at once, and each cost about twice the CPU at c=8.
+        # the event loop, as a task would make it do; calls that yield there interleave under load, with
+        # many calls' parsed requests alive at once.
         return await source.fetch(wanted, deadline), []
     answers, pages = await asyncio.gather(source.fetch(wanted, deadline),
                                           asyncio.gather(*(source.more_pages(b, deadline) for b in paged)))

@@ -1,7 +1,7 @@
 """The SQL implementation of :class:`~cds_service.store.base.Store`, shared by SQLite and PostgreSQL.
 
 Writes are batched in one transaction and use ``ON CONFLICT DO NOTHING`` (``INSERT OR IGNORE`` on SQLite):
-a batch of 100 costs about as much as one row (measured) and repeats are skipped by the
+a batch of 100 costs about as much as one row and repeats are skipped by the
 database itself, so several instances can never double count. Feedback uses a multi-row
 ``INSERT ... RETURNING`` (how many rows were new); card rows, the hot write, a driver-level executemany.
 """

@@ -22,7 +22,6 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 ENV_PREFIX = "CDS_"
 ENV_FILE = ".env"
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DATABASE_URL_FORMS = "sqlite:///<path> or postgresql://<user>@<host>:<port>/<database>"
 
 
@@ -107,7 +106,6 @@ class Settings(BaseSettings):
     # One deadline for all prefetch fallback queries of a request (seconds).
     fhir_deadline_seconds: float = Field(0.5, gt=0)
     fhir_max_pages: int = Field(5, ge=1)
-    fhir_page_size: int = Field(100, ge=1)
 
     # --- security (see README "Security")
     # JSON object: issuer -> JWKS URL, or issuer -> {"jwks_url": ..., "fhir_servers": [...]}.

@@ -32,7 +32,6 @@ class HookCall:
     body: HookRequestBody
     patient_id: str
     user_id: str
-    encounter_id: str | None
     draft_orders: list[dict[str, Any]]
     selections: list[str]
     notes: list[str] = field(default_factory=list)
@@ -157,7 +156,7 @@ def parse_call(service: Service, data: dict[str, Any]) -> HookCall:
     if not isinstance(user, str) or not user.strip():
         raise BadRequest("context.userId is required (a non-empty string such as 'Practitioner/123').")
 
-    encounter = ctx.get("encounterId")
+    encounter = ctx.get("encounterId")  # not read by the rules; a wrong type is still the caller's mistake
     if encounter is not None and not isinstance(encounter, str):
         raise BadRequest("context.encounterId must be a string.")
 
@@ -187,7 +186,6 @@ def parse_call(service: Service, data: dict[str, Any]) -> HookCall:
         body=body,
         patient_id=patient_id,
         user_id=user,
-        encounter_id=encounter,
         draft_orders=orders,
         selections=selections,
         notes=notes,

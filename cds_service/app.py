@@ -212,9 +212,9 @@ def _install_routes(app: FastAPI) -> None:
             issuer = getattr(client, "issuer", None)
             links = functools.partial(for_call, settings=settings, issuer=issuer, request_base=str(request.base_url))
         if workload.large_record(record):
-            cards, body = await workload.run(answer, record, service.engine_hook, call.hook_instance, links)
+            cards, body = await workload.run(answer, record, service, call.hook_instance, links)
         else:
-            cards, body = answer(record, service.engine_hook, call.hook_instance, links)
+            cards, body = answer(record, service, call.hook_instance, links)
         elapsed = time.perf_counter() - started
         audit = request.app.state.audit
         if audit is not None:  # queued; written after the response, in batches

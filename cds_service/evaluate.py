@@ -46,7 +46,7 @@ async def evaluate_request_async(request: dict[str, Any], hook: str, base_url: s
     record = await gather(call, prefetch_only(call), policy)  # the bundle's data is all in prefetch
     if now is not None:
         record.now = now
-    cards = evaluate_cards(record, call.service.engine_hook, call.hook_instance)
+    cards = evaluate_cards(record, call.service.engine_hook, call.hook_instance, call.service.rule_groups)
     if not settings.auth_enabled:
         for_call(cards, settings, None, base_url)
     return dump(CDSResponse(cards=cards))

@@ -20,9 +20,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cds_service.clinical.facts import _LOINC_KIND
+from cds_service.clinical.facts.observations import LOINC_KIND
+from cds_service.clinical.rules import GROUPS as RULE_GROUPS
 
-RULE_GROUPS = ("ladder", "ivig-indication", "ivig-safety")
 Context = Literal["patient", "orders", "selected-orders"]
 
 # The engine reads the hook to know whether orders are being placed; it knows the three hooks it was written
@@ -38,7 +38,7 @@ class ServicesError(ValueError):
 def observation_codes() -> tuple[str, ...]:
     """The LOINC codes the readers classify (weight, height, creatinine, eGFR, IgA, viscosity, M-protein,
     HbA1c): the Observation prefetch asks for exactly these."""
-    return tuple(_LOINC_KIND)
+    return tuple(LOINC_KIND)
 
 
 class _ServiceEntry(BaseModel):

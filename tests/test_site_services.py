@@ -15,7 +15,7 @@ services:
   - id: neurosarcoidosis-discharge
     hook: encounter-discharge
     context: patient
-    rule_groups: [ladder, ivig-indication]
+    rule_groups: [ladder]
     prefetch: [patient, conditions, medicationStatements, medicationRequests, observations]
     title: Neurosarcoidosis treatment stage at discharge
     description: Where the patient stands on the treatment ladder when the encounter ends.
@@ -69,7 +69,10 @@ def test_a_site_service_is_listed_in_discovery_with_its_prefetch(site_client):
 def test_a_site_service_is_served_with_the_cards_of_its_rule_groups(site_client):
     resp = site_client.post("/cds-services/neurosarcoidosis-discharge", json=discharge_request())
     assert resp.status_code == 200, resp.text
-    assert rule_ids(resp) == ["stage.s3r-gc-refractory", "ivig.indication.steroid-resistant"]
+    assert rule_ids(resp) == ["stage.s3r-gc-refractory"]  # the ladder only: no IVIG indication card
+    chart = site_client.post("/cds-services/neurosarcoidosis-patient-view",
+                             json=dict(discharge_request(), hook="patient-view"))
+    assert rule_ids(chart) == ["stage.s3r-gc-refractory", "ivig.indication.steroid-resistant"]  # every group
     # the optional keys it does not ask for are not missed: no note about them on the cards
     assert all("not sent by the EHR" not in (c.get("detail") or "") for c in resp.json()["cards"])
 

@@ -329,13 +329,15 @@ def test_decision_39_contraindication_card_when_the_whole_next_step_is_ruled_out
 
 
 def test_decision_40_encounters_are_in_the_prefetch():
-    from cds_service.discovery import OPTIONAL_KEYS, PREFETCH
+    from cds_service.services import load_registry, registry
     from cds_service.sources.bundle import request_from_bundle
 
-    assert PREFETCH["encounters"].startswith("Encounter?") and "status=in-progress" in PREFETCH["encounters"]
-    assert "encounters" in OPTIONAL_KEYS  # a server without Encounter search gives a note, not a 412
+    for service in load_registry():
+        query = service.prefetch["encounters"]
+        assert query.startswith("Encounter?") and "status=in-progress" in query, service.id
+        assert "encounters" in service.optional  # a server without Encounter search gives a note, not a 412
     bundle, _ = fixture(16)  # decompensating on an inpatient stay
-    request = request_from_bundle(bundle, "order-sign")
+    request = request_from_bundle(bundle, registry().for_hook("order-sign"))
     assert [e["resource"]["id"] for e in request["prefetch"]["encounters"]["entry"]] == ["enc-1"]
 
 

@@ -11,11 +11,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from . import criteria
+from .terminology import ingredient_class
+
+
+def _withholding(drug: str) -> frozenset[str]:
+    """Keys of the contraindications that withhold ``drug`` (an ingredient key; a class named in the data
+    covers its ingredients)."""
+    return criteria.withholding(frozenset(n for n in (drug, ingredient_class(drug)) if n))
 
 
 def withholds_drug(contraindication: str, drug: str) -> bool:
     """The contraindication (a factor key) withholds ``drug`` (an ingredient key)."""
-    return contraindication in criteria.withholding(drug)
+    return contraindication in _withholding(drug)
 
 
 def next_options(stage: str) -> tuple[str, ...]:
@@ -29,7 +36,7 @@ def options_left(stage: str, contraindications: Iterable[str], not_tolerated: It
     keys = set(contraindications)
     ruled_out = set(not_tolerated)
     return tuple(o for o in next_options(stage)
-                 if o not in ruled_out and not keys & criteria.withholding(o))
+                 if o not in ruled_out and not keys & _withholding(o))
 
 
 def next_step_ruled_out(stage: str, contraindications: Iterable[str], not_tolerated: Iterable[str] = ()) -> bool:

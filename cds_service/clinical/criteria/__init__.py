@@ -90,12 +90,9 @@ def derived_contraindications() -> dict[str, Contraindication]:
             for name, e in _load("contraindications.yaml")["derived"].items()}
 
 
-def withholding(drug: str) -> frozenset[str]:
-    """Keys of the contraindications that withhold ``drug`` (an ingredient key; a class named in the data
-    covers its ingredients), decision 39."""
-    from ..terminology import ingredient_class
-
-    names = {drug, ingredient_class(drug)}
+def withholding(names: frozenset[str]) -> frozenset[str]:
+    """Keys of the contraindications whose ``withholds`` name any of ``names`` (a drug and its class),
+    decision 39."""
     every = (*contraindications(), *derived_contraindications().values())
     return frozenset(c.key for c in every if names & set(c.withholds))
 

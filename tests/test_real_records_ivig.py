@@ -288,7 +288,6 @@ def test_decision_41_dose_card_names_aseptic_meningitis_and_the_relapse_mimic_in
     assert "mistaken for a relapse" in text
 
 
-@pytest.mark.xfail(reason="decision 41, wired after the restructure", strict=True)
 def test_decision_41_no_relapse_mimic_sentence_without_meningeal_involvement():
     text = text_of(cards_for(78)["ivig.dose"])
     assert "aseptic meningitis" in text
@@ -300,14 +299,12 @@ def test_decision_41_no_relapse_mimic_sentence_without_meningeal_involvement():
 ERS_DOI = "10.1183/13993003.04079-2020"
 
 
-@pytest.mark.xfail(reason="decision 42, wired after the restructure", strict=True)
 def test_decision_42_conduction_block_card_cites_aanem_not_ers():
     card = cards_for(89)["ivig.indication.conduction-block"]
     assert "aanem" in card["source"]["label"].lower()
     assert "10.1002/mus.21433" in card["source"]["url"]
 
 
-@pytest.mark.xfail(reason="decision 42, wired after the restructure", strict=True)
 def test_decision_42_ers_is_cited_only_for_the_ladder():
     from cds_service.clinical.cards import card_library
 

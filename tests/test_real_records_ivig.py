@@ -95,7 +95,6 @@ def test_decision_34_strength_in_other_units_and_implausible_values():
     assert ig.percent_in_name("IVIG 5% or 10%") is None  # two different strengths named: not read from the name
 
 
-@pytest.mark.xfail(reason="decision 34, wired after the restructure", strict=True)
 def test_decision_34_five_percent_product_volume_in_heart_failure():
     cards = cards_for(75)
     hf = text_of(cards["ivig.safety.heart-failure-volume"])
@@ -103,7 +102,6 @@ def test_decision_34_five_percent_product_volume_in_heart_failure():
     assert "1,400 ml" not in hf
 
 
-@pytest.mark.xfail(reason="decision 34, wired after the restructure", strict=True)
 def test_decision_34_ml_order_of_a_five_percent_product_is_a_correct_course():
     cards = cards_for(76)
     dose = cards["ivig.dose"]
@@ -111,7 +109,6 @@ def test_decision_34_ml_order_of_a_five_percent_product_is_a_correct_course():
     assert "160 g" in text_of(dose) and "5%" in text_of(dose)
 
 
-@pytest.mark.xfail(reason="decision 34, wired after the restructure", strict=True)
 def test_decision_34_brand_with_two_strengths_shows_the_larger_volume():
     text = text_of(cards_for(77)["ivig.safety.heart-failure-volume"])
     assert "2,800 ml" in text and "gammaplex" in text
@@ -160,7 +157,6 @@ def test_decision_35_ml_order_volume_is_what_was_ordered():
     assert any("mL" in p for p in problems)
 
 
-@pytest.mark.xfail(reason="decision 35, wired after the restructure", strict=True)
 def test_decision_35_course_summed_over_daily_orders():
     dose = cards_for(78)["ivig.dose"]
     assert dose["indicator"] == "info", dose["summary"]
@@ -170,7 +166,6 @@ def test_decision_35_course_summed_over_daily_orders():
         assert f"medicationrequest/o78-day{i}" in text
 
 
-@pytest.mark.xfail(reason="decision 35, wired after the restructure", strict=True)
 def test_decision_35_order_and_replacement_flagged_as_one_course():
     dose = cards_for(79)["ivig.dose"]
     assert dose["indicator"] == "warning"
@@ -191,7 +186,6 @@ def test_decision_36_route_of_immune_globulin_products():
     assert ig.administration_kind("IVIG", None) == (ig.INTRAVENOUS, False)
 
 
-@pytest.mark.xfail(reason="decision 36, wired after the restructure", strict=True)
 def test_decision_36_subcutaneous_order_gets_the_thrombosis_card_only():
     assert set(cards_for(80)) == {"ivig.safety.thrombosis"}
 
@@ -204,7 +198,6 @@ def test_decision_36_hyperimmune_globulin_gets_no_card():
     assert cards_for(82) == {}
 
 
-@pytest.mark.xfail(reason="decision 36, wired after the restructure", strict=True)
 def test_decision_36_child_gets_safety_cards_but_not_the_adult_dose_card():
     assert set(cards_for(83)) == {"ivig.safety.thrombosis"}
     assert cards_for(38) == {}
@@ -225,7 +218,6 @@ def test_decision_37_reaction_severity():
     assert mild_words(["Headache", "Chills and fever"]) == ["headache", "chills", "fever"]
 
 
-@pytest.mark.xfail(reason="decision 37, wired after the restructure", strict=True)
 def test_decision_37_mild_earlier_reaction_is_listed_on_the_warning_card():
     card = cards_for(84)["ivig.safety.iga"]
     assert card["indicator"] == "warning"
@@ -259,7 +251,6 @@ def test_decision_38_thrombosis_state_anticoagulants_and_local_estrogen():
     assert not estrogen_is_local(None, "Estradiol 1 mg oral tablet")
 
 
-@pytest.mark.xfail(reason="decision 38, wired after the restructure", strict=True)
 def test_decision_38_active_thrombosis_on_anticoagulation_is_said_so_without_prophylaxis_advice():
     card = cards_for(86)["ivig.safety.thrombosis"]
     text = text_of(card)
@@ -268,7 +259,6 @@ def test_decision_38_active_thrombosis_on_anticoagulation_is_said_so_without_pro
     assert "prophylaxis" not in card["summary"].lower() and "consider prophylaxis" not in text
 
 
-@pytest.mark.xfail(reason="decision 38, wired after the restructure", strict=True)
 def test_decision_38_vaginal_estradiol_is_not_a_thrombosis_factor():
     assert "ivig.safety.thrombosis" not in cards_for(87)
 
@@ -281,7 +271,6 @@ def test_decision_38_a_past_thrombosis_is_still_called_prior():
 # ============================================================================================ decision 41
 
 
-@pytest.mark.xfail(reason="decision 41, wired after the restructure", strict=True)
 def test_decision_41_dose_card_names_aseptic_meningitis_and_the_relapse_mimic_in_meningeal_ns():
     text = text_of(cards_for(88)["ivig.dose"])
     assert "headache" in text and "aseptic meningitis" in text
@@ -317,17 +306,38 @@ def test_decision_42_ers_is_cited_only_for_the_ladder():
     assert lib["stage.s7-refractory-all"]["evidence"]["source"] != "ers2021"  # its figures are Joubert 2017
 
 
-@pytest.mark.xfail(reason="decision 42, wired after the restructure", strict=True)
+def _iga_card(*extra: dict[str, Any]) -> Any:
+    from cds_service.clinical.engine import evaluate
+    from tests.fhir_builders import ATC, cc, ivig_order, obs, patient, record, weight
+
+    rec = record(patient(), weight(70), obs("iga", "2458-8", 0.02, "g/L", days_ago=20), *extra,
+                 drafts=[ivig_order()])
+    (card,) = [c for c in evaluate(rec, "order-select").cards
+               if c.extension[RULE_ID_EXTENSION] == "ivig.safety.iga"]
+    return card, cc, ATC
+
+
 def test_decision_42_iga_card_claims_the_labelled_contraindication_only_with_antibodies_and_a_reaction():
-    assert "labelled contraindication" not in cards_for(85)["ivig.safety.iga"]["summary"].lower()
-    both = cards_for(26)["ivig.safety.iga"]  # anti-IgA antibodies and an earlier anaphylaxis
-    assert both["indicator"] == "critical" and "contraindication" in both["summary"].lower()
+    _, cc, atc = _iga_card()
+    anti = {"resourceType": "Observation", "id": "anti", "status": "final", "code": cc(text="Anti-IgA antibody"),
+            "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2026-10-01",
+            "valueCodeableConcept": cc(text="Positive")}
+    reaction = {"resourceType": "AllergyIntolerance", "id": "rx", "patient": {"reference": "Patient/p1"},
+                "code": cc(atc, "J06BA02", None, "IVIG"),
+                "reaction": [{"manifestation": [cc(text="Bronchospasm")]}]}
+    both, _, _ = _iga_card(anti, reaction)
+    antibodies, _, _ = _iga_card(anti)
+    serious, _, _ = _iga_card(reaction)
+    assert {c.indicator for c in (both, antibodies, serious)} == {"critical"}
+    assert "labelled contraindication" in both.summary.lower()
+    assert "contraindication" not in antibodies.summary.lower()  # the label needs a reaction as well
+    assert "with anti-iga" not in serious.summary.lower()  # the severe-reaction contraindication, not the IgA one
+    assert "label" in serious.summary.lower()
 
 
 # ============================================================================================ one IVIG suggestion
 
 
-@pytest.mark.xfail(reason="one IVIG suggestion, wired after the restructure", strict=True)
 def test_two_indication_cards_offer_ivig_on_one_card_only():
     cards = cards_for(89)
     assert set(cards) >= {"ivig.indication.steroid-resistant", "ivig.indication.conduction-block"}
@@ -335,13 +345,7 @@ def test_two_indication_cards_offer_ivig_on_one_card_only():
     assert ivig_suggestions(cards["ivig.indication.conduction-block"]) == []
 
 
-_PENDING_OFFER = {"20", "89"}  # two IVIG offers today; wired after the restructure
-
-
-@pytest.mark.parametrize("path", [
-    pytest.param(p, id=p.stem[:2], marks=pytest.mark.xfail(reason="one IVIG suggestion, wired after the restructure",
-                                                          strict=True)) if p.stem[:2] in _PENDING_OFFER
-    else pytest.param(p, id=p.stem[:2]) for p in ALL_FIXTURES])
+@pytest.mark.parametrize("path", ALL_FIXTURES, ids=[p.stem[:2] for p in ALL_FIXTURES])
 def test_no_response_carries_two_one_click_ivig_orders(path):
     bundle = json.loads(path.read_text())
     for hook in ("order-select", "order-sign", "patient-view"):

@@ -2,7 +2,7 @@
 
 Pure functions over FHIR dicts. The product lists a clinician reviews (brands and their strengths, products
 given only under the skin or into a muscle, which indication card owns the IVIG suggestion) are data, in
-``cds_service/data/immune_globulin.yaml``.
+``cds_service/clinical/criteria/immune_globulin.yaml``.
 
 - :func:`concentration_of`: the product's concentration (decision 34), from the Medication's strength, else a
   percentage or mg/mL in the product name, else the brand table, else the site default, with the basis said.
@@ -23,24 +23,17 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from . import criteria as _criteria
 from . import plausibility
-from .resources import data_path
 
 INTRAVENOUS, SUBCUTANEOUS, INTRAMUSCULAR = "ivig", "scig", "imig"
 
 # ============================================================================================ criteria
 
 
-@functools.lru_cache(maxsize=1)
 def criteria() -> dict[str, Any]:
-    """The reviewed lists of ``cds_service/data/immune_globulin.yaml`` (loaded once)."""
-    import yaml
-
-    with (data_path("data") / "immune_globulin.yaml").open(encoding="utf-8") as fh:
-        doc = yaml.safe_load(fh)
-    if not isinstance(doc, dict) or not isinstance(doc.get("brands"), dict):
-        raise ValueError("data/immune_globulin.yaml: a mapping with 'brands' is required")
-    return doc
+    """The reviewed lists of ``criteria/immune_globulin.yaml`` (loaded once)."""
+    return _criteria.immune_globulin()
 
 
 @functools.lru_cache(maxsize=1)

@@ -2,7 +2,7 @@
 
 A serious reaction (anaphylaxis, a fall in blood pressure, angioedema, bronchospasm) makes the IgA card
 critical; a mild one (headache, chills, fever) is listed on the warning card. The words are data, in
-``cds_service/data/immune_globulin.yaml`` (``severe_reaction``, ``mild_reaction``).
+``cds_service/clinical/criteria/immune_globulin.yaml`` (``severe_reaction``, ``mild_reaction``).
 """
 
 from __future__ import annotations

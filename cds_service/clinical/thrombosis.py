@@ -7,7 +7,7 @@
   gives no prophylaxis advice).
 - :func:`estrogen_is_local`: estrogen applied in the vagina at a local dose is not estrogen exposure.
 
-The lists are data, in ``cds_service/data/immune_globulin.yaml``.
+The lists are data, in ``cds_service/clinical/criteria/immune_globulin.yaml``.
 """
 
 from __future__ import annotations

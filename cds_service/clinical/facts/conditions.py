@@ -13,6 +13,7 @@ from .. import criteria
 from ..record import PatientRecord
 from ..terminology import ConceptMatch, Terminology, concept_codes, concept_text
 from ..thresholds import Thresholds
+from ..thrombosis import thrombosis_is_active
 from .fhir import code_of, label_of, listify, parse_dt, ref_of
 from .model import Factor, FactRef, NSCondition
 from .validation import Validator
@@ -234,8 +235,13 @@ def _add_risk_factors(part: ConditionsPart, c: _Read, ref: str | None) -> None:
     for rf in criteria.risk_factors():
         if (rf.when_inactive or c.active) and any(cat in n for cat in rf.categories):
             target = getattr(part, rf.feeds)
-            if rf.key:
-                target.append(Factor(rf.key, rf.label, ref, detail, label))
+            key, name = rf.key, rf.label
+            if rf.active_as and thrombosis_is_active(concept_codes(c.res.get("code"), "ICD10"),
+                                                     concept_codes(c.res.get("code"), "SNOMED"),
+                                                     concept_text(c.res.get("code")), c.clin):
+                key, name = rf.active_as  # decision 38: still active, not a past event
+            if key:
+                target.append(Factor(key, name, ref, detail, label))
             else:
                 target.append(FactRef(rf.label, detail, ref))
             if rf.also:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from .. import immune_globulin as ig
 from ..facts import FactRef, Facts
 from ..stages import StageResult
 from ..terminology import SECOND_LINE
@@ -108,3 +109,14 @@ def immunosuppression_contraindicated(ctx: Context) -> Fired | None:
         return _fire(ctx, "ivig.indication.immunosuppression-contraindicated",
                      [c.fact("Contraindication: ") for c in f.contraindications], contra_list=labels)
     return None
+
+
+def one_ivig_offer(fired: list[Fired]) -> list[Fired]:
+    """At most one card of a response offers the IVIG order: the first indication card of the reviewed list
+    (``criteria/immune_globulin.yaml``, ``ivig_offer_owner``) that fired; the others keep their text and
+    facts. Two one-click orders for the same drug invite a double order."""
+    owner = ig.ivig_offer_owner(f.rule_id for f in fired if "ivig" in f.suggestions)
+    for f in fired:
+        if f.rule_id != owner and "ivig" in f.suggestions:
+            f.suggestions = [k for k in f.suggestions if k != "ivig"]
+    return fired

@@ -358,3 +358,18 @@ def test_ivig_offer_owner_follows_the_reviewed_order():
     assert ig.ivig_offer_owner(["ivig.indication.sfn", "ivig.indication.conduction-block"]) == \
         "ivig.indication.conduction-block"
     assert ig.ivig_offer_owner(["stage.s3r-gc-refractory"]) is None
+
+
+def test_no_one_click_ivig_after_a_serious_reaction_to_immune_globulin():
+    """The label contraindicates immune globulin after a serious hypersensitivity reaction: the indication card
+    still says IVIG may be considered, but offers no order and says why (no harmful one-click order)."""
+    bundle = json.loads(fixture(89).read_text())
+    bundle["entry"].append({"fullUrl": "urn:uuid:anaphylaxis", "resource": {
+        "resourceType": "AllergyIntolerance", "id": "a89-ivig", "patient": {"reference": "Patient/p89"},
+        "code": {"coding": [{"system": "http://www.whocc.no/atc", "code": "J06BA02"}], "text": "IVIG"},
+        "reaction": [{"manifestation": [{"text": "Angioedema and wheeze"}]}]}})
+    _, response = evaluate_bundle(bundle, "order-select", "MedicationRequest/o89-mtx")
+    cards = {c["extension"][RULE_ID_EXTENSION]: c for c in response["cards"]}
+    card = cards["ivig.indication.steroid-resistant"]
+    assert "may be considered" in text_of(card) and "no ivig order is proposed" in text_of(card)
+    assert not any(ivig_suggestions(c) for c in response["cards"])

@@ -59,6 +59,25 @@ def risk_factors() -> tuple[RiskFactor, ...]:
 
 
 @functools.cache
+def risk_factor_index() -> dict[str, tuple[int, ...]]:
+    """Category -> positions in :func:`risk_factors` of the factors it gives."""
+    index: dict[str, list[int]] = {}
+    for i, rf in enumerate(risk_factors()):
+        for cat in rf.categories:
+            index.setdefault(cat, []).append(i)
+    return {cat: tuple(ix) for cat, ix in index.items()}
+
+
+@functools.cache
+def contraindication_categories() -> dict[str, tuple[Contraindication, ...]]:
+    """Category -> the contraindications it records (file order)."""
+    out: dict[str, list[Contraindication]] = {}
+    for c in contraindications():
+        out.setdefault(c.category, []).append(c)
+    return {cat: tuple(cs) for cat, cs in out.items()}
+
+
+@functools.cache
 def derived_factors() -> dict[str, dict[str, str]]:
     return dict(_load("risk_factors.yaml")["derived_factors"])
 

@@ -24,6 +24,7 @@ _NEURO_SITE_RE = re.compile(r"brain|cerebr|spinal|mening|cranial|nerve|neur|opti
                             r"nervous|myel|leptomening", re.IGNORECASE)
 _ACTIVE = ("active", "recurrence", "relapse")
 _SUSPECTED = ("provisional", "differential", "unconfirmed")
+_INTOLERANCE_OR_ANAPHYLAXIS = frozenset({"drug.anaphylaxis", "gc.intolerance", "is.intolerance"})
 
 
 @dataclass
@@ -222,6 +223,12 @@ def _icd_families(res: dict[str, Any]) -> set[str]:
 def _add_risk_factors(part: ConditionsPart, c: _Read, ref: str | None) -> None:
     """The factors ``criteria/risk_factors.yaml`` and ``criteria/contraindications.yaml`` give this Condition."""
     n = c.m.names
+    index = criteria.risk_factor_index()
+    factors = sorted({i for cat in n if cat in index for i in index[cat]})  # file order, each once
+    contra = criteria.contraindication_categories()
+    contras = [ci for cat in n if cat in contra for ci in contra[cat]] if c.active else []
+    if not (factors or contras or n & _INTOLERANCE_OR_ANAPHYLAXIS):
+        return
     label = label_of(c.res.get("code"), c.m)
     onset = parse_dt(c.res.get("onsetDateTime")) or parse_dt(c.res.get("recordedDate"))
     when = f" since {onset.date().isoformat()}" if onset else ""
@@ -232,21 +239,20 @@ def _add_risk_factors(part: ConditionsPart, c: _Read, ref: str | None) -> None:
         part.gc_intolerance.append(NSCondition("gc-intolerance", label, ref, c.clin, "confirmed", onset, None))
     if "is.intolerance" in n:
         part.is_intolerance.append(NSCondition("is-intolerance", label, ref, c.clin, "confirmed", onset, None))
-    for rf in criteria.risk_factors():
-        if (rf.when_inactive or c.active) and any(cat in n for cat in rf.categories):
-            target = getattr(part, rf.feeds)
-            key, name = rf.key, rf.label
-            if rf.active_as and thrombosis_is_active(concept_codes(c.res.get("code"), "ICD10"),
-                                                     concept_codes(c.res.get("code"), "SNOMED"),
-                                                     concept_text(c.res.get("code")), c.clin):
-                key, name = rf.active_as  # decision 38: still active, not a past event
-            if key:
-                target.append(Factor(key, name, ref, detail, label))
-            else:
-                target.append(FactRef(rf.label, detail, ref))
-            if rf.also:
-                getattr(part, rf.also).append(FactRef(rf.label, detail, ref))
-    if c.active:
-        for ci in criteria.contraindications():
-            if ci.category in n:
-                part.contraindications.append(Factor(ci.key, ci.label, ref, f"{detail}; affects {ci.affects}"))
+    every = criteria.risk_factors()
+    for i in factors:
+        rf = every[i]
+        if not (rf.when_inactive or c.active):
+            continue
+        target = getattr(part, rf.feeds)
+        key, name = rf.key, rf.label
+        if rf.active_as and thrombosis_is_active(concept_codes(c.res.get("code"), "ICD10"),
+                                                 concept_codes(c.res.get("code"), "SNOMED"),
+                                                 concept_text(c.res.get("code")), c.clin):
+            key, name = rf.active_as  # decision 38: still active, not a past event
+        target.append(Factor(key, name, ref, detail, label) if key else FactRef(rf.label, detail, ref))
+        if rf.also:
+            getattr(part, rf.also).append(FactRef(rf.label, detail, ref))
+    contras.sort(key=criteria.contraindications().index)  # file order
+    for ci in contras:
+        part.contraindications.append(Factor(ci.key, ci.label, ref, f"{detail}; affects {ci.affects}"))

@@ -43,6 +43,7 @@ _LOINC_URI = "http://loinc.org"
 _OK_STATUS = frozenset({"final", "amended", "corrected", "appended", ""})
 _UNDATED = datetime.min.replace(tzinfo=UTC)
 _NEWEST = operator.itemgetter(0)
+_UNSET = object()
 
 Candidates = list[tuple[datetime, datetime | None, dict[str, Any]]]  # (sort date, date, resource)
 
@@ -79,18 +80,24 @@ def first_loinc(code: Any) -> str | None:
 def lab_kind(code: Any, term: Terminology, memo: Memo | None = None) -> str | None:
     """Lab kind of an Observation.code by LOINC, else :data:`ANTI_IGA` for an anti-IgA antibody test,
     else None. ``memo``: the registry's ``observation-kind`` memo (the answer depends on the registry)."""
-    kind = LOINC_KIND.get(first_loinc(code) or "")
-    if kind is not None:
-        return kind
-    key = concept_key(code) if type(code) is dict else None
+    if type(code) is not dict:
+        return _lab_kind(code, term)
+    codings = code.get("coding")  # the common shape first: a first coding that is LOINC of a known kind
+    if type(codings) is list and codings:
+        cd = codings[0]
+        if type(cd) is dict and cd.get("system") == _LOINC_URI and type(cd.get("code")) is str:
+            kind = LOINC_KIND.get(cd["code"])
+            if kind is not None:
+                return kind
+    key = concept_key(code)
     if key is None:
         return _lab_kind(code, term)
     if memo is None:
         memo = term.memo("observation-kind")
-    try:
-        return memo[key]
-    except KeyError:
-        return memo.remember(key, _lab_kind(code, term))
+    kind = memo.get(key, _UNSET)
+    if kind is _UNSET:
+        kind = memo.remember(key, _lab_kind(code, term))
+    return kind  # type: ignore[return-value]
 
 
 def _lab_kind(code: Any, term: Terminology) -> str | None:
@@ -105,9 +112,12 @@ def _lab_kind(code: Any, term: Terminology) -> str | None:
 
 
 def observation_time(res: dict[str, Any]) -> datetime | None:
+    """effective[x] (dateTime, instant, period start), else issued."""
+    when = parse_dt(res.get("effectiveDateTime"))
+    if when is not None:
+        return when
     period = res.get("effectivePeriod")
-    return (parse_dt(res.get("effectiveDateTime")) or parse_dt(res.get("effectiveInstant"))
-            or parse_dt(period.get("start") if isinstance(period, dict) else None)
+    return (parse_dt(res.get("effectiveInstant")) or parse_dt(period.get("start") if isinstance(period, dict) else None)
             or parse_dt(res.get("issued")))
 
 
@@ -116,7 +126,7 @@ def _candidates(record: PatientRecord, term: Terminology) -> tuple[dict[str, Can
     by_kind: dict[str, Candidates] = {}
     anti_iga: list[dict[str, Any]] = []
     memo = term.memo("observation-kind")
-    for res in record.of_type("Observation"):
+    for res in record.resources.get("Observation", ()):
         if not isinstance(res, dict):
             continue
         status = res.get("status")

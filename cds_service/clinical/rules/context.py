@@ -23,11 +23,16 @@ class Fired:
     conditional: bool = False  # A16 wording
 
 
+_PHRASES: dict[str, dict[str, str]] = {}
+
+
 def phrase(group: str, name: str, **values: Any) -> str:
     """A sentence of ``cards/_phrases.yaml`` (``_phrases.<group>.<name>``), filled with ``values``."""
-    from ..cards import card_library  # the card texts, loaded once (cards imports the rules)
+    if not _PHRASES:
+        from ..cards import card_library  # imported here: cards imports the rules
 
-    text = card_library()["_phrases"][group][name]
+        _PHRASES.update(card_library()["_phrases"])
+    text = _PHRASES[group][name]
     return text.format(**values) if values else text
 
 

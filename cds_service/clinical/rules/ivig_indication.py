@@ -44,6 +44,11 @@ def best_candidate_features(f: Facts, s: StageResult, th: Thresholds) -> list[st
 
 
 def _shown(ctx: Context) -> bool:
+    """Decision 6, and not while immune globulin is current."""
+    return ctx.once("indication-shown", _indication_shown)
+
+
+def _indication_shown(ctx: Context) -> bool:
     s = ctx.stage
     return ctx.ladder_trigger and (s.in_scope or s.sfn_pathway) and not ctx.facts.current_ig()
 

@@ -270,7 +270,6 @@ class IgOrder:
     reference: str
     label: str
     kind: str = INTRAVENOUS
-    route_assumed: bool = False
     concentration: Concentration = field(default_factory=lambda: Concentration((10.0,), "assumed"))
     lines: list[DoseLine] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -402,10 +401,6 @@ class Course:
     max_daily_ml: float | None
     dated: bool  # every order carries its first day, so the days are calendar days
     unread: list[str] = field(default_factory=list)  # labels of orders whose dose or length was not read
-
-    @property
-    def several(self) -> bool:
-        return len(self.orders) > 1
 
 
 def _spread(line: DoseLine, first: date, daily: float, ml_daily: float, grams: dict[date, float],

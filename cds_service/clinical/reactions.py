@@ -41,16 +41,3 @@ def reaction_severity(texts: Iterable[str], recorded_severity: str | None = None
     if (criticality or "").lower() == "high":
         return SEVERE
     return UNKNOWN
-
-
-def mild_words(texts: Iterable[str]) -> list[str]:
-    """The mild manifestations named in ``texts``, as written, each once (for the warning card)."""
-    _, mild = _patterns()
-    out: list[str] = []
-    for t in texts:
-        if isinstance(t, str):
-            for m in mild.finditer(t):
-                w = m.group(0).lower()
-                if w not in out:
-                    out.append(w)
-    return out

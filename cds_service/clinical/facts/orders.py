@@ -113,7 +113,7 @@ def ig_draft(res: dict[str, Any], ref: str, label: str, concept: Any, product: s
     kind, assumed = ig.administration_kind(text, stated, concept_codes(concept, ATC))
     conc = ig.concentration_of(_medication_of(res, medications), product, th.ivig_concentration_percent)
     lines, problems = ig.read_ig_order(res, conc, per_day_of)
-    return kind, assumed, ig.IgOrder(ref, label, kind, assumed, conc, lines, problems)
+    return kind, assumed, ig.IgOrder(ref, label, kind, conc, lines, problems)
 
 
 def _medication_of(res: dict[str, Any], medications: dict[str, dict[str, Any]]) -> dict[str, Any] | None:

@@ -390,3 +390,14 @@ def test_decision_48_myelitis_after_sarcoidosis_onset_is_neurosarcoidosis():
 def test_decision_49_monitoring_follows_the_drug():
     s4 = text(card(run(41), "stage.s4-on-second-line")).lower()
     assert "retin" in s4 and "folic" not in s4
+
+
+def test_decision_49_conduction_block_card_is_not_conditional_on_an_ns_diagnosis():
+    from tests.fhir_builders import icd, ivig_order, patient, record, weight
+
+    rec = record(patient(), icd("lung", "D86.0", "Sarcoidosis of lung"), icd("cb", "G61.82"),
+                 icd("palsy", "G51.0", onset_days=None), weight(70), drafts=[ivig_order()])
+    ev = evaluate(rec, "order-select")
+    assert ev.facts.ns_status == "possible"  # the undated palsy: the stage card speaks conditionally
+    assert card(ev, "stage.s1-untreated").summary.startswith("If NS confirmed")
+    assert not card(ev, "ivig.indication.conduction-block").summary.startswith("If NS confirmed")

@@ -31,24 +31,26 @@ class Evaluation:
     stage_detail: StageResult | None = None
 
 
-def evaluate(record: PatientRecord, hook: str, *, thresholds: Thresholds | None = None) -> Evaluation:
+def evaluate(record: PatientRecord, hook: str, *, thresholds: Thresholds | None = None,
+             rules_off: frozenset[str] = frozenset()) -> Evaluation:
+    """The cards for ``record`` on ``hook``; rules named in ``rules_off`` are not evaluated at all."""
     th = thresholds or get_thresholds()
     try:
-        result = _evaluate(record, hook, th)
+        result = _evaluate(record, hook, th, rules_off)
     except Exception:  # noqa: BLE001 - malformed data the cheap checks let through: isolate it, then retry
         cleaned = without_invalid_resources(record)
         if cleaned is None:
             raise
-        result = _evaluate(cleaned, hook, th)
+        result = _evaluate(cleaned, hook, th, rules_off)
         record.notes[:] = cleaned.notes
     _add_data_notes(result.cards, [*record.notes, *result.facts.notes])
     return result
 
 
-def _evaluate(record: PatientRecord, hook: str, th: Thresholds) -> Evaluation:
+def _evaluate(record: PatientRecord, hook: str, th: Thresholds, rules_off: frozenset[str]) -> Evaluation:
     facts = build_facts(record, th)
     stage = compute_stage(facts, th)
-    fired = run_rules(facts, stage, hook, th)
+    fired = run_rules(facts, stage, hook, th, rules_off)
     cards = render_all(fired, facts, th)
     rule_ids = [str((c.extension or {}).get(models.RULE_ID_EXTENSION)) for c in cards]
     return Evaluation(cards=cards, facts=facts, stage=stage.stage, rule_ids=rule_ids, stage_detail=stage)

@@ -577,12 +577,32 @@ RULES: tuple[Callable[[Context], list[Fired]], ...] = (
 )
 
 
-def run_rules(facts: Facts, stage: StageResult, hook: str, th: Thresholds) -> list[Fired]:
+# The rule ids each rule function can fire: a function whose ids are all switched off is not run.
+RULE_FUNCTION_IDS: dict[Callable[[Context], list[Fired]], tuple[str, ...]] = {
+    rule_mtx_frequency: ("ladder.mtx-frequency",),
+    rule_stage: tuple(STAGE_RULES.values()),
+    rule_ivig_indications: tuple(r for r in RULE_IDS if r.startswith("ivig.indication.")),
+    rule_ivig_renal: ("ivig.safety.renal", "ivig.safety.renal-baseline-missing"),
+    rule_ivig_thrombosis: ("ivig.safety.thrombosis",),
+    rule_ivig_hyperviscosity: ("ivig.safety.hyperviscosity",),
+    rule_ivig_iga: ("ivig.safety.iga", "ivig.safety.prior-reaction"),
+    rule_ivig_heart_failure: ("ivig.safety.heart-failure-volume",),
+    rule_ivig_dose: ("ivig.dose", "ivig.dose.weight-missing"),
+}
+
+
+def run_rules(facts: Facts, stage: StageResult, hook: str, th: Thresholds,
+              rules_off: frozenset[str] = frozenset()) -> list[Fired]:
+    """Every rule's firings; rules in ``rules_off`` (a site's ``off`` setting) are neither run nor fired."""
     ctx = Context(facts, stage, hook, th)
     out: list[Fired] = []
     for rule in RULES:
+        if rules_off and rules_off.issuperset(RULE_FUNCTION_IDS[rule]):
+            continue
         out.extend(rule(ctx))
+    if rules_off:
+        out = [f for f in out if f.rule_id not in rules_off]
     return out
 
 
-__all__ = ["RULE_IDS", "Fired", "run_rules", "ivig_plan", "IG"]
+__all__ = ["RULE_FUNCTION_IDS", "RULE_IDS", "Fired", "run_rules", "ivig_plan", "IG"]

@@ -12,9 +12,10 @@ from __future__ import annotations
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cds_service.store.base import CardRow, FeedbackRow, RuleReport, Store, StoreError
+from cds_service.store.base import CallRow, CardRow, FeedbackRow, RuleReport, RuleVersionRow, Store, StoreError
 
-__all__ = ["CardRow", "FeedbackRow", "RuleReport", "Store", "StoreError", "make_engine", "open_store"]
+__all__ = ["CallRow", "CardRow", "FeedbackRow", "RuleReport", "RuleVersionRow", "Store", "StoreError", "make_engine",
+           "open_store"]
 
 
 def make_engine(url: str) -> AsyncEngine:

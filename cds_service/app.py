@@ -10,6 +10,7 @@ import functools
 import gc
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -27,6 +28,7 @@ from cds_service.body import read_json
 from cds_service.config import Settings, get_settings
 from cds_service.discovery import SERVICES, discovery_document
 from cds_service.errors import NotFound, ServiceError, outcome_response
+from cds_service.governance.modes import ALL_ON, RuleModes
 from cds_service.hooks import evaluation_time, parse_call
 from cds_service.models import (
     CDSResponse,
@@ -103,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.settings = settings
+    _install_governance(app, settings)
     app.state.gather_policy = GatherPolicy.from_settings(settings)
     app.state.log_limited = logs.RateLimited(every=10.0)
     app.state.startup_hooks = []
@@ -130,6 +133,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_age=600,
     )
     return app
+
+
+def _install_governance(app: FastAPI, settings: Settings) -> None:
+    """Site rule modes (``CDS_RULES_FILE``) and the current version of every rule (cds_service/governance)."""
+    from cds_service.config import ConfigurationError
+    from cds_service.governance.modes import RuleModesError, load_rule_modes
+    from cds_service.governance.versions import current_versions
+
+    try:
+        app.state.rule_modes = load_rule_modes(settings.rules_file)
+    except RuleModesError as exc:  # `cds-service serve` reports it before this; an embedding caller gets it here
+        raise ConfigurationError([f"Configuration error in CDS_RULES_FILE: expected a YAML file of rule modes "
+                                  f"(on, shadow, off) ({exc})."]) from None
+    app.state.rule_versions = current_versions()
+    off, shadow = sorted(app.state.rule_modes.off), sorted(app.state.rule_modes.shadow)
+    if off or shadow:
+        log.info("rule_modes", file=str(settings.rules_file), off=off, shadow=shadow)
 
 
 async def _close_workload(app: FastAPI) -> None:
@@ -196,7 +216,7 @@ def _install_routes(app: FastAPI) -> None:
              summary="Discovery: the services offered and their prefetch templates")
     async def discovery(request: Request) -> Response:
         await _authenticate(request, "/cds-services")
-        return _json(dump(discovery_document()))
+        return _json(dump(discovery_document(request.app.state.rule_modes)))
 
     async def call_service(request: Request) -> Response:
         started = time.perf_counter()
@@ -205,6 +225,16 @@ def _install_routes(app: FastAPI) -> None:
         service = SERVICES.get(service_id)
         if service is None:
             raise NotFound(f"There is no CDS service with id '{service_id}'.")
+        try:
+            return await answer_call(request, service, client, started)
+        except ServiceError as exc:  # a refused call is a call too: its row keeps the denominators honest
+            audit = request.app.state.audit
+            if audit is not None:
+                audit.call_answered(service=service.id, hook=service.hook, hook_instance="", patient_id=None,
+                                    status=exc.status, duration_s=time.perf_counter() - started)
+            raise
+
+    async def answer_call(request: Request, service, client, started: float) -> Response:
         workload: Workload = request.app.state.workload  # large calls work off the event loop
         data = await read_json(request, limit=settings.max_body_bytes, max_depth=settings.max_json_depth,
                                max_array=settings.max_array_length, workload=workload)
@@ -226,23 +256,25 @@ def _install_routes(app: FastAPI) -> None:
 
             issuer = getattr(client, "issuer", None)
             links = functools.partial(for_call, settings=settings, issuer=issuer, request_base=str(request.base_url))
+        modes: RuleModes = request.app.state.rule_modes
         if workload.large_record(record):
-            cards, body = await workload.run(answer, record, call.hook, call.hook_instance, links)
+            result = await workload.run(answer, record, call.hook, call.hook_instance, links, modes)
         else:
-            cards, body = answer(record, call.hook, call.hook_instance, links)
+            result = answer(record, call.hook, call.hook_instance, links, modes)
         elapsed = time.perf_counter() - started
         audit = request.app.state.audit
         if audit is not None:  # queued; written after the response, in batches
-            audit.cards_issued(service=service.id, hook=call.hook, hook_instance=call.hook_instance,
-                               patient_id=call.patient_id, cards=cards)
+            audit.call_answered(service=service.id, hook=call.hook, hook_instance=call.hook_instance,
+                                patient_id=call.patient_id, cards=result.cards, shadow_cards=result.shadow,
+                                duration_s=elapsed, ladder_orders=result.ladder_orders, ig_orders=result.ig_orders)
         metrics = getattr(request.app.state, "metrics", None)
         if metrics is not None:
-            metrics.hook_answered(call.hook, elapsed, cards, stats)
+            metrics.hook_answered(call.hook, elapsed, result.cards, stats, shadow=result.shadow)
         log.info("hook_answered", service=service.id, hook=call.hook, hookInstance=call.hook_instance,
-                 cards=len(cards), prefetched=stats.prefetched, fetched=stats.fetched,
-                 fhir_ms=round(stats.fhir_seconds * 1000, 1), ms=round(elapsed * 1000, 2),
+                 cards=len(result.cards), shadow=len(result.shadow), prefetched=stats.prefetched,
+                 fetched=stats.fetched, fhir_ms=round(stats.fhir_seconds * 1000, 1), ms=round(elapsed * 1000, 2),
                  notes=len(record.notes))
-        return Response(body, media_type=JSON)
+        return Response(result.body, media_type=JSON)
 
     # The hook call is the hot path and reads its body as raw bytes, so FastAPI's per-request dependency
     # and parameter machinery has nothing to do but costs ~70 µs of a ~1.2 ms call (bench/profile_hot.py):
@@ -323,21 +355,41 @@ def parse_feedback(data: dict[str, Any]) -> list:
         raise BadRequest(f"Invalid feedback: {_describe(exc)}.") from exc
 
 
-def answer(record, hook: str, hook_instance: str, links=None) -> tuple[list, bytes]:
-    """The cards (with the links ``links(cards)`` adds, when given) and the encoded CDS Hooks response."""
-    cards = evaluate_cards(record, hook, hook_instance)
+@dataclass
+class Answer:
+    """What one hook call answered, and what only the audit sees."""
+
+    cards: list  # returned to the EHR
+    shadow: list  # cards of rules in shadow mode: audited, never returned
+    body: bytes  # the encoded CDS Hooks response
+    ladder_orders: int = 0  # "the orders" of the call that are ladder drugs
+    ig_orders: int = 0  # ... and immune globulin
+
+
+def answer(record, hook: str, hook_instance: str, links=None, modes: RuleModes = ALL_ON) -> Answer:
+    """The cards (with the links ``links(cards)`` adds, when given) and the encoded CDS Hooks response.
+
+    Rules ``off`` are not evaluated; cards of rules in ``shadow`` are split off before the response."""
+    cards, ladder, ig = evaluate_call(record, hook, hook_instance, modes.off)
+    shown, shadow = modes.split(cards)
     if links is not None:
-        links(cards)
-    return cards, orjson.dumps(dump(CDSResponse(cards=cards)))
+        links(shown)
+    return Answer(shown, shadow, orjson.dumps(dump(CDSResponse(cards=shown))), ladder, ig)
 
 
-def evaluate_cards(record, hook: str, hook_instance: str) -> list:
+def evaluate_cards(record, hook: str, hook_instance: str, rules_off: frozenset[str] = frozenset()) -> list:
     """Run the rules; a bug in a rule becomes an honest card, never a 500 or a silent empty answer."""
+    return evaluate_call(record, hook, hook_instance, rules_off)[0]
+
+
+def evaluate_call(record, hook: str, hook_instance: str,
+                  rules_off: frozenset[str] = frozenset()) -> tuple[list, int, int]:
+    """(cards, ladder orders, immune globulin orders) of the call; see :func:`evaluate_cards`."""
     from cds_service.clinical import engine
     from cds_service.models import Card, Source
 
     try:
-        return engine.evaluate(record, hook).cards
+        evaluation = engine.evaluate(record, hook, rules_off=rules_off)
     except Exception as exc:  # noqa: BLE001 - the clinician must still get an answer
         log.error("rules_failed", hookInstance=hook_instance, error=type(exc).__name__, exc_info=True)
         return [
@@ -351,4 +403,8 @@ def evaluate_cards(record, hook: str, hook_instance: str) -> list:
                                   "display": "Acknowledged"}],
                 extension={"org.neurosarcoidosis-cds.rule-id": "service.evaluation-failed"},
             )
-        ]
+        ], 0, 0
+    orders = evaluation.facts.the_orders
+    ig = sum(1 for o in orders if o.is_ig)
+    ladder = sum(1 for o in orders if o.is_ladder and not o.is_ig)
+    return evaluation.cards, ladder, ig

@@ -25,6 +25,7 @@ import collections
 import hashlib
 import hmac
 import time
+import uuid as uuid_mod
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,7 +34,7 @@ from cds_service import logs
 from cds_service.errors import ServiceError
 from cds_service.models import RULE_ID_EXTENSION
 from cds_service.rfc3339 import parse_instant
-from cds_service.store.base import CardRow, FeedbackRow, Store, StoreError, run_to_end
+from cds_service.store.base import CallRow, CardRow, FeedbackRow, RuleVersionRow, Store, StoreError, run_to_end
 from cds_service.store.pseudonym import load_secret
 
 log = logs.get_logger("cds_service.audit")
@@ -87,15 +88,21 @@ class AuditWriter:
     def __init__(self, store: Store, secret: bytes, *, metrics: Callable[[], Any] = lambda: None,
                  batch_size: int = BATCH_SIZE, max_batch: int = MAX_BATCH, interval: float = INTERVAL,
                  max_queue: int = MAX_QUEUE,
-                 retention_days: int = 0) -> None:
+                 retention_days: int = 0, rule_versions: Sequence[Any] = ()) -> None:
         self.store = store
+        # cds_service.governance.versions.RuleVersion of every rule: stamped on each card row, and recorded
+        # in the store once (the first time this service runs with a version).
+        self.rule_versions = list(rule_versions)
+        self.versions = {v.rule_id: v.version for v in self.rule_versions}
+        self._versions_recorded = not self.rule_versions
         self._metrics = metrics
         self.batch_size = batch_size
         self.max_batch = max(max_batch, batch_size)
         self.interval = interval
         self.max_queue = max_queue
         self.retention_days = retention_days
-        # One entry per hook call: (time, service, hook, hookInstance, patient id, [(uuid, rule, indicator)]).
+        # One entry per hook call: (time, service, hook, hookInstance, patient id,
+        # [(uuid, rule, indicator, shadow)], (status, ms, ladder orders, ig orders) or None, rows).
         # Rows (and the patient key HMAC) are built by the writer, not on the request path.
         self._pending: collections.deque[tuple] = collections.deque()
         self._queued_rows = 0
@@ -111,11 +118,12 @@ class AuditWriter:
         self._log_limited = logs.RateLimited(every=10.0)
         self._next_purge = 0.0
         self._quarantined_now = 0
+        self._quarantined_calls = 0
 
     # ------------------------------------------------------------------ request path
     def cards_issued(self, *, service: str, hook: str, hook_instance: str, patient_id: str | None,
                      cards: Sequence[Any]) -> None:
-        """Queue the call's cards. Never raises, never waits; ~1 µs (bench/audit_overhead.py)."""
+        """Queue the call's cards (no hook-call row). Never raises, never waits; ~1 µs (bench/audit_overhead.py)."""
         if not cards:
             return
         room = self.max_queue - self._queued_rows
@@ -124,9 +132,28 @@ class AuditWriter:
             if room <= 0:
                 return
             cards = cards[:room]
-        self._pending.append((time.time(), service, hook, hook_instance, patient_id,
-                              [(c.uuid, (c.extension or {}).get(RULE_ID_EXTENSION), c.indicator) for c in cards]))
-        self._queued_rows += len(cards)
+        self._enqueue((time.time(), service, hook, hook_instance, patient_id,
+                       [(c.uuid, (c.extension or {}).get(RULE_ID_EXTENSION), c.indicator, False) for c in cards],
+                       None, len(cards)))
+
+    def call_answered(self, *, service: str, hook: str, hook_instance: str, patient_id: str | None,
+                      cards: Sequence[Any] = (), shadow_cards: Sequence[Any] = (), status: int = 200,
+                      duration_s: float = 0.0, ladder_orders: int = 0, ig_orders: int = 0) -> None:
+        """Queue one hook call: its row (the denominator), its cards, and its shadow cards (flagged, never
+        shown). Never raises, never waits. When the queue has no room for all of them, none is kept: a
+        call without its cards, or cards without their call, would bias the rates."""
+        rows = 1 + len(cards) + len(shadow_cards)
+        if rows > self.max_queue - self._queued_rows:
+            self._count("audit_dropped", "queue_full", rows)
+            return
+        entries = [(c.uuid, (c.extension or {}).get(RULE_ID_EXTENSION), c.indicator, False) for c in cards]
+        entries += [(c.uuid, (c.extension or {}).get(RULE_ID_EXTENSION), c.indicator, True) for c in shadow_cards]
+        self._enqueue((time.time(), service, hook, hook_instance, patient_id, entries,
+                       (int(status), duration_s * 1000.0, int(ladder_orders), int(ig_orders)), rows))
+
+    def _enqueue(self, entry: tuple) -> None:
+        self._pending.append(entry)
+        self._queued_rows += entry[7]
         self._gauge_queue()
         if not self._wakeup.is_set():
             self._wakeup.set()
@@ -138,15 +165,29 @@ class AuditWriter:
         h.update(patient_id.encode("utf-8"))
         return h.hexdigest()
 
-    def _rows(self, entries: list[tuple]) -> list[CardRow]:
-        rows = []
-        for at, service, hook, hook_instance, patient_id, cards in entries:
+    def _rows(self, entries: list[tuple]) -> list[CardRow | CallRow]:
+        rows: list[CardRow | CallRow] = []
+        versions = self.versions
+        for at, service, hook, hook_instance, patient_id, cards, call, _n in entries:
             issued_at = datetime.fromtimestamp(at, UTC)
-            key = self._key(patient_id)
-            for uuid, rule, indicator in cards:
-                rows.append(CardRow(card_uuid=uuid, service=service, hook=hook, rule_id=str(rule or UNLABELLED_RULE),
+            key = self._key(patient_id) if cards else None
+            shown = {"critical": 0, "warning": 0, "info": 0}
+            shadow_n = 0
+            for uuid, rule, indicator, shadow in cards:
+                rule_id = str(rule or UNLABELLED_RULE)
+                rows.append(CardRow(card_uuid=uuid, service=service, hook=hook, rule_id=rule_id,
                                     indicator=indicator, hook_instance=hook_instance, issued_at=issued_at,
-                                    patient_key=key))
+                                    patient_key=key, shadow=shadow, rule_version=versions.get(rule_id)))
+                if shadow:
+                    shadow_n += 1
+                elif indicator in shown:
+                    shown[indicator] += 1
+            if call is not None:
+                status, duration_ms, ladder, ig = call
+                rows.append(CallRow(call_id=uuid_mod.uuid4().hex, service=service, hook=hook, called_at=issued_at,
+                                    status=status, cards_critical=shown["critical"], cards_warning=shown["warning"],
+                                    cards_info=shown["info"], shadow_cards=shadow_n,
+                                    duration_ms=round(duration_ms, 3), ladder_orders=ladder, ig_orders=ig))
         return rows
 
     async def feedback_received(self, *, service: str, items: Sequence[Any]) -> int:
@@ -221,6 +262,25 @@ class AuditWriter:
         if not self._ready:
             await self.store.upgrade()
             self._ready = True
+        if not self._versions_recorded:
+            await self._record_versions()
+
+    async def _record_versions(self) -> None:
+        record = getattr(self.store, "record_rule_versions", None)
+        self._versions_recorded = True
+        if record is None:
+            return
+        now = datetime.now(UTC)
+        rows = [RuleVersionRow(rule_id=v.rule_id, version=v.version, first_seen=now, inputs=v.inputs)
+                for v in self.rule_versions]
+        try:
+            added = await record(rows)
+        except StoreError as exc:
+            self._versions_recorded = False  # tried again with the next write
+            log.warning("rule_versions_not_recorded", error=str(exc))
+            return
+        if added:
+            log.info("rule_versions_recorded", new=added)
 
     async def _run(self) -> None:
         backoff = 0.0
@@ -267,15 +327,17 @@ class AuditWriter:
             while self._pending and n < self.max_batch:
                 entry = self._pending.popleft()
                 entries.append(entry)
-                n += len(entry[5])
+                n += entry[7]
             if not entries:
                 return True
             rows = self._rows(entries)
+            n_calls = sum(1 for r in rows if isinstance(r, CallRow))
             try:
                 await self._ensure_ready()
-                await self.store.record_cards(rows)
+                await self.store.record_audit(rows)
             except Exception as exc:  # noqa: BLE001 - whatever the database does, the writer must survive
-                self._count("audit_failed", "cards", n)
+                self._count("audit_failed", "cards", n - n_calls)
+                self._count("audit_failed", "calls", n_calls)
                 if not await self._store_answers():
                     # An outage: keep the calls (in order, at the front) for the next attempt; they still
                     # count against the queue bound, so new calls are dropped rather than memory growing.
@@ -286,8 +348,9 @@ class AuditWriter:
                 await self._write_isolating(rows)
             self._queued_rows -= n
             self._gauge_queue()
-        self._count("audit_written", "cards", n - self._quarantined_now)
-        self._quarantined_now = 0
+        self._count("audit_written", "cards", n - n_calls - self._quarantined_now)
+        self._count("audit_written", "calls", n_calls - self._quarantined_calls)
+        self._quarantined_now = self._quarantined_calls = 0
         await self._maybe_purge()
         if self._failing_since is not None:
             log.info("audit_store_recovered", after_s=round(time.monotonic() - self._failing_since, 1))
@@ -302,13 +365,13 @@ class AuditWriter:
             return False
         return True
 
-    async def _write_isolating(self, rows: list[CardRow]) -> None:
+    async def _write_isolating(self, rows: list[CardRow | CallRow]) -> None:
         """Write ``rows`` in halves until every row is written or, alone, refused POISON_ATTEMPTS times."""
         if len(rows) > 1:
             mid = len(rows) // 2
             for part in (rows[:mid], rows[mid:]):
                 try:
-                    await self.store.record_cards(part)
+                    await self.store.record_audit(part)
                 except Exception:  # noqa: BLE001 - narrowed down below
                     await self._write_isolating(part)
             return
@@ -316,15 +379,19 @@ class AuditWriter:
         error: Exception | None = None
         for _ in range(POISON_ATTEMPTS):
             try:
-                await self.store.record_cards(rows)
+                await self.store.record_audit(rows)
                 return
             except Exception as exc:  # noqa: BLE001
                 error = exc
                 await asyncio.sleep(0.05)
-        self._quarantined_now += 1
         self._count("audit_dropped", "quarantined", 1)
-        log.error("audit_row_quarantined", card=row.card_uuid, rule=row.rule_id,
-                  error=str(error) if isinstance(error, StoreError) else type(error).__name__)
+        reason = str(error) if isinstance(error, StoreError) else type(error).__name__
+        if isinstance(row, CallRow):
+            self._quarantined_calls += 1
+            log.error("audit_row_quarantined", call=row.call_id, hook=row.hook, error=reason)
+        else:
+            self._quarantined_now += 1
+            log.error("audit_row_quarantined", card=row.card_uuid, rule=row.rule_id, error=reason)
 
     async def _maybe_purge(self) -> None:
         if self.retention_days <= 0 or time.monotonic() < self._next_purge:
@@ -373,7 +440,8 @@ def install(app, settings) -> None:
         log.warning("patient_key_secret_not_shared",
                     hint="set CDS_PATIENT_KEY_SECRET to the same value on every instance sharing the database")
     writer = AuditWriter(store, secret, metrics=lambda: getattr(app.state, "metrics", None),
-                         retention_days=settings.audit_retention_days)
+                         retention_days=settings.audit_retention_days,
+                         rule_versions=list(app.state.rule_versions.values()))
     app.state.audit = writer
     app.state.startup_hooks.append(writer.start)
     app.state.shutdown_hooks.append(writer.stop)

@@ -35,6 +35,8 @@ PREFETCH: dict[str, str] = {
     "medicationAdministrations": "MedicationAdministration?patient={{context.patientId}}",
     "devices": "Device?patient={{context.patientId}}",
 }
+# Discovery extension: {"on": [rule ids], "shadow": [...], "off": [...]} as configured by CDS_RULES_FILE.
+RULE_MODES_EXTENSION = "org.neurosarcoidosis-cds.rule-modes"
 OPTIONAL_KEYS = frozenset({"allergies", "medicationAdministrations", "devices"})
 
 
@@ -45,11 +47,23 @@ class Service:
     title: str
     description: str
 
-    def definition(self) -> ServiceDefinition:
+    def definition(self, modes=None) -> ServiceDefinition:
+        """The discovery entry; with the site's rule modes (cds_service.governance.modes), they are said in
+        the description when some rule is not on, and always listed in the rule-modes extension."""
+        description = self.description
+        extension = None
+        if modes is not None:
+            by_mode = modes.by_mode()
+            extension = {RULE_MODES_EXTENSION: {m: sorted(rules) for m, rules in by_mode.items()}}
+            if by_mode["shadow"]:
+                description += f" Rules in silent (shadow) mode at this site: {', '.join(sorted(by_mode['shadow']))}."
+            if by_mode["off"]:
+                description += f" Rules switched off at this site: {', '.join(sorted(by_mode['off']))}."
         return ServiceDefinition(
-            hook=self.hook, id=self.id, title=self.title, description=self.description, prefetch=PREFETCH,
+            hook=self.hook, id=self.id, title=self.title, description=description, prefetch=PREFETCH,
             usageRequirements="Adults with neurosarcoidosis; needs read access to the patient's Conditions, "
             "medications and Observations (prefetch or fhirServer with fhirAuthorization).",
+            extension=extension,
         )
 
 
@@ -87,5 +101,5 @@ SERVICES: dict[str, Service] = {
 }
 
 
-def discovery_document() -> DiscoveryResponse:
-    return DiscoveryResponse(services=[s.definition() for s in SERVICES.values()])
+def discovery_document(modes=None) -> DiscoveryResponse:
+    return DiscoveryResponse(services=[s.definition(modes) for s in SERVICES.values()])

@@ -13,6 +13,7 @@ import asyncio
 import json
 import sys
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import typer
 
@@ -127,9 +128,34 @@ def report(
     until: str = typer.Option(None, help="Up to and including this date (or before this date-time)."),
     as_json: bool = typer.Option(False, "--json", help='Print {"rules": [...]} as JSON.'),
     top: int = typer.Option(3, min=1, help="Override reasons shown per rule in the table."),
+    html: Path = typer.Option(None, "--html", dir_okay=False, writable=True,
+                              help="Write the alert-burden report (weekly charts per rule, rates per 100 relevant "
+                                   "orders, override rates with intervals, before/after versions) to this "
+                                   "self-contained HTML file. Needs the 'report' extra (matplotlib)."),
+    demo_history: bool = typer.Option(False, "--demo-history",
+                                      help="With --html: report on a generated 12-week history instead of the "
+                                           "database (to see what the report shows; nothing is written to it)."),
+    hook: list[str] = typer.Option(None, "--hook", help="With --html: only these order hooks (order-select, "
+                                                        "order-sign); default both."),
 ) -> None:
     """Override analytics per rule: cards shown, accepted, overridden, override rate and reasons."""
     start, end = parse_when(since), parse_when(until, end=True)
+    if demo_history and html is None:
+        raise typer.BadParameter("--demo-history needs --html FILE.", param_hint="--demo-history")
+    if html is not None:
+        from cds_service.governance.burden import ORDER_HOOKS
+        from cds_service.governance.cli import html_report
+
+        hooks = tuple(hook) if hook else ORDER_HOOKS
+        unknown = [h for h in hooks if h not in ORDER_HOOKS]
+        if unknown:
+            raise typer.BadParameter(f"'{unknown[0]}' is not an order hook (order-select, order-sign).",
+                                     param_hint="--hook")
+        figures = html_report(html, since=start, until=end, hooks=hooks, demo=demo_history)
+        typer.echo(f"Wrote {html} ({len(figures['rules'])} rules, {len(figures['weeks'])} weeks).", err=True)
+        if as_json:
+            sys.stdout.write(json.dumps(figures, indent=2) + "\n")
+        return
 
     async def go(store):
         await _require_tables(store)
@@ -202,6 +228,9 @@ def db_revision(message: str = typer.Option(..., "-m", "--message", help="What t
 
 
 def register(app: typer.Typer) -> None:
+    from cds_service.governance.cli import register as register_governance
+
     app.command("report")(report)
+    register_governance(app)
     app.command("purge")(purge)
     app.add_typer(db_app, name="db")

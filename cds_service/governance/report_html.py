@@ -137,7 +137,7 @@ def rates_chart(rule: RuleBurden, weeks) -> str:
 
 def reasons_chart(rule: RuleBurden) -> str:
     top = rule.reasons.most_common(TOP_REASONS)
-    fig, ax = _figure(height=0.5 + 0.42 * len(top))
+    fig, ax = _figure(height=max(1.6, 0.6 + 0.42 * len(top)))
     labels = [_reason_label(rule, code) for code, _n in top][::-1]
     counts = [n for _code, n in top][::-1]
     ax.barh(range(len(top)), counts, color=VERMILLION, height=0.6)

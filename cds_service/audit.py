@@ -1,6 +1,10 @@
-"""Audit trail of issued cards and clinician feedback, written off the card path.
+"""Audit trail of hook calls, issued cards and clinician feedback, written off the card path.
 
-* ``cards_issued`` (called by the hook handler) builds plain rows and appends them to an in-memory,
+* ``call_answered`` (called by the hook handler) queues one entry per hook call: the call's row (the
+  denominator of the alert-burden report: status, cards by indicator, shadow cards, order counts; no
+  patient), its cards and the cards of rules in shadow mode (flagged, never returned). Rows are built by
+  the writer, stamped with each rule's version (:mod:`cds_service.governance.versions`).
+* ``cards_issued`` builds plain rows and appends them to an in-memory,
   bounded queue: no I/O, about a microsecond. One background task per process writes them in batches: at
   most ``INTERVAL`` s after the first row arrives, at once when ``BATCH_SIZE`` rows are waiting, and up to
   ``MAX_BATCH`` rows per transaction when it has fallen behind (a saturated event loop delays each of the

@@ -33,9 +33,11 @@ def build_request(bundle: dict[str, Any], hook: str, order: str | None = None) -
 async def evaluate_request_async(request: dict[str, Any], hook: str, base_url: str | None = None,
                                  settings=None) -> dict[str, Any]:
     """The CDS Hooks response for ``request``; cards carry the timeline link when development links are on
-    (``CDS_SMART_LINKS_UNAUTHENTICATED``), pointing at ``base_url`` (else the configured host and port)."""
+    (``CDS_SMART_LINKS_UNAUTHENTICATED``), pointing at ``base_url`` (else the configured host and port).
+    The site's rule modes apply as in a hook call: ``off`` rules are not run, ``shadow`` cards left out."""
     from cds_service.app import evaluate_cards
     from cds_service.config import get_settings
+    from cds_service.governance.modes import cached_rule_modes
     from cds_service.smart.links import for_call
 
     call = parse_call(service_for(hook), request)
@@ -44,8 +46,9 @@ async def evaluate_request_async(request: dict[str, Any], hook: str, base_url: s
     record = await gather(call, call_sources(call, policy), policy)  # the bundle's data is all in prefetch
     if now is not None:
         record.now = now
-    cards = evaluate_cards(record, call.hook, call.hook_instance)
     settings = settings or get_settings()
+    modes = cached_rule_modes(settings.rules_file)
+    cards, _shadow = modes.split(evaluate_cards(record, call.hook, call.hook_instance, modes.off))
     if not settings.auth_enabled:
         for_call(cards, settings, None, base_url)
     return dump(CDSResponse(cards=cards))

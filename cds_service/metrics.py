@@ -125,8 +125,8 @@ class Metrics:
                                       registry=reg)
         self.audit_drops = Counter("cds_audit_rows_dropped_total", "Audit rows given up on, by reason.",
                                    ["reason"], registry=reg)
-        self.audit_queue = Gauge("cds_audit_queue_depth", "Card and hook-call rows waiting to be written.", registry=reg,
-                                 multiprocess_mode="livesum")
+        self.audit_queue = Gauge("cds_audit_queue_depth", "Card and hook-call rows waiting to be written.",
+                                 registry=reg, multiprocess_mode="livesum")
         self.shadow_cards = Counter("cds_shadow_cards_total", "Cards of rules in shadow mode: computed and "
                                     "audited, never returned; by rule and indicator.", ["rule", "indicator"],
                                     registry=reg)

@@ -260,3 +260,12 @@ async def test_hook_call_rows_are_idempotent_sanitised_and_purged(db_url):  # no
         assert [c[2] for c in (await store.governance_rows(None, None))["calls"]] == [412]
     finally:
         await store.close()
+
+
+def test_the_cli_evaluate_applies_the_site_modes_too(tmp_path):
+    f = tmp_path / "rules.yaml"
+    f.write_text("rules:\n  ivig.safety.renal: shadow\n  ivig.dose: off\n", encoding="utf-8")
+    result = cli("evaluate", str(FIXTURE), "--json", env=clean_env(tmp_path, CDS_RULES_FILE=str(f)), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rules = [c["extension"][RULE_ID_EXTENSION] for c in json.loads(result.stdout)["cards"]]
+    assert "stage.s3r-gc-refractory" in rules and "ivig.safety.renal" not in rules and "ivig.dose" not in rules

@@ -14,6 +14,7 @@ understood. Any mistake (unknown rule, unknown mode, a pattern that matches noth
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,3 +128,9 @@ def load_rule_modes(path: str | Path | None) -> RuleModes:
         return parse_rule_modes(doc, source=str(file))
     except RuleModesError as exc:
         raise RuleModesError(f"{file}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def cached_rule_modes(path: str | Path | None) -> RuleModes:
+    """:func:`load_rule_modes`, read once per path (the CLI and the preview endpoint; checked at start)."""
+    return load_rule_modes(path)

@@ -379,32 +379,43 @@ def answer(record, hook: str, hook_instance: str, links=None, modes: RuleModes =
 
 def evaluate_cards(record, hook: str, hook_instance: str, rules_off: frozenset[str] = frozenset()) -> list:
     """Run the rules; a bug in a rule becomes an honest card, never a 500 or a silent empty answer."""
-    return evaluate_call(record, hook, hook_instance, rules_off)[0]
+    evaluation = _run_engine(record, hook, hook_instance, rules_off)
+    return evaluation.cards if evaluation is not None else [_evaluation_failed_card()]
 
 
 def evaluate_call(record, hook: str, hook_instance: str,
                   rules_off: frozenset[str] = frozenset()) -> tuple[list, int, int]:
     """(cards, ladder orders, immune globulin orders) of the call; see :func:`evaluate_cards`."""
-    from cds_service.clinical import engine
-    from cds_service.models import Card, Source
-
-    try:
-        evaluation = engine.evaluate(record, hook, rules_off=rules_off)
-    except Exception as exc:  # noqa: BLE001 - the clinician must still get an answer
-        log.error("rules_failed", hookInstance=hook_instance, error=type(exc).__name__, exc_info=True)
-        return [
-            Card(
-                summary="Neurosarcoidosis decision support could not evaluate this order.",
-                detail="An internal error stopped the rules for this order, so **no recommendation was made**. "
-                "Use clinical judgement; the error has been logged for the service team.",
-                indicator="warning",
-                source=Source(label="Neurosarcoidosis CDS service"),
-                overrideReasons=[{"code": "acknowledged", "system": "https://neurosarcoidosis-cds.example.org/override",
-                                  "display": "Acknowledged"}],
-                extension={"org.neurosarcoidosis-cds.rule-id": "service.evaluation-failed"},
-            )
-        ], 0, 0
+    evaluation = _run_engine(record, hook, hook_instance, rules_off)
+    if evaluation is None:
+        return [_evaluation_failed_card()], 0, 0
     orders = evaluation.facts.the_orders
     ig = sum(1 for o in orders if o.is_ig)
     ladder = sum(1 for o in orders if o.is_ladder and not o.is_ig)
     return evaluation.cards, ladder, ig
+
+
+def _run_engine(record, hook: str, hook_instance: str, rules_off: frozenset[str]):
+    """The engine's evaluation, or None when a rule failed (logged)."""
+    from cds_service.clinical import engine
+
+    try:
+        return engine.evaluate(record, hook, rules_off=rules_off)
+    except Exception as exc:  # noqa: BLE001 - the clinician must still get an answer
+        log.error("rules_failed", hookInstance=hook_instance, error=type(exc).__name__, exc_info=True)
+        return None
+
+
+def _evaluation_failed_card():
+    from cds_service.models import Card, Source
+
+    return Card(
+        summary="Neurosarcoidosis decision support could not evaluate this order.",
+        detail="An internal error stopped the rules for this order, so **no recommendation was made**. "
+        "Use clinical judgement; the error has been logged for the service team.",
+        indicator="warning",
+        source=Source(label="Neurosarcoidosis CDS service"),
+        overrideReasons=[{"code": "acknowledged", "system": "https://neurosarcoidosis-cds.example.org/override",
+                          "display": "Acknowledged"}],
+        extension={"org.neurosarcoidosis-cds.rule-id": "service.evaluation-failed"},
+    )

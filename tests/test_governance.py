@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -269,3 +271,42 @@ def test_the_cli_evaluate_applies_the_site_modes_too(tmp_path):
     assert result.returncode == 0, result.stderr
     rules = [c["extension"][RULE_ID_EXTENSION] for c in json.loads(result.stdout)["cards"]]
     assert "stage.s3r-gc-refractory" in rules and "ivig.safety.renal" not in rules and "ivig.dose" not in rules
+
+
+def test_a_shadow_rule_appears_in_the_report_with_its_would_be_rate(tmp_path, monkeypatch):
+    """Through the service: the shadow rule's cards never reach a response, yet the HTML report shows its
+    firings per 100 immune globulin orders, and the cards shown beside it."""
+    from typer.testing import CliRunner
+
+    from cds_service.cli import _register_optional_commands
+    from cds_service.cli import app as cli_app
+    from cds_service.cli import main as _register  # noqa: F401 - the report command is registered lazily
+
+    f = tmp_path / "rules.yaml"
+    f.write_text("rules:\n  ivig.safety.renal: shadow\n", encoding="utf-8")
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", trusted_issuers={}, redis_url=None,
+                        database_url=None, log_json=True, rules_file=f)
+    with TestClient(create_app(settings)) as client:
+        for _ in range(4):
+            request = load_json(REQUEST)
+            request["hookInstance"] = str(uuid.uuid4())
+            assert "ivig.safety.renal" not in _rule_ids(client.post(SELECT, json=request))
+
+    for name in [n for n in os.environ if n.startswith("CDS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CDS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CDS_RULES_FILE", str(f))
+    _register_optional_commands()  # report and rules are registered when the CLI starts
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(cli_app, ["report", "--html", str(out), "--json"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    figures = json.loads(result.stdout[result.stdout.index("{"):])
+    rules = {r["rule"]: r for r in figures["rules"]}
+    renal = rules["ivig.safety.renal"]
+    assert renal["mode"] == "shadow"
+    assert renal["total"] == {**renal["total"], "relevant_orders": 4, "shown": 0, "shadow": 4,
+                              "shadow_per_100": 100.0}
+    assert rules["ivig.dose"]["total"]["shown"] == 4 and rules["ivig.dose"]["total"]["shown_per_100"] == 100.0
+    page = out.read_text(encoding="utf-8")
+    assert 'id="burden-ivig.safety.renal"' in page and "shadow firings" in page

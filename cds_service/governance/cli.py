@@ -105,9 +105,10 @@ def rules(as_json: bool = typer.Option(False, "--json", help='Print {"rules": [.
         style = {"shadow": "yellow", "off": "dim"}.get(r["mode"])
         table.add_row(r["rule"], r["mode"], r["version"], (r["since"] or "-")[:19], r["previous"] or "-",
                       "\n".join(r["changes"]) or "-", style=style)
-    Console().print(table)
+    console = Console() if sys.stdout.isatty() else Console(width=160)  # piped: do not squeeze the table
+    console.print(table)
     if history is None:
-        Console().print("No audit store to compare with: versions are those of this configuration.", style="dim")
+        console.print("No audit store to compare with: versions are those of this configuration.", style="dim")
 
 
 def html_report(out: Path, *, since: datetime | None, until: datetime | None, hooks: tuple[str, ...],

@@ -103,7 +103,10 @@ def rules(as_json: bool = typer.Option(False, "--json", help='Print {"rules": [.
         table.add_column(name, no_wrap=name in ("Rule", "Version", "Previous"))
     for r in rows:
         style = {"shadow": "yellow", "off": "dim"}.get(r["mode"])
-        table.add_row(r["rule"], r["mode"], r["version"], (r["since"] or "-")[:19], r["previous"] or "-",
+        since = r["since"] or "-"
+        if since[:4].isdigit():  # a time: to the minute, UTC
+            since = since[:16].replace("T", " ")
+        table.add_row(r["rule"], r["mode"], r["version"], since, r["previous"] or "-",
                       "\n".join(r["changes"]) or "-", style=style)
     console = Console() if sys.stdout.isatty() else Console(width=160)  # piped: do not squeeze the table
     console.print(table)

@@ -310,3 +310,41 @@ def test_a_shadow_rule_appears_in_the_report_with_its_would_be_rate(tmp_path, mo
     assert rules["ivig.dose"]["total"]["shown"] == 4 and rules["ivig.dose"]["total"]["shown_per_100"] == 100.0
     page = out.read_text(encoding="utf-8")
     assert 'id="burden-ivig.safety.renal"' in page and "shadow firings" in page
+
+
+async def test_a_call_row_the_database_refuses_is_quarantined_and_the_rest_is_written():
+    from store_support import make_card
+    from test_audit import CountingMetrics, FakeStore, wait_for
+
+    from cds_service.audit import AuditWriter
+    from cds_service.store import CardRow, StoreError
+
+    class RefusingCalls(FakeStore):
+        def __init__(self):
+            super().__init__()
+            self.written: list = []
+
+        async def record_audit(self, rows):
+            if any(isinstance(r, CallRow) and r.hook == "poison" for r in rows):
+                raise StoreError("text fields cannot contain NUL (test)")
+            self.written.extend(rows)
+            return len(rows)
+
+    store, metrics = RefusingCalls(), CountingMetrics()
+    writer = AuditWriter(store, b"k" * 32, metrics=lambda: metrics, interval=0.01)
+    await writer.start()
+    try:
+        for hook, rule in (("order-sign", "rule.a"), ("poison", "rule.b"), ("order-sign", "rule.c")):
+            writer.call_answered(service="s", hook=hook, hook_instance="hi", patient_id="p",
+                                 cards=[make_card(rule)], shadow_cards=[make_card("rule.s")], ig_orders=1)
+        await wait_for(lambda: writer.queued == 0, within=10)
+    finally:
+        await writer.stop()
+    calls = [r for r in store.written if isinstance(r, CallRow)]
+    card_rows = [r for r in store.written if isinstance(r, CardRow)]
+    assert [c.hook for c in calls] == ["order-sign", "order-sign"]
+    assert all(c.shadow_cards == 1 and c.ig_orders == 1 and c.cards_warning == 1 for c in calls)
+    assert sorted(r.rule_id for r in card_rows if not r.shadow) == ["rule.a", "rule.b", "rule.c"]
+    assert sum(r.shadow for r in card_rows) == 3
+    assert metrics.counts[("dropped", "quarantined")] == 1
+    assert metrics.counts[("written", "calls")] == 2 and metrics.counts[("written", "cards")] == 6

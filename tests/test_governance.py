@@ -20,14 +20,13 @@ from store_support import db_url  # noqa: F401 - fixture
 from test_cli import FIXTURE, clean_env, cli
 
 from cds_service.app import create_app
-from cds_service.clinical import rules as rules_module
 from cds_service.clinical.cards import card_library
 from cds_service.clinical.rules import RULE_IDS
 from cds_service.clinical.terminology import get_terminology
 from cds_service.clinical.thresholds import Thresholds
-from cds_service.config import Settings
+from cds_service.config import Settings, get_settings
 from cds_service.governance.modes import RuleModesError, load_rule_modes, parse_rule_modes
-from cds_service.governance.versions import ORDER_KINDS, changes, current_versions, rule_inputs
+from cds_service.governance.versions import CRITERIA, ORDER_KINDS, changes, current_versions, rule_inputs
 from cds_service.models import RULE_ID_EXTENSION
 from cds_service.store import CallRow, open_store
 from cds_service.store.schema import cards as cards_table
@@ -50,6 +49,7 @@ def test_every_rule_says_what_it_reads_and_every_input_exists():
         assert set(spec["thresholds"]) <= fields, (rule, set(spec["thresholds"]) - fields)
         assert set(spec["value_sets"]) <= value_sets, (rule, set(spec["value_sets"]) - value_sets)
         assert spec["orders"] in ORDER_KINDS, rule
+        assert set(spec["criteria"]) <= set(CRITERIA), rule
         # a threshold printed on the card ({t.name}) is one the rule reads
         printed = set(re.findall(r"\{t\.(\w+)", json.dumps(library[rule])))
         assert printed <= set(spec["thresholds"]), (rule, printed - set(spec["thresholds"]))
@@ -105,29 +105,6 @@ def test_the_cli_refuses_a_bad_rules_file_with_exit_2_and_one_line(tmp_path):
     missing = clean_env(tmp_path, CDS_RULES_FILE=str(tmp_path / "nope.yaml"))
     result = cli("evaluate", str(FIXTURE), env=missing, cwd=tmp_path)
     assert result.returncode == 2 and "cannot read" in result.stderr
-
-
-# --------------------------------------------------------------------------- off: not evaluated
-def test_a_rule_switched_off_is_not_run(monkeypatch):
-    """All the ids of a rule function off: the function is never called (an off rule costs nothing)."""
-    calls = []
-
-    def spy(ctx):
-        calls.append(ctx.hook)
-        return []
-
-    monkeypatch.setattr(rules_module, "RULES", (spy,))
-    monkeypatch.setitem(rules_module.RULE_FUNCTION_IDS, spy, ("ivig.safety.thrombosis",))
-    rules_module.run_rules(None, None, "order-sign", None, frozenset({"ivig.safety.thrombosis"}))
-    assert calls == []
-    rules_module.run_rules(None, None, "order-sign", None, frozenset())
-    assert calls == ["order-sign"]
-
-
-def test_every_rule_id_belongs_to_one_rule_function():
-    owned = [r for ids in rules_module.RULE_FUNCTION_IDS.values() for r in ids]
-    assert sorted(owned) == sorted(RULE_IDS)
-    assert set(rules_module.RULE_FUNCTION_IDS) == set(rules_module.RULES)
 
 
 # --------------------------------------------------------------------------- through the HTTP app
@@ -192,6 +169,25 @@ def test_shadow_cards_never_reach_the_response_but_are_audited_with_their_versio
     assert 'cds_rule_mode{mode="shadow",rule="ivig.safety.renal"} 1.0' in metrics
     assert 'cds_rule_mode{mode="on",rule="ivig.safety.renal"} 0.0' in metrics
     assert re.search(r'cds_shadow_cards_total\{indicator="\w+",rule="ivig.safety.renal"\} [1-9]', metrics)
+
+
+def test_a_rule_switched_off_in_the_site_file_is_never_run_by_the_service(make_settings, monkeypatch):
+    from dataclasses import replace
+
+    from cds_service.clinical.rules import registry
+
+    calls = []
+    renal = registry.RULE_BY_ID["ivig.safety.renal"]
+    spy = replace(renal, check=lambda ctx: calls.append(ctx.hook) or renal.check(ctx))
+    monkeypatch.setattr(registry, "RULES", tuple(spy if r.id == renal.id else r for r in registry.RULES))
+    with TestClient(create_app(make_settings(**{"ivig.safety.renal": "off"}))) as client:
+        resp = client.post(SELECT, json=load_json(REQUEST))
+    # (the start-up warm-up evaluates an order-sign call of its own, with every rule)
+    assert "order-select" not in calls
+    assert "ivig.safety.renal" not in _rule_ids(resp) and "ivig.dose" in _rule_ids(resp)
+    with TestClient(create_app(make_settings())) as client:
+        assert "ivig.safety.renal" in _rule_ids(client.post(SELECT, json=load_json(REQUEST)))
+    assert "order-select" in calls
 
 
 def test_default_configuration_shows_every_card_and_lists_every_rule_on(make_settings):
@@ -299,7 +295,11 @@ def test_a_shadow_rule_appears_in_the_report_with_its_would_be_rate(tmp_path, mo
     monkeypatch.setenv("CDS_RULES_FILE", str(f))
     _register_optional_commands()  # report and rules are registered when the CLI starts
     out = tmp_path / "report.html"
-    result = CliRunner().invoke(cli_app, ["report", "--html", str(out), "--json"])
+    try:
+        result = CliRunner().invoke(cli_app, ["report", "--html", str(out), "--json"])
+    finally:  # the settings cached for this CLI run (with its rules file) must not leak into later tests
+        monkeypatch.undo()
+        get_settings.cache_clear()
     assert result.exit_code == 0, (result.output, result.exception)
     figures = json.loads(result.stdout[result.stdout.index("{"):])
     rules = {r["rule"]: r for r in figures["rules"]}

@@ -1,8 +1,10 @@
 """Rule versions: a short digest of everything a rule reads, so analytics can split by version.
 
 What each rule reads is data, ``cds_service/clinical/criteria/rule_inputs.yaml`` (card texts, thresholds,
-value-set categories). A rule's version changes when, and only when, one of those changes: a site raising
-``CDS_EGFR_WARNING`` changes the version of ``ivig.safety.renal`` and of no rule that does not read it. The
+value-set categories, criteria files); the sentences of ``cards/_phrases.yaml`` under the rule's id (or its
+group's) and the risk factors of ``criteria/risk_factors.yaml`` that name its card are added from there.
+A rule's version changes when, and only when, one of those changes: a site raising ``CDS_EGFR_WARNING``
+changes the version of ``ivig.safety.renal`` and of no rule that does not read it. The
 service records each version the first time it runs with it (``cds_rule_version``), so ``cds-service rules``
 can say what changed since the previous one.
 """
@@ -29,8 +31,41 @@ def rule_inputs() -> dict[str, dict[str, Any]]:
     file = Path(__file__).resolve().parent.parent / INPUTS_FILE
     doc = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     return {k: {"cards": list(v.get("cards") or ()), "thresholds": list(v.get("thresholds") or ()),
-                "value_sets": list(v.get("value_sets") or ()), "orders": v.get("orders")}
+                "value_sets": list(v.get("value_sets") or ()), "criteria": list(v.get("criteria") or ()),
+                "orders": v.get("orders")}
             for k, v in doc.items() if not k.startswith("_")}
+
+
+CRITERIA = {  # the names a rule may list under `criteria`: (file in clinical/criteria/, top-level key)
+    "contraindications": ("contraindications.yaml", None),
+    "derived_factors": ("risk_factors.yaml", "derived_factors"),
+}
+
+
+@functools.lru_cache(maxsize=4)
+def _criteria_file(name: str) -> dict[str, Any]:
+    import yaml
+
+    file = Path(__file__).resolve().parent.parent / "clinical" / "criteria" / name
+    return yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+
+
+def criteria_part(name: str) -> Any:
+    file, key = CRITERIA[name]
+    doc = _criteria_file(file)
+    return doc if key is None else doc.get(key)
+
+
+def risk_factors_of(rule_id: str) -> list[dict[str, Any]]:
+    """The entries of risk_factors.yaml that feed ``rule_id``'s card (their ``cards`` name it)."""
+    return [f for f in _criteria_file("risk_factors.yaml").get("risk_factors") or ()
+            if rule_id in (f.get("cards") or ())]
+
+
+def phrases_of(rule_id: str, library: dict[str, Any]) -> dict[str, Any]:
+    """The sentences of ``_phrases`` the rule puts into its card: its own and its group's."""
+    phrases = library.get("_phrases") or {}
+    return {key: value for key, value in phrases.items() if rule_id == key or rule_id.startswith(key + ".")}
 
 
 def _digest(value: Any) -> str:
@@ -56,10 +91,17 @@ def version_inputs(rule_id: str, *, thresholds=None, terminology=None, library=N
     lib = library if library is not None else card_library()
     spec = rule_inputs()[rule_id]
     sets = _value_set_digests(term)
+    cards = {key: _digest(lib.get(key)) for key in spec["cards"]}
+    cards.update({f"_phrases.{key}": _digest(value) for key, value in phrases_of(rule_id, lib).items()})
+    criteria = {name: _digest(criteria_part(name)) for name in spec["criteria"]}
+    factors = risk_factors_of(rule_id)
+    if factors:
+        criteria["risk_factors"] = _digest(factors)
     return {
-        "cards": {key: _digest(lib.get(key)) for key in spec["cards"]},
+        "cards": cards,
         "thresholds": {name: getattr(th, name) for name in spec["thresholds"]},
         "value_sets": {name: sets.get(name, _digest([])) for name in spec["value_sets"]},
+        "criteria": criteria,
     }
 
 
@@ -88,7 +130,7 @@ def changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     for name in sorted(set(old_th) | set(new_th)):
         if old_th.get(name) != new_th.get(name):
             out.append(f"threshold {name} {_show(old_th.get(name))} -> {_show(new_th.get(name))}")
-    for part, label in (("cards", "card text"), ("value_sets", "value set")):
+    for part, label in (("cards", "card text"), ("value_sets", "value set"), ("criteria", "criteria")):
         old, new = before.get(part) or {}, after.get(part) or {}
         for name in sorted(set(old) | set(new)):
             if name not in old:

@@ -37,7 +37,7 @@ async def _history(store) -> dict[str, list]:
 async def _stored_history(settings) -> dict[str, list] | None:
     """The stored versions, or None when there is no store to read (never creates one)."""
     from cds_service.store import open_store
-    from cds_service.store.cli import _missing_sqlite_file
+    from cds_service.store.commands import _missing_sqlite_file
 
     if _missing_sqlite_file(settings) is not None:
         return None
@@ -143,7 +143,7 @@ def html_report(out: Path, *, since: datetime | None, until: datetime | None, ho
         result = asyncio.run(go())
         source, rules_file = "a synthetic demo history (cds-service report --demo-history)", "demo plan"
     else:
-        from cds_service.store.cli import _require_tables, _run
+        from cds_service.store.commands import _require_tables, _run
 
         settings = _settings()
         modes = _modes(settings)

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cds_service import __version__, logs, openapi
+from cds_service.audit import CallFacts
 from cds_service.auth import authenticate
 from cds_service.body import read_json
 from cds_service.config import Settings, get_settings
@@ -214,8 +215,9 @@ def _install_routes(app: FastAPI) -> None:
         except ServiceError as exc:  # a refused call is a call too: its row keeps the denominators honest
             audit = request.app.state.audit
             if audit is not None:
-                audit.call_answered(service=service.id, hook=service.hook, hook_instance="", patient_id=None,
-                                    status=exc.status, duration_s=time.perf_counter() - started)
+                audit.cards_issued(service=service.id, hook=service.hook, hook_instance="", patient_id=None,
+                                   cards=(), call=CallFacts(status=exc.status,
+                                                            duration_s=time.perf_counter() - started))
             raise
 
     async def answer_call(request: Request, service, client, started: float) -> Response:
@@ -248,9 +250,10 @@ def _install_routes(app: FastAPI) -> None:
         elapsed = time.perf_counter() - started
         audit = request.app.state.audit
         if audit is not None:  # queued; written after the response, in batches
-            audit.call_answered(service=service.id, hook=call.hook, hook_instance=call.hook_instance,
-                                patient_id=call.patient_id, cards=result.cards, shadow_cards=result.shadow,
-                                duration_s=elapsed, ladder_orders=result.ladder_orders, ig_orders=result.ig_orders)
+            audit.cards_issued(service=service.id, hook=call.hook, hook_instance=call.hook_instance,
+                               patient_id=call.patient_id, cards=result.cards, shadow_cards=result.shadow,
+                               call=CallFacts(duration_s=elapsed, ladder_orders=result.ladder_orders,
+                                              ig_orders=result.ig_orders))
         metrics = getattr(request.app.state, "metrics", None)
         if metrics is not None:
             metrics.hook_answered(call.hook, elapsed, result.cards, stats, shadow=result.shadow)

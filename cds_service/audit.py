@@ -1,10 +1,10 @@
 """Audit trail of hook calls, issued cards and clinician feedback, written off the card path.
 
-* ``call_answered`` (called by the hook handler) queues one entry per hook call: the call's row (the
+* ``cards_issued`` (called by the hook handler) queues one entry per hook call: the call's row (the
   denominator of the alert-burden report: status, cards by indicator, shadow cards, order counts; no
   patient), its cards and the cards of rules in shadow mode (flagged, never returned). Rows are built by
   the writer, stamped with each rule's version (:mod:`cds_service.governance.versions`).
-* ``cards_issued`` builds plain rows and appends them to an in-memory,
+* ``cards_issued`` appends to an in-memory,
   bounded queue: no I/O, about a microsecond. One background task per process writes them in batches: at
   most ``INTERVAL`` s after the first row arrives, at once when ``BATCH_SIZE`` rows are waiting, and up to
   ``MAX_BATCH`` rows per transaction when it has fallen behind (a saturated event loop delays each of the
@@ -31,6 +31,7 @@ import hmac
 import time
 import uuid as uuid_mod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -88,6 +89,16 @@ def feedback_rows(service: str, items: Sequence[Any], received_at: datetime | No
     return rows
 
 
+@dataclass(frozen=True, slots=True)
+class CallFacts:
+    """What a hook call's audit row records besides its cards (no patient, no user)."""
+
+    status: int = 200  # HTTP status of the answer
+    duration_s: float = 0.0
+    ladder_orders: int = 0  # "the orders" of the call that are ladder drugs
+    ig_orders: int = 0  # ... and immune globulin
+
+
 class AuditWriter:
     def __init__(self, store: Store, secret: bytes, *, metrics: Callable[[], Any] = lambda: None,
                  batch_size: int = BATCH_SIZE, max_batch: int = MAX_BATCH, interval: float = INTERVAL,
@@ -126,34 +137,34 @@ class AuditWriter:
 
     # ------------------------------------------------------------------ request path
     def cards_issued(self, *, service: str, hook: str, hook_instance: str, patient_id: str | None,
-                     cards: Sequence[Any]) -> None:
-        """Queue the call's cards (no hook-call row). Never raises, never waits, does no I/O."""
+                     cards: Sequence[Any], shadow_cards: Sequence[Any] = (), call: CallFacts | None = None) -> None:
+        """Queue a hook call's cards; with ``call``, also the call's own row (the denominator of the alert
+        rates) and the cards of rules in shadow mode (flagged, never shown). Never raises, never waits, does
+        no I/O. Without ``call``, cards beyond the queue's room are dropped; with it, the call is kept whole or
+        dropped whole (a call without its cards, or cards without their call, would bias the rates)."""
+        def entries(items, shadow: bool) -> list[tuple]:
+            return [(c.uuid, (c.extension or {}).get(RULE_ID_EXTENSION), c.indicator, shadow) for c in items]
+
+        room = self.max_queue - self._queued_rows
+        if call is not None:
+            rows = 1 + len(cards) + len(shadow_cards)
+            if rows > room:
+                self._count("audit_dropped", "queue_full", rows)
+                return
+            self._enqueue((time.time(), service, hook, hook_instance, patient_id,
+                           entries(cards, False) + entries(shadow_cards, True),
+                           (int(call.status), call.duration_s * 1000.0, int(call.ladder_orders),
+                            int(call.ig_orders)), rows))
+            return
         if not cards:
             return
-        room = self.max_queue - self._queued_rows
         if len(cards) > room:
             self._count("audit_dropped", "queue_full", len(cards) - max(room, 0))
             if room <= 0:
                 return
             cards = cards[:room]
-        self._enqueue((time.time(), service, hook, hook_instance, patient_id,
-                       [(c.uuid, (c.extension or {}).get(RULE_ID_EXTENSION), c.indicator, False) for c in cards],
-                       None, len(cards)))
-
-    def call_answered(self, *, service: str, hook: str, hook_instance: str, patient_id: str | None,
-                      cards: Sequence[Any] = (), shadow_cards: Sequence[Any] = (), status: int = 200,
-                      duration_s: float = 0.0, ladder_orders: int = 0, ig_orders: int = 0) -> None:
-        """Queue one hook call: its row (the denominator), its cards, and its shadow cards (flagged, never
-        shown). Never raises, never waits. When the queue has no room for all of them, none is kept: a
-        call without its cards, or cards without their call, would bias the rates."""
-        rows = 1 + len(cards) + len(shadow_cards)
-        if rows > self.max_queue - self._queued_rows:
-            self._count("audit_dropped", "queue_full", rows)
-            return
-        entries = [(c.uuid, (c.extension or {}).get(RULE_ID_EXTENSION), c.indicator, False) for c in cards]
-        entries += [(c.uuid, (c.extension or {}).get(RULE_ID_EXTENSION), c.indicator, True) for c in shadow_cards]
-        self._enqueue((time.time(), service, hook, hook_instance, patient_id, entries,
-                       (int(status), duration_s * 1000.0, int(ladder_orders), int(ig_orders)), rows))
+        self._enqueue((time.time(), service, hook, hook_instance, patient_id, entries(cards, False), None,
+                       len(cards)))
 
     def _enqueue(self, entry: tuple) -> None:
         self._pending.append(entry)

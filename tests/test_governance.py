@@ -316,7 +316,7 @@ async def test_a_call_row_the_database_refuses_is_quarantined_and_the_rest_is_wr
     from store_support import make_card
     from test_audit import CountingMetrics, FakeStore, wait_for
 
-    from cds_service.audit import AuditWriter
+    from cds_service.audit import AuditWriter, CallFacts
     from cds_service.store import CardRow, StoreError
 
     class RefusingCalls(FakeStore):
@@ -335,8 +335,8 @@ async def test_a_call_row_the_database_refuses_is_quarantined_and_the_rest_is_wr
     await writer.start()
     try:
         for hook, rule in (("order-sign", "rule.a"), ("poison", "rule.b"), ("order-sign", "rule.c")):
-            writer.call_answered(service="s", hook=hook, hook_instance="hi", patient_id="p",
-                                 cards=[make_card(rule)], shadow_cards=[make_card("rule.s")], ig_orders=1)
+            writer.cards_issued(service="s", hook=hook, hook_instance="hi", patient_id="p", cards=[make_card(rule)],
+                                shadow_cards=[make_card("rule.s")], call=CallFacts(ig_orders=1))
         await wait_for(lambda: writer.queued == 0, within=10)
     finally:
         await writer.stop()

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from cds_service.governance.versions import ORDER_KINDS
+
 ORDER_HOOKS = ("order-select", "order-sign")
 Z95 = 1.959963984540054
 
@@ -163,7 +165,7 @@ def compute(rows: dict[str, list], *, modes: dict[str, str], order_kinds: dict[s
     rule -> [(version, first_seen, inputs)] oldest first (``cds_rule_version``); ``changes_of(before, after)``
     describes what changed between two versions' inputs."""
     # denominators per week, by kind
-    orders_by_week: dict[str, Counter] = {"immune-globulin": Counter(), "ladder-or-immune-globulin": Counter()}
+    orders_by_week: dict[str, Counter] = {kind: Counter() for kind in ORDER_KINDS}
     weeks: set[date] = set()
     calls = refused = 0
     call_times: list[tuple[datetime, int, int]] = []

@@ -39,6 +39,7 @@ def rule_inputs() -> dict[str, dict[str, Any]]:
 CRITERIA = {  # the names a rule may list under `criteria`: (file in clinical/criteria/, top-level key)
     "contraindications": ("contraindications.yaml", None),
     "derived_factors": ("risk_factors.yaml", "derived_factors"),
+    "immune_globulin": ("immune_globulin.yaml", None),
 }
 
 

@@ -40,6 +40,7 @@ CRITERIA = {  # the names a rule may list under `criteria`: (file in clinical/cr
     "contraindications": ("contraindications.yaml", None),
     "derived_factors": ("risk_factors.yaml", "derived_factors"),
     "immune_globulin": ("immune_globulin.yaml", None),
+    "ladder_steps": ("ladder_steps.yaml", None),
 }
 
 

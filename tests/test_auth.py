@@ -175,7 +175,27 @@ REFUSALS = {
     "jti not a string": ("jti must be", lambda k: k.token(jti=12345)),
     "exp not a number": ("must be numbers", lambda k: k.token(exp="tomorrow")),
     "garbage": ("malformed", lambda k: "not.a.jwt"),
+    # The token is decoded once, strictly: what is verified is exactly what is read.
+    "payload outside the base64url alphabet": ("malformed", lambda k: _respell(k.token(), 1, lambda s: s[:4] + "!" + s[4:])),
+    "payload in standard base64 (+ and /)": ("malformed", lambda k: _respell(
+        k.token(), 1, lambda s: s.replace("-", "+").replace("_", "/") if ("-" in s or "_" in s) else s + "+")),
+    "signature with non-zero unused bits": ("malformed", lambda k: _respell(k.token(), 2, _flip_last_bits)),
+    "ES384 signature cut short": ("signature does not verify", lambda k: _respell(k.token(), 2, lambda s: s[:-8])),
+    "exp a boolean": ("must be numbers", lambda k: k.token(exp=True)),
+    "unencoded payload (b64 false)": ("malformed", lambda k: k.token(headers={"b64": False})),
 }
+
+
+def _respell(token: str, index: int, change) -> str:
+    parts = token.split(".")
+    parts[index] = change(parts[index])
+    return ".".join(parts)
+
+
+def _flip_last_bits(segment: str) -> str:
+    """The same bytes spelled non-canonically: an ES384 signature (96 bytes) is 128 characters, so append
+    two bytes' worth whose unused low bits are set."""
+    return segment + "AB"
 
 
 def jwt_none(payload: dict, kid: str) -> str:

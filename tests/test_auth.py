@@ -176,7 +176,8 @@ REFUSALS = {
     "exp not a number": ("must be numbers", lambda k: k.token(exp="tomorrow")),
     "garbage": ("malformed", lambda k: "not.a.jwt"),
     # The token is decoded once, strictly: what is verified is exactly what is read.
-    "payload outside the base64url alphabet": ("malformed", lambda k: _respell(k.token(), 1, lambda s: s[:4] + "!" + s[4:])),
+    "payload outside the base64url alphabet": ("malformed", lambda k: _respell(
+        k.token(), 1, lambda s: s[:4] + "!" + s[4:])),
     "payload in standard base64 (+ and /)": ("malformed", lambda k: _respell(
         k.token(), 1, lambda s: s.replace("-", "+").replace("_", "/") if ("-" in s or "_" in s) else s + "+")),
     "signature with non-zero unused bits": ("malformed", lambda k: _respell(k.token(), 2, _flip_last_bits)),

@@ -4,8 +4,9 @@ https://cds-hooks.hl7.org/2.0/#security-and-safety).
 Order of checks: cheap header and claim checks on the still-unverified token first (so an expired or
 misaddressed token never costs a JWKS fetch), then the signature over exactly the bytes those claims were
 decoded from, with a key from an allowed JWKS (so the checked claims are the signed ones), and the ``jti``
-replay check last, so only tokens with a valid signature are ever recorded. Every refusal is :class:`Unauthorized` whose reason is logged
-by the app and never sent to the caller; the token itself is never logged.
+replay check last, so only tokens with a valid signature are ever recorded. Every refusal is
+:class:`Unauthorized` whose reason is logged by the app and never sent to the caller; the token itself is
+never logged.
 """
 
 from __future__ import annotations

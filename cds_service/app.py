@@ -138,9 +138,13 @@ async def _close_workload(app: FastAPI) -> None:
 
 def _install_extensions(app: FastAPI, settings: Settings) -> None:
     """The parts beside the request path, each in its own module with an ``install(app, settings)``."""
-    from cds_service import audit, auth, metrics, preview, smart
+    from cds_service import audit, metrics, preview, smart
 
-    for module in (auth, audit, metrics, preview, smart):
+    if settings.trusted_issuers:  # the JWT and crypto libraries are loaded only when authentication is on
+        from cds_service import auth
+
+        auth.install(app, settings)
+    for module in (audit, metrics, preview, smart):
         module.install(app, settings)
 
 

@@ -9,15 +9,22 @@
 
 from __future__ import annotations
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import TYPE_CHECKING
 
 from cds_service.store.base import CardRow, FeedbackRow, RuleReport, Store, StoreError
 
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+# SQLAlchemy is imported by the functions that need it, not with this package: the service answers its
+# first hook call before the audit store is opened (cds_service.store.deferred), and the import is most of
+# that opening's cost.
 __all__ = ["CardRow", "FeedbackRow", "RuleReport", "Store", "StoreError", "make_engine", "open_store"]
 
 
 def make_engine(url: str) -> AsyncEngine:
+    from sqlalchemy.engine import make_url
+
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
         from cds_service.store.sqlite import make_sqlite_engine
@@ -32,6 +39,8 @@ def make_engine(url: str) -> AsyncEngine:
 
 def open_store(url_or_settings) -> Store:
     """A store for a SQLAlchemy URL or a :class:`~cds_service.config.Settings` (its ``sqlalchemy_url``)."""
+    from sqlalchemy.engine import make_url
+
     from cds_service.store.sql import SqlStore
     from cds_service.store.sqlite import SqliteStore, database_path
 

@@ -253,6 +253,9 @@ def _install_routes(app: FastAPI) -> None:
     # it is served by a plain Starlette route (same exception handlers and middleware). The APIRoute
     # twin is never routed; it only describes the endpoint in the OpenAPI document.
     app.router.routes.append(Route("/cds-services/{service_id}", call_service, methods=["POST"]))
+    from cds_service import edge
+
+    edge.install(app, call_service)
     app.state.documented_only = [APIRoute(
         "/cds-services/{service_id}", _documented(call_service), methods=["POST"], response_model=CDSResponse,
         tags=["CDS Hooks"], summary="Call a service (order-select, order-sign or patient-view)",

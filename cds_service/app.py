@@ -12,7 +12,6 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -51,18 +50,42 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type=JSON)
 
 
+class LazyHttpClient:
+    """The shared ``httpx.AsyncClient``, made (and httpx imported) when a FHIR server or JWKS is first called:
+    a service answering from prefetch never loads it, and start-up does not wait for it."""
+
+    def __init__(self, deadline_seconds: float) -> None:
+        self._deadline = deadline_seconds
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            import httpx
+
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self._deadline, connect=min(1.0, self._deadline)),
+                limits=httpx.Limits(max_connections=FHIR_POOL_SIZE, max_keepalive_connections=20),
+                follow_redirects=False,
+                trust_env=False,
+            )
+        return self._client
+
+    def __getattr__(self, name: str):
+        return getattr(self.client, name)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
     # One pooled client for every FHIR fallback call; timeouts bound each call, the request
     # deadline bounds them all. The origin guards keep requests in flight at or below the pool size, so
     # no request ever waits inside the pool (see cds_service.sources.origin for why).
-    app.state.http = httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.fhir_deadline_seconds, connect=min(1.0, settings.fhir_deadline_seconds)),
-        limits=httpx.Limits(max_connections=FHIR_POOL_SIZE, max_keepalive_connections=20),
-        follow_redirects=False,
-        trust_env=False,
-    )
+    app.state.http = LazyHttpClient(settings.fhir_deadline_seconds)
     app.state.fhir_guards = OriginGuards(total=FHIR_POOL_SIZE)
     for hook in app.state.startup_hooks:
         await hook(app)

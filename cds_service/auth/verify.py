@@ -66,20 +66,23 @@ class TrustedClient:
 # A base64url segment: the URL-safe alphabet, at most two '=' of padding (some issuers pad), never a
 # length of 4n+1. Python's decoder skips characters outside the alphabet, so it is checked first.
 _B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# The canonical last character of a segment of 4n+2 (4n+3) characters carries 4 (2) unused bits, all zero.
+_CANONICAL_LAST = {2: frozenset(_ALPHABET[::16]), 3: frozenset(_ALPHABET[::4])}
 
 
 def _b64decode(segment: str) -> bytes:
-    """A JWS segment strictly: only the base64url alphabet, and only its canonical encoding (unused trailing
+    """A JWS segment strictly: only the base64url alphabet, and only its canonical spelling (unused trailing
     bits zero), so each token has exactly one spelling and what is verified is what is read."""
     if not _B64URL.fullmatch(segment):
         raise ValueError("not base64url")
     stripped = segment.rstrip("=")
-    if len(stripped) % 4 == 1 or (stripped != segment and len(segment) % 4):
+    tail = len(stripped) % 4
+    if tail == 1 or (stripped != segment and len(segment) % 4):
         raise ValueError("bad base64url length or padding")
-    decoded = base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
-    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != stripped.encode():
+    if tail and stripped[-1] not in _CANONICAL_LAST[tail]:
         raise ValueError("non-canonical base64url")
-    return decoded
+    return base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
 
 
 def _short(value: Any, limit: int = 80) -> str:

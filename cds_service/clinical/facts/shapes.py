@@ -9,7 +9,7 @@ valid FHIR for ``fhir.resources`` as well; one it does not accept is not necessa
 ``fhir.resources``, which decides (and says what is wrong). The common case, well-formed EHR data, costs a
 few microseconds and never loads the ``fhir.resources`` models; the rare case costs what it always did.
 
-tests/test_fhir_shapes.py checks the one-way promise (accepted here => accepted by ``fhir.resources``) on
+tests/test_shapes.py checks the one-way promise (accepted here => accepted by ``fhir.resources``) on
 every fixture and Synthea resource and on many mutations of them.
 """
 

@@ -1,6 +1,6 @@
 """The fast shape check never accepts what fhir.resources refuses, and accepts the well-formed data we have.
 
-``fhir_shapes.plainly_valid`` lets a projection skip the full ``fhir.resources`` validation. That is only
+``facts.shapes.plainly_valid`` lets a projection skip the full ``fhir.resources`` validation. That is only
 safe in one direction: everything it accepts must be valid for ``fhir.resources`` too. Checked on every
 resource of the fixtures, the Synthea records and the captured client requests, and on mutations of them
 (every element deleted, given an unknown key, or replaced by values of the wrong type or spelling).
@@ -16,12 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.clinical.fhir_shapes import plainly_valid
+from cds_service.clinical.facts.shapes import plainly_valid
 
-try:  # the projection the facts builder validates
-    from cds_service.clinical.facts.validation import _MEDICATION_X, _PROJECTION, _STUBS, _validate
-except ImportError:  # pragma: no cover - before the facts package existed
-    from cds_service.clinical.facts import _MEDICATION_X, _PROJECTION, _STUBS, _validate
+from cds_service.clinical.facts.validation import _MEDICATION_X, _PROJECTION, _STUBS, fhir_resources_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("fixtures/fhir/*.json", "tests/data/synthea-r4/*.json", "tests/data/client-examples/*.json")
@@ -65,7 +62,7 @@ RESOURCES = _resources()
 
 
 def _fhir_valid(proj: dict) -> bool:
-    return _validate(proj["resourceType"], proj) is None
+    return fhir_resources_problem(proj["resourceType"], proj) is None
 
 
 def test_real_resources_fast_accepted_are_valid_and_most_valid_ones_are_fast_accepted():

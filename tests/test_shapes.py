@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from cds_service.clinical.facts.shapes import plainly_valid
-
 from cds_service.clinical.facts.validation import _MEDICATION_X, _PROJECTION, _STUBS, fhir_resources_problem
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,7 +20,6 @@ import re
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from cds_service.config import Settings
 from cds_service.discovery import SERVICES
@@ -123,6 +122,8 @@ def _complete_operation(path: str, op: dict[str, Any], settings: Settings) -> No
 
 
 def build_document(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    from fastapi.openapi.utils import get_openapi  # the document is built when first asked for, not at start
+
     routes = [*app.routes, *getattr(app.state, "documented_only", [])]
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=routes)
     comps = schema.setdefault("components", {})

@@ -355,7 +355,7 @@ def scenario_jwt(args, services: dict[str, Server], bare: Server, fake: Server, 
             loaddrv.run(u, payload, minter.tokens(alg, u, 100) if alg else [None] * 100, 4)
         result: dict = {"requests_per_run": args.jwt_requests, "unauthenticated_status":
                         next(iter(refused.extra["statuses"]), None), "runs": {}}
-        for conc in args.concurrency:
+        for conc in args.jwt_concurrency:
             runs: dict[str, list[RunResult]] = {name: [] for name, *_ in variants}
             for _rep in range(args.reps):
                 for name, u, alg in variants:
@@ -534,6 +534,12 @@ def render(results: dict, args, machine: dict, command: str) -> str:
              "", "Load average (1/5/15 min) at the start: " + "/".join(f"{x:.2f}" for x in results["load_start"])
              + ", at the end: " + "/".join(f"{x:.2f}" for x in results.get("load_end", ()))
              + " (this run's own processes included; other work on the machine moves the figures).", "",
+             *([f"**The machine was loaded**: a load average of {results['load_start'][0]:.1f} on "
+                f"{machine['nproc']} CPUs means other work shared the cores with the servers and the load tools. "
+                "Absolute figures are far below what the same code does on an idle machine and vary from run to "
+                "run; only the side-by-side ratios (each paired within one repetition, spread shown) compare "
+                "like with like.", ""]
+               if results["load_start"][0] > int(machine["nproc"]) else []),
              f"Clinical engine: {results['engine']}.", "",
              "Services compared: " + ", ".join(f"`{n}` = {t}" for n, t in trees.items()) + "; `bare` = the floor.",
              "", f"Cards answered per request (sample before the runs): {results['cards']}.", "",
@@ -636,6 +642,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shapes", default=",".join(gen.SHAPES), help=f"request shapes: {', '.join(gen.SHAPES)}")
     p.add_argument("--baseline", help="also run this git ref's service (e.g. main), side by side, same venv")
     p.add_argument("--stage-calls", type=int, default=200, help="calls per size in the per-stage timing")
+    p.add_argument("--jwt-requests", type=int, help="requests per JWT run (default 2000, quick 600)")
+    p.add_argument("--jwt-concurrency", help="concurrency of the JWT runs (default: --concurrency)")
+    p.add_argument("--cold-reps", type=int, help="starts per app in the cold-start scenario (default 5, quick 3)")
     p.add_argument("--scenarios", default="prefetch,stages,fallback,jwt,cold",
                    help="comma list of prefetch, stages, fallback, jwt, cold")
     p.add_argument("--fhir-delay-ms", type=float, default=50.0)
@@ -656,8 +665,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.reps = args.reps or (1 if args.quick else 4)
     args.wrk_duration = 2.0 if args.quick else 3.0
     args.fallback_duration = 2.0 if args.quick else 4.0
-    args.jwt_requests = 600 if args.quick else 2000
-    args.cold_reps = 3 if args.quick else 5
+    args.jwt_requests = args.jwt_requests or (600 if args.quick else 2000)
+    args.jwt_concurrency = ([int(c) for c in args.jwt_concurrency.split(",")] if args.jwt_concurrency
+                            else args.concurrency)
+    args.cold_reps = args.cold_reps or (3 if args.quick else 5)
     ncpu = os.cpu_count() or 1
     args.pin = args.pin and ncpu >= 2 and hasattr(os, "sched_setaffinity")
     args.server_cpu, args.load_cpu = (0, 1) if args.pin else (None, None)

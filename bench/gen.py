@@ -25,7 +25,9 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from cds_service.discovery import PREFETCH
+from cds_service.services import registry
+
+PREFETCH = registry()["neurosarcoidosis-order-select"].prefetch
 
 _REPO = Path(__file__).resolve().parent.parent
 _REPO_SYNTHEA = _REPO / "tests" / "data" / "synthea-r4"

@@ -129,12 +129,12 @@ def evaluate_stages(record, hook: str) -> dict:
 
 async def stage_times(app, body: bytes, calls: int, auth: AuthProbe | None) -> dict[str, float]:
     from cds_service import logs
-    from cds_service.discovery import SERVICES
     from cds_service.hooks import parse_call
-    from cds_service.sources.gather import GatherPolicy, GatherStats, call_sources, gather
+    from cds_service.services import registry
+    from cds_service.sources.gather import GatherPolicy, GatherStats, gather, prefetch_only
 
     settings = app.state.settings
-    service = SERVICES[gen.SERVICE_ID]
+    service = registry(settings)[gen.SERVICE_ID]
     policy = GatherPolicy.from_settings(settings)
     log = logs.get_logger("cds_service.app")
     metrics = getattr(app.state, "metrics", None)
@@ -150,9 +150,9 @@ async def stage_times(app, body: bytes, calls: int, auth: AuthProbe | None) -> d
         call = parse_call(service, data)
         t1 = clock()
         stats = GatherStats()
-        record = await gather(call, call_sources(call, policy), policy, stats)
+        record = await gather(call, prefetch_only(call), policy, stats)
         t2 = clock()
-        parts = evaluate_stages(record, call.hook)
+        parts = evaluate_stages(record, service.engine_hook)
         cards, body_out = parts.pop("cards"), parts.pop("encoded")
         t3 = clock()
         if audit is not None:
@@ -227,10 +227,9 @@ async def main_async(args) -> dict[str, dict[str, float]]:
     os.environ.setdefault("CDS_DATA_DIR", str(ROOT / "bench" / "out" / "stages-data"))
     from bench.bare_app import app as bare
     from cds_service import logs
-    from cds_service.app import create_app
-    from cds_service.config import Settings
+    from cds_service.cli import served_app
 
-    app = create_app(Settings())
+    app = served_app()  # as `cds-service serve` runs it, GC tuning included
     sink = io.StringIO()  # the log lines are written (and rendered) as in production, into memory
     logs._CurrentStderr.write = lambda self, text: sink.write(text)  # type: ignore[method-assign]
     out = ROOT / "bench" / "out"

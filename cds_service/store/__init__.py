@@ -3,8 +3,8 @@
 * :class:`~cds_service.store.base.Store` is the interface the rest of the service uses.
 * :class:`~cds_service.store.sql.SqlStore` implements it with SQLAlchemy 2 async Core for PostgreSQL (and
   in-memory SQLite); :class:`~cds_service.store.sqlite.SqliteStore`, the embedded default, runs the same
-  statements with every write on one thread that owns one connection. The engines are built by the small
-  factories in :mod:`cds_service.store.sqlite` and :mod:`cds_service.store.postgres`.
+  statements with every write on one thread that owns one connection. The engines are built by
+  :func:`~cds_service.store.engines.make_engine`.
 """
 
 from __future__ import annotations
@@ -23,26 +23,18 @@ __all__ = ["CardRow", "FeedbackRow", "RuleReport", "Store", "StoreError", "make_
 
 
 def make_engine(url: str) -> AsyncEngine:
-    from sqlalchemy.engine import make_url
+    from cds_service.store.engines import make_engine as make
 
-    backend = make_url(url).get_backend_name()
-    if backend == "sqlite":
-        from cds_service.store.sqlite import make_sqlite_engine
-
-        return make_sqlite_engine(url)
-    if backend == "postgresql":
-        from cds_service.store.postgres import make_postgres_engine
-
-        return make_postgres_engine(url)
-    raise StoreError(f"Unsupported database '{backend}': use sqlite or postgresql (CDS_DATABASE_URL).")
+    return make(url)
 
 
 def open_store(url_or_settings) -> Store:
     """A store for a SQLAlchemy URL or a :class:`~cds_service.config.Settings` (its ``sqlalchemy_url``)."""
     from sqlalchemy.engine import make_url
 
+    from cds_service.store.engines import database_path
     from cds_service.store.sql import SqlStore
-    from cds_service.store.sqlite import SqliteStore, database_path
+    from cds_service.store.sqlite import SqliteStore
 
     url = url_or_settings if isinstance(url_or_settings, str) else url_or_settings.sqlalchemy_url
     if make_url(url).get_backend_name() == "sqlite" and database_path(url) is not None:

@@ -4,8 +4,8 @@ A hook call from an EHR's server (no ``Origin`` header: not a browser, so CORS h
 straight from the server to the hook handler, with what the skipped layers would have done done here:
 the log context reset and the response counted (:func:`cds_service.metrics.request_done`), and an
 exception answered by the application's own exception handlers. Every other request, a browser's
-included, takes the full middleware stack and router. The full stack costs a few hundred microseconds
-per call in function layers (bench/stages.py, "framework"); this keeps them off the hot path.
+included, takes the full middleware stack and router. Those layers are a visible share of a small call's
+cost (bench/stages.py, "framework"); this keeps them off the hot path.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ Structs that describe the same FHIR R4 datatypes *more strictly* than ``fhir.res
 or extension elements, no coercion (a number is a number, a date a calendar date in one of four spellings),
 every required element present, at most one element of each choice ``[x]``. So a projection it accepts is
 valid FHIR for ``fhir.resources`` as well; one it does not accept is not necessarily invalid, and goes to
-``fhir.resources``, which decides (and says what is wrong). The common case, well-formed EHR data, costs a
-few microseconds and never loads the ``fhir.resources`` models; the rare case costs what it always did.
+``fhir.resources``, which decides (and says what is wrong). The common case, well-formed EHR data, is
+checked in compiled code and never loads the ``fhir.resources`` models; the rare case costs what it always did.
 
 tests/test_shapes.py checks the one-way promise (accepted here => accepted by ``fhir.resources``) on
 every fixture and Synthea resource and on many mutations of them.

@@ -109,6 +109,7 @@ class AuditWriter:
         self._starting: asyncio.Task | None = None
         self._stopping = False
         self._ready = False  # schema migrated
+        self._ready_lock = asyncio.Lock()
         self._failing_since: float | None = None
         self._last_failure_log = 0.0
         self._feedback_slots = asyncio.Semaphore(MAX_FEEDBACK_IN_FLIGHT)
@@ -241,9 +242,14 @@ class AuditWriter:
 
     # ------------------------------------------------------------------ writer
     async def _ensure_ready(self) -> None:
-        if not self._ready:
-            await self.store.upgrade()
-            self._ready = True
+        if self._ready:
+            return
+        # One migration at a time: the start-up (in the background) and a feedback call may both get here
+        # before the store is ready, and two upgrades of one new database would both create its tables.
+        async with self._ready_lock:
+            if not self._ready:
+                await self.store.upgrade()
+                self._ready = True
 
     async def _run(self) -> None:
         backoff = 0.0

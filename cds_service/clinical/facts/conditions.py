@@ -13,6 +13,7 @@ from .. import criteria
 from ..record import PatientRecord
 from ..terminology import ConceptMatch, Terminology, concept_codes, concept_text
 from ..thresholds import Thresholds
+from ..thrombosis import thrombosis_is_active
 from .fhir import code_of, label_of, listify, parse_dt, ref_of
 from .model import Factor, FactRef, NSCondition
 from .validation import Validator
@@ -244,7 +245,12 @@ def _add_risk_factors(part: ConditionsPart, c: _Read, ref: str | None) -> None:
         if not (rf.when_inactive or c.active):
             continue
         target = getattr(part, rf.feeds)
-        target.append(Factor(rf.key, rf.label, ref, detail, label) if rf.key else FactRef(rf.label, detail, ref))
+        key, name = rf.key, rf.label
+        if rf.active_as and thrombosis_is_active(concept_codes(c.res.get("code"), "ICD10"),
+                                                 concept_codes(c.res.get("code"), "SNOMED"),
+                                                 concept_text(c.res.get("code")), c.clin):
+            key, name = rf.active_as  # decision 38: still active, not a past event
+        target.append(Factor(key, name, ref, detail, label) if key else FactRef(rf.label, detail, ref))
         if rf.also:
             getattr(part, rf.also).append(FactRef(rf.label, detail, ref))
     contras.sort(key=criteria.contraindications().index)  # file order

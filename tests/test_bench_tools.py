@@ -62,8 +62,9 @@ async def test_relapse_request_is_an_ivig_order_set_for_a_patient_relapsing_on_p
     assert set(request["prefetch"]) == set(PREFETCH)
     call = parse_call(registry()[gen.SERVICE_ID], request)
     ivig = next(o for o in call.draft_orders if o["id"] == "bench-draft-ivig")
-    # the Medication inside the Bundle was resolved, as for Epic's order sets
-    assert ivig["medicationCodeableConcept"]["coding"][0]["code"] == "J06BA02"
+    # the Medication inside the Bundle was resolved (carried inside the order), as for Epic's order sets
+    med = next(c for c in ivig["contained"] if f"#{c['id']}" == ivig["medicationReference"]["reference"])
+    assert med["code"]["coding"][0]["code"] == "J06BA02"
     assert call.selections == ["MedicationRequest/bench-draft-ivig"]
     assert len(call.draft_orders) >= 4  # premedication, saline and the prednisone re-escalation beside it
     policy = GatherPolicy(deadline_seconds=1.0)

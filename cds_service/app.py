@@ -47,42 +47,21 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type=JSON)
 
 
-class LazyHttpClient:
-    """The shared ``httpx.AsyncClient``, made (and httpx imported) when a FHIR server or JWKS is first called:
-    a service answering from prefetch never loads it, and start-up does not wait for it."""
-
-    def __init__(self, deadline_seconds: float) -> None:
-        self._deadline = deadline_seconds
-        self._client = None
-
-    @property
-    def client(self):
-        if self._client is None:
-            import httpx
-
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self._deadline, connect=min(1.0, self._deadline)),
-                limits=httpx.Limits(max_connections=FHIR_POOL_SIZE, max_keepalive_connections=20),
-                follow_redirects=False,
-                trust_env=False,
-            )
-        return self._client
-
-    def __getattr__(self, name: str):
-        return getattr(self.client, name)
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
     # One pooled client for every FHIR fallback call; timeouts bound each call, the request
     # deadline bounds them all. The origin guards keep requests in flight at or below the pool size, so
-    # no request ever waits inside the pool (see cds_service.sources.origin for why).
-    app.state.http = LazyHttpClient(settings.fhir_deadline_seconds)
+    # no request ever waits inside the pool (see cds_service.sources.origin for why). Made here, not on the
+    # first fallback call: building it (TLS context included) must not eat into that call's deadline.
+    import httpx
+
+    app.state.http = httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.fhir_deadline_seconds, connect=min(1.0, settings.fhir_deadline_seconds)),
+        limits=httpx.Limits(max_connections=FHIR_POOL_SIZE, max_keepalive_connections=20),
+        follow_redirects=False,
+        trust_env=False,
+    )
     app.state.fhir_guards = OriginGuards(total=FHIR_POOL_SIZE)
     for hook in app.state.startup_hooks:
         await hook(app)

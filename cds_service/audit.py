@@ -268,7 +268,9 @@ class AuditWriter:
 
     async def stop(self, app=None) -> None:
         if self._starting is not None and not self._starting.done():
-            self._starting.cancel()  # never opened: the queued rows are written below
+            # Never cancelled: a migration under way runs in a thread that a cancel would not stop, and a
+            # second start beside it would find the database locked. Waking it starts it now if it has not.
+            self._wakeup.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._starting
             if self._task is None:

@@ -195,3 +195,38 @@ async def test_repeated_feedback_failures_are_logged_at_a_bounded_rate(capfd):
             await writer.feedback_received(service="s", items=[item])
     lines = [ln for ln in capfd.readouterr().err.splitlines() if "feedback_write_failed" in ln]
     assert len(lines) == 1
+
+
+class SlowMigrationStore(FakeStore):
+    """A migration that takes a while in a thread a cancel cannot stop, and refuses a second one beside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.upgrading = 0
+        self.upgrades = 0
+
+    async def upgrade(self):
+        if self.upgrading:
+            raise StoreError("database is locked (a migration is running)")
+        self.upgrading += 1
+        try:
+            await asyncio.to_thread(time.sleep, 0.3)
+            self.upgrades += 1
+        finally:
+            self.upgrading -= 1
+
+
+async def test_stopping_while_the_store_migrates_waits_for_it_and_writes_every_queued_row(monkeypatch):
+    """The store opens after the first call; a shutdown that comes while it migrates neither cuts the
+    migration short nor starts a second one beside it, and the queued cards are written."""
+    import cds_service.audit as audit_mod
+
+    monkeypatch.setattr(audit_mod, "START_GRACE", 0.01)
+    store = SlowMigrationStore()
+    writer = AuditWriter(store, b"k" * 32, interval=0.01)
+    await writer.start_in_background()
+    issue(writer, 5)
+    await wait_for(lambda: store.upgrading == 1, within=5)  # the migration is under way
+    await writer.stop()
+    assert store.upgrades == 1
+    assert sum(len(b) for b in store.batches) == 5 and writer.queued == 0

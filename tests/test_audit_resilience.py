@@ -209,11 +209,13 @@ class SlowMigrationStore(FakeStore):
         if self.upgrading:
             raise StoreError("database is locked (a migration is running)")
         self.upgrading += 1
-        try:
-            await asyncio.to_thread(time.sleep, 0.3)
+
+        def migrate() -> None:  # runs to its end whatever happens to the task that awaits it
+            time.sleep(0.3)
             self.upgrades += 1
-        finally:
             self.upgrading -= 1
+
+        await asyncio.to_thread(migrate)
 
 
 async def test_stopping_while_the_store_migrates_waits_for_it_and_writes_every_queued_row(monkeypatch):

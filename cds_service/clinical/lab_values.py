@@ -15,7 +15,7 @@ Pure functions, no FHIR reading beyond the Quantity dict itself.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 
 COMPARATORS = ("<", "<=", ">=", ">")
@@ -51,25 +51,26 @@ def _fold(text: str) -> str:
     return t
 
 
-def unit_code_from_text(unit_text: Any, kind: str, known_codes: Iterable[str]) -> str | None:
+def unit_code_from_text(unit_text: Any, kind: str, known: Mapping[str, float]) -> str | None:
     """The UCUM code meant by a unit written as text, for a result of ``kind``, or None if not certain.
 
-    ``known_codes`` are the UCUM codes the converter has factors for (the answer is always one of them).
-    A spelling that folds to two different known codes is ambiguous and gives None.
+    ``known`` maps the UCUM codes the converter has to their factors; the answer is always one of them
+    (the first listed of those the spelling can mean). A spelling that could mean two different factors
+    is ambiguous and gives None.
     """
     if not isinstance(unit_text, str) or not unit_text.strip() or len(unit_text) > 40:
         return None
-    known = list(known_codes)
     if unit_text.strip() in known:
         return unit_text.strip()
     folded = _fold(unit_text)
-    hits = {code for code in known if _fold(code) == folded}
-    word = _WORDS.get(kind, {}).get(folded) or _WORDS.get(kind, {}).get(folded + "s")
+    hits = [code for code in known if _fold(code) == folded]
+    words = _WORDS.get(kind, {})
+    word = words.get(folded) or words.get(folded + "s")
     if word is not None and word in known:
-        hits.add(word)
-    if len(hits) == 1:
-        return hits.pop()
-    return None
+        hits.append(word)
+    if not hits or len({known[code] for code in hits}) != 1:
+        return None
+    return next(code for code in known if code in hits)
 
 
 def comparator_of(quantity: Any) -> str | None:

@@ -158,7 +158,7 @@ def test_decision_29_text_never_puts_a_patient_on_the_ladder_but_withholds_an_or
 
 
 # =============================================================================================== decision 30
-@pytest.mark.xfail(reason=f"decision 30, 14682-9 {PHASE_2}", strict=True)
+@pytest.mark.xfail(reason=f"decision 30 (creatinine in umol/L) {PHASE_2}", strict=True)
 def test_decision_30_creatinine_in_umol_under_14682_9_is_read():
     cards = fixture_cards(64, "MedicationRequest/f64-pred-order-1")
     s3r = cards["stage.s3r-gc-refractory"]

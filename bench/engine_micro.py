@@ -45,15 +45,9 @@ from bench import gen  # noqa: E402
 
 def clear_engine_caches() -> None:
     """Empty every per-process memo the engine keeps (not the loaded value sets or card texts)."""
-    from cds_service.clinical import facts, terminology, units
+    from cds_service.clinical import terminology
 
-    for mod in (facts, terminology, units):
-        clear = getattr(mod, "clear_caches", None)
-        if clear is not None:
-            clear()
-    cache = getattr(facts, "_VALIDATION_CACHE", None)
-    if isinstance(cache, dict):
-        cache.clear()
+    terminology.clear_caches()
 
 
 class Case:

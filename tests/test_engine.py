@@ -157,3 +157,55 @@ def test_one_malformed_resource_is_skipped_and_said_not_fatal():
 def test_unavailable_optional_data_is_said_on_the_cards():
     ev = evaluate(_fixture_record(drop_optional=True), "order-select")
     assert ev.cards and all("prior immune globulin reactions" in c.detail for c in ev.cards)
+
+
+# ----------------------------------------------------------------------------- rule groups and rules off
+def _ivig_patient() -> PatientRecord:
+    # untreated NS (stage card), IVIG ordered (safety and dose cards), eGFR 40 (renal card)
+    return ns_patient(egfr(40), weight(70), drafts=[ivig_order()])
+
+
+def test_rule_groups_choose_which_cards_can_fire():
+    from cds_service.clinical.rules import RULE_BY_ID
+
+    everything = evaluate(_ivig_patient(), "order-sign")
+    groups = {RULE_BY_ID[r].group for r in everything.rule_ids}
+    assert {"ladder", "ivig-safety"} <= groups
+    only_safety = evaluate(_ivig_patient(), "order-sign", rule_groups={"ivig-safety"})
+    assert only_safety.rule_ids and {RULE_BY_ID[r].group for r in only_safety.rule_ids} == {"ivig-safety"}
+    assert sorted(only_safety.rule_ids) == sorted(r for r in everything.rule_ids
+                                                  if RULE_BY_ID[r].group == "ivig-safety")
+    assert evaluate(_ivig_patient(), "order-sign", rule_groups=()).cards == []
+
+
+def test_a_rule_that_is_off_is_never_evaluated(monkeypatch):
+    from cds_service.clinical.rules import RULE_BY_ID, registry
+
+    calls = []
+    renal = RULE_BY_ID["ivig.safety.renal"]
+    spy = registry.Rule(renal.id, renal.group, renal.decision, lambda ctx: calls.append(1) or renal.check(ctx))
+    monkeypatch.setattr(registry, "RULES", tuple(spy if r.id == renal.id else r for r in registry.RULES))
+    on = evaluate(_ivig_patient(), "order-sign")
+    assert "ivig.safety.renal" in on.rule_ids and calls == [1]
+    off = evaluate(_ivig_patient(), "order-sign", rules_off={"ivig.safety.renal"})
+    assert "ivig.safety.renal" not in off.rule_ids and calls == [1]
+    assert set(off.rule_ids) == set(on.rule_ids) - {"ivig.safety.renal"}
+
+
+def test_unknown_groups_and_rule_ids_are_refused():
+    with pytest.raises(ValueError, match="unknown rule group"):
+        evaluate(_ivig_patient(), "order-sign", rule_groups={"ivig"})
+    with pytest.raises(ValueError, match="unknown rule id"):
+        evaluate(_ivig_patient(), "order-sign", rules_off={"ivig.safety.renl"})
+
+
+def test_the_registry_names_each_rule_its_group_decision_and_card_text():
+    from cds_service.clinical.cards import card_library
+    from cds_service.clinical.rules import GROUPS, RULE_IDS, RULES
+
+    assert len(set(RULE_IDS)) == len(RULE_IDS) == len(RULES)
+    lib = card_library()
+    for rule in RULES:
+        assert rule.group in GROUPS
+        assert rule.decision.startswith(("decision", "A")), rule
+        assert rule.card in lib, rule

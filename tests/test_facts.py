@@ -288,15 +288,16 @@ def test_same_record_twice_gives_the_same_facts_from_warm_caches():
 
 def test_validation_cache_is_bounded_in_entries_and_bytes(monkeypatch):
     from cds_service.clinical import facts as facts_mod
+    from cds_service.clinical.facts.validation import VALIDATION_MEMO
 
     facts_mod.clear_caches()
-    monkeypatch.setattr(facts_mod, "_VALIDATION_CACHE_MAX", 20)
-    monkeypatch.setattr(facts_mod, "_VALIDATION_CACHE_MAX_BYTES", 20_000)
+    monkeypatch.setattr(VALIDATION_MEMO, "max_entries", 20)
+    monkeypatch.setattr(VALIDATION_MEMO, "max_bytes", 20_000)
     for i in range(200):
         note = {"text": "n" * 2_000}
         facts_of(patient(), ns(f"ns-{i}", note=[note]))
-    assert len(facts_mod._VALIDATION_CACHE) <= 20
-    assert sum(len(k) for k in facts_mod._VALIDATION_CACHE) <= 20_000
+    assert 0 < len(VALIDATION_MEMO) <= 20
+    assert sum(len(k) for k in VALIDATION_MEMO) <= 20_000
     facts_mod.clear_caches()
 
 

@@ -18,43 +18,20 @@ import pytest
 import yaml
 from fhir.resources.R4B.bundle import Bundle
 
+from cds_service.clinical.rules import RULES
+from cds_service.clinical.stages import STAGE_RULES
+from cds_service.clinical.stages import STAGES as LADDER_STAGES
+
 ROOT = Path(__file__).resolve().parents[1] / "fixtures"
 FHIR_DIR = ROOT / "fhir"
 EXPECTED_DIR = ROOT / "expected"
 TODAY = date(2026, 11, 25)
 TIMESTAMP_PREFIX = "2026-11-25"
 
-STAGE_RULES = {
-    "S1": "stage.s1-untreated",
-    "S2": "stage.s2-on-gc",
-    "S2b": "stage.s2b-gc-subthreshold",
-    "S3R": "stage.s3r-gc-refractory",
-    "S3I": "stage.s3i-gc-intolerant",
-    "S4": "stage.s4-on-second-line",
-    "S5": "stage.s5-second-line-refractory",
-    "S6": "stage.s6-on-anti-tnf",
-    "S7": "stage.s7-refractory-all",
-}
-STAGES = {"S0", *STAGE_RULES}
-LADDER_RULES = {*STAGE_RULES.values(), "ladder.mtx-frequency"}
-INDICATION_RULES = {
-    "ivig.indication.steroid-resistant",
-    "ivig.indication.decompensated",
-    "ivig.indication.sfn",
-    "ivig.indication.conduction-block",
-    "ivig.indication.immunosuppression-contraindicated",
-}
-SAFETY_RULES = {
-    "ivig.safety.prior-reaction",
-    "ivig.safety.renal",
-    "ivig.safety.renal-baseline-missing",
-    "ivig.safety.thrombosis",
-    "ivig.safety.hyperviscosity",
-    "ivig.safety.iga",
-    "ivig.safety.heart-failure-volume",
-    "ivig.dose",
-    "ivig.dose.weight-missing",
-}
+STAGES = set(LADDER_STAGES)
+LADDER_RULES = {r.id for r in RULES if r.group == "ladder"}
+INDICATION_RULES = {r.id for r in RULES if r.group == "ivig-indication"}
+SAFETY_RULES = {r.id for r in RULES if r.group == "ivig-safety"}
 KNOWN_RULES = LADDER_RULES | INDICATION_RULES | SAFETY_RULES
 INDICATORS = {"info", "warning", "critical"}
 CARD_KEYS = {"rule", "indicator", "summary_contains", "text_contains", "facts_cite", "suggestion_codes", "dose_grams"}

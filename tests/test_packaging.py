@@ -32,7 +32,10 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_carries_the_runtime_data(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "cds_service/data/terminology.json" in names
-    assert {"cds_service/cards/stages.yaml", "cds_service/cards/ivig_safety.yaml"} <= names
+    cards = {"stages", "ivig_safety", "_phrases"}
+    assert {f"cds_service/cards/{n}.yaml" for n in cards} <= names
+    criteria = {"risk_factors", "contraindications", "value_sets"}
+    assert {f"cds_service/clinical/criteria/{n}.yaml" for n in criteria} <= names
     assert any(n.startswith("cds_service/fixtures/fhir/") and n.endswith(".json") for n in names)
     assert any(n.startswith("cds_service/fixtures/expected/") for n in names)
     assert any(n.startswith("cds_service/preview/static/") for n in names)

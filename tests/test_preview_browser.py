@@ -391,14 +391,26 @@ def test_evaluate_right_after_a_paste_uses_the_pasted_bundle(page):
 
 
 def test_a_fixture_arriving_after_a_paste_does_not_overwrite_it(page, base_url):
-    """Choose a fixture, paste before it has loaded: the pasted bundle stays."""
+    """Choose a fixture, paste before it has loaded: the pasted bundle stays.
+
+    The fixture's request is held until the paste is done, then released, so the order of events is
+    the same however loaded the machine is.
+    """
     import json
 
     page.wait_for_selector(f'#fixture option[value="{PREFERRED_FIXTURE}"]', state="attached")
-    page.route(f"**/fixtures/{PREFERRED_FIXTURE}", lambda route: (time.sleep(1.0), route.continue_()))
+    held: list = []
+    page.route(f"**/fixtures/{PREFERRED_FIXTURE}", lambda route: held.append(route))
     page.select_option("#fixture", PREFERRED_FIXTURE)
+    for _ in range(200):  # the route handler runs while Playwright waits
+        if held:
+            break
+        page.wait_for_timeout(25)
+    assert held, "the fixture was never requested"
     page.fill("#bundle", json.dumps(PASTED))
-    page.wait_for_timeout(1500)
+    with page.expect_response(f"**/fixtures/{PREFERRED_FIXTURE}"):
+        held[0].continue_()
+    page.wait_for_timeout(300)  # the page's answer handler has run by now
     assert json.loads(page.input_value("#bundle")) == PASTED
 
 

@@ -18,7 +18,7 @@ from cds_service import models
 from . import markup
 from .facts import FactRef, Facts, fmt
 from .resources import load_yaml_dir
-from .rules import Fired
+from .rules.context import Fired
 from .terminology import SYSTEM_URI, get_terminology
 from .thresholds import Thresholds
 
@@ -230,8 +230,7 @@ def render(fired: Fired, facts: Facts, th: Thresholds, *, _view: _ThresholdView 
         parts.append("\n".join(lines))
     detail = "\n\n".join(p for p in parts if p)
 
-    # The card is validated once as a whole (one pydantic call instead of one per nested object: same
-    # models, same checks, a third of the cost).
+    # The card is validated once as a whole (one pydantic call instead of one per nested object).
     suggestions = []
     for sug in spec.get("suggestions") or ():
         if sug.get("key") not in fired.suggestions:

@@ -6,6 +6,7 @@ cards. It is synchronous, does no I/O after :func:`warm_up`, and is deterministi
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from cds_service import models
@@ -14,7 +15,7 @@ from . import markup
 from .cards import card_library, render_all
 from .facts import Facts, build_facts
 from .record import PatientRecord
-from .rules import run_rules
+from .rules import GROUPS, RULE_IDS, run_rules
 from .stages import StageResult, compute_stage
 from .terminology import get_terminology
 from .thresholds import Thresholds, get_thresholds
@@ -31,24 +32,36 @@ class Evaluation:
     stage_detail: StageResult | None = None
 
 
-def evaluate(record: PatientRecord, hook: str, *, thresholds: Thresholds | None = None) -> Evaluation:
+def evaluate(record: PatientRecord, hook: str, *, thresholds: Thresholds | None = None,
+             rule_groups: Collection[str] | None = None, rules_off: Collection[str] = frozenset()) -> Evaluation:
+    """Facts, stage, rules and cards for ``record`` under ``hook``.
+
+    ``rule_groups``: the rule groups to evaluate ("ladder", "ivig-indication", "ivig-safety"; None: the
+    hook's default, :func:`~cds_service.clinical.rules.default_groups`); ``rules_off``: rule ids never
+    evaluated (:data:`~cds_service.clinical.rules.RULE_IDS`). Unknown groups or rule ids are a ValueError.
+    """
     th = thresholds or get_thresholds()
+    for kind, asked, known in (("rule group", rule_groups or (), GROUPS), ("rule id", rules_off, RULE_IDS)):
+        unknown = set(asked) - set(known)
+        if unknown:
+            raise ValueError(f"unknown {kind}(s): {', '.join(sorted(unknown))}")
     try:
-        result = _evaluate(record, hook, th)
+        result = _evaluate(record, hook, th, rule_groups, rules_off)
     except Exception:  # noqa: BLE001 - malformed data the cheap checks let through: isolate it, then retry
         cleaned = without_invalid_resources(record)
         if cleaned is None:
             raise
-        result = _evaluate(cleaned, hook, th)
+        result = _evaluate(cleaned, hook, th, rule_groups, rules_off)
         record.notes[:] = cleaned.notes
     _add_data_notes(result.cards, [*record.notes, *result.facts.notes])
     return result
 
 
-def _evaluate(record: PatientRecord, hook: str, th: Thresholds) -> Evaluation:
+def _evaluate(record: PatientRecord, hook: str, th: Thresholds, rule_groups: Collection[str] | None,
+              rules_off: Collection[str]) -> Evaluation:
     facts = build_facts(record, th)
     stage = compute_stage(facts, th)
-    fired = run_rules(facts, stage, hook, th)
+    fired = run_rules(facts, stage, hook, th, groups=rule_groups, off=rules_off)
     cards = render_all(fired, facts, th)
     rule_ids = [str((c.extension or {}).get(models.RULE_ID_EXTENSION)) for c in cards]
     return Evaluation(cards=cards, facts=facts, stage=stage.stage, rule_ids=rule_ids, stage_detail=stage)

@@ -7,14 +7,41 @@ Every predicate that placed the patient is returned as :class:`~cds_service.clin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from .facts import Exposure, FactRef, Facts, NSCondition, fmt
-from .terminology import ANTI_TNF, GC, SECOND_LINE
+from .terminology import ANTI_TNF, GC, LADDER_TIER, RITUXIMAB, SECOND_LINE
 from .thresholds import Thresholds
 
-STAGES = ("S0", "S1", "S2", "S2b", "S3R", "S3I", "S4", "S5", "S6", "S7")
+
+@dataclass(frozen=True)
+class Rung:
+    """One stage of the ladder: the card it shows and the drug tier (terminology.LADDER_TIER) that card
+    proposes; decision 6 suppresses the card when a draft order is of that tier or higher."""
+
+    stage: str
+    rule_id: str | None
+    proposes_tier: int | None = None
+
+
+# The one table of the ladder's stages (knowledge §4.2, decision 5), lowest first.
+RUNGS = (
+    Rung("S0", None),
+    Rung("S1", "stage.s1-untreated", LADDER_TIER[GC]),
+    Rung("S2", "stage.s2-on-gc"),
+    Rung("S2b", "stage.s2b-gc-subthreshold"),
+    Rung("S3R", "stage.s3r-gc-refractory", LADDER_TIER[SECOND_LINE]),
+    Rung("S3I", "stage.s3i-gc-intolerant", LADDER_TIER[SECOND_LINE]),
+    Rung("S4", "stage.s4-on-second-line"),
+    Rung("S5", "stage.s5-second-line-refractory", LADDER_TIER[ANTI_TNF]),
+    Rung("S6", "stage.s6-on-anti-tnf"),
+    Rung("S7", "stage.s7-refractory-all", LADDER_TIER[RITUXIMAB]),
+)
+STAGES = tuple(r.stage for r in RUNGS)
+RUNG_OF = {r.stage: r for r in RUNGS}
+STAGE_RULES = {r.stage: r.rule_id for r in RUNGS if r.rule_id}
 
 
 @dataclass
@@ -123,27 +150,128 @@ def _ineffective(exposures: list[Exposure], label: str) -> list[FactRef]:
             for e in exposures if e.stop_reason == "ineffective"]
 
 
+# ------------------------------------------------------------------------------ the ladder, read as the ladder
+# Gate S0 first (scope, decision 1); then the first rung from S7 down to S1 whose predicate holds is the
+# stage (the highest tier reached wins, decision 5). Each predicate returns the facts that place the
+# patient on its rung, or None.
+
+
+@dataclass
+class _Course:
+    """What the predicates read: the stage result being built and the high-dose glucocorticoid courses."""
+
+    r: StageResult
+    high: list[Exposure]
+
+
+def refractory_to_all(c: _Course) -> list[FactRef] | None:
+    """S7: continued disease on anti-TNF after its minimum trial, or every agent stopped (decision 5)."""
+    at = c.r.anti_tnf
+    if at.ever and (at.refractory or at.all_failed):
+        return at.refractory + [e.fact() for e in at.exposures if e.stop_reason]
+    return None
+
+
+def on_anti_tnf(c: _Course) -> list[FactRef] | None:
+    """S6: anti-TNF current (decision 5)."""
+    return [e.fact() for e in c.r.anti_tnf.current] or None
+
+
+def refractory_to_second_line(c: _Course) -> list[FactRef] | None:
+    """S5: continued disease on a second-line agent after its minimum trial, or all stopped (decision 5)."""
+    sl = c.r.second_line
+    if sl.ever and (sl.refractory or sl.all_failed):
+        return sl.refractory + [e.fact() for e in sl.exposures if e.stop_reason in ("intolerance", "ineffective")]
+    return None
+
+
+def on_second_line(c: _Course) -> list[FactRef] | None:
+    """S4: a second-line agent current (decision 5)."""
+    return [e.fact() for e in c.r.second_line.current] + c.r.mtx_subtherapeutic if c.r.second_line.current else None
+
+
+def refractory_to_glucocorticoid(c: _Course) -> list[FactRef] | None:
+    """S3R: continued disease after a complete first-line glucocorticoid trial (decisions 4-5, B4)."""
+    return c.r.gc.refractory + [e.fact() for e in c.high[:2]] if c.r.gc.refractory else None
+
+
+def intolerant_of_glucocorticoid(c: _Course) -> list[FactRef] | None:
+    """S3I: glucocorticoid stopped for intolerance, an adverse effect after it, or dependence (B3)."""
+    return list(c.r.gc_intolerance) or None
+
+
+def on_glucocorticoid(c: _Course) -> list[FactRef] | None:
+    """S2 / S2b: glucocorticoid current, at or below the first-line dose (decision 4, A6)."""
+    return [e.fact() for e in c.r.gc.current] or None
+
+
+def untreated(c: _Course) -> list[FactRef] | None:
+    """S1: no ladder drug ever recorded (decision 5)."""
+    r = c.r
+    return [] if not (r.gc.ever or r.second_line.ever or r.anti_tnf.ever) else None
+
+
+def after_earlier_therapy(c: _Course) -> list[FactRef] | None:
+    """S1 (A7): therapy recorded, nothing current and no continued-disease evidence."""
+    r = c.r
+    return [e.fact() for e in (r.gc.exposures + r.second_line.exposures + r.anti_tnf.exposures)[:3]]
+
+
+LADDER: tuple[tuple[str, Callable[[_Course], list[FactRef] | None]], ...] = (
+    ("S7", refractory_to_all),
+    ("S6", on_anti_tnf),
+    ("S5", refractory_to_second_line),
+    ("S4", on_second_line),
+    ("S3R", refractory_to_glucocorticoid),
+    ("S3I", intolerant_of_glucocorticoid),
+    ("S2", on_glucocorticoid),  # S2b when no course reached the first-line dose (A6: the maximum counts)
+    ("S1", untreated),
+    ("S1", after_earlier_therapy),
+)
+
+
 def compute_stage(facts: Facts, th: Thresholds) -> StageResult:
     r = StageResult("S0")
-    # ---------------------------------------------------------------- A9: methotrexate recorded daily
-    for e in facts.of_class(SECOND_LINE):
-        if e.ingredient == "methotrexate" and e.daily_frequency and e.current:
-            r.mtx_daily.append(FactRef("Methotrexate recorded with a daily frequency", e.label, e.reference))
-    for o in facts.planned_orders:
-        if o.ingredient == "methotrexate" and o.daily_frequency:
-            r.mtx_daily.append(FactRef("Methotrexate ordered with a daily frequency", o.label, o.reference))
+    r.mtx_daily = methotrexate_daily(facts)
+    if _out_of_scope(facts, th, r):
+        return r
+    ns_facts = [c.fact() for c in (facts.ns_conditions or facts.possible_ns) if c.active][:3]
+    high = _glucocorticoid_course(facts, th, r)
+    _second_line_course(facts, th, r)
+    _anti_tnf_course(facts, th, r)
+    course = _Course(r, high)
+    for stage, predicate in LADDER:
+        reasons = predicate(course)
+        if reasons is not None:
+            r.stage = "S2b" if predicate is on_glucocorticoid and not high else stage
+            r.prior_therapy = predicate is after_earlier_therapy
+            r.reasons = ns_facts + reasons
+            break
+    return r
 
-    # ---------------------------------------------------------------- S0 gate
+
+def methotrexate_daily(facts: Facts) -> list[FactRef]:
+    """A9: methotrexate recorded or ordered with a daily frequency."""
+    out = [FactRef("Methotrexate recorded with a daily frequency", e.label, e.reference)
+           for e in facts.of_class(SECOND_LINE) if e.ingredient == "methotrexate" and e.daily_frequency and e.current]
+    out += [FactRef("Methotrexate ordered with a daily frequency", o.label, o.reference)
+            for o in facts.planned_orders if o.ingredient == "methotrexate" and o.daily_frequency]
+    return out
+
+
+def _out_of_scope(facts: Facts, th: Thresholds, r: StageResult) -> bool:
+    """S0 gate (decision 1, A14, A20): paediatric, no neurosarcoidosis, remission, or SFN only. A patient
+    in remission on maintenance therapy keeps its rung (S4 / S6)."""
     if facts.age is not None and facts.age < th.adult_age_years:
         r.scope_note = f"age {facts.age} < {th.adult_age_years} (A20: paediatric, out of scope)"
-        return r
+        return True
     if facts.ns_status == "none":
         r.scope_note = "no active neurosarcoidosis (B1)"
-        return r
-    at = ClassState(ANTI_TNF, [e for e in facts.of_class(ANTI_TNF) if e.exposed])
-    sl = ClassState(SECOND_LINE, [e for e in facts.of_class(SECOND_LINE) if e.exposed])
-    gc = ClassState(GC, _ladder_gc(facts, th))
-    r.gc, r.second_line, r.anti_tnf = gc, sl, at
+        return True
+    r.anti_tnf = ClassState(ANTI_TNF, [e for e in facts.of_class(ANTI_TNF) if e.exposed])
+    r.second_line = ClassState(SECOND_LINE, [e for e in facts.of_class(SECOND_LINE) if e.exposed])
+    r.gc = ClassState(GC, _ladder_gc(facts, th))
+    at, sl = r.anti_tnf, r.second_line
     if facts.ns_status == "history":  # A14
         r.remission = True
         if facts.ns_in_remission and at.current:
@@ -154,17 +282,21 @@ def compute_stage(facts: Facts, th: Thresholds) -> StageResult:
             r.reasons = [e.fact() for e in sl.current] + [c.fact() for c in facts.ns_conditions[:1]]
         else:
             r.scope_note = "neurosarcoidosis recorded as resolved/inactive (A14)"
-        return r
+        return True
     non_sfn = [c for c in facts.ns_conditions if c.kind != "sfn" and c.active]
     if facts.ns_status in ("active", "suspected") and not non_sfn and facts.sfn:
         r.sfn_pathway = True
         r.scope_note = "small-fibre neuropathy only: SFN pathway, not the GC-MTX-IFX ladder"
-        return r
+        return True
     r.in_scope = True
     r.conditional = facts.ns_status in ("suspected", "possible")
-    ns_facts = [c.fact() for c in (facts.ns_conditions or facts.possible_ns) if c.active][:3]
+    return False
 
-    # ---------------------------------------------------------------- glucocorticoid summary (B5)
+
+def _glucocorticoid_course(facts: Facts, th: Thresholds, r: StageResult) -> list[Exposure]:
+    """B5: dose summary, trial start, continued disease on it (B4) and intolerance (B3); returns the
+    courses at the first-line dose or pulsed (decision 4)."""
+    gc = r.gc
     doses = [e.pred_eq_mg for e in gc.exposures if e.pred_eq_mg is not None]
     r.gc_max_pred_eq = max(doses) if doses else None
     r.gc_dose_known = bool(doses)
@@ -172,36 +304,48 @@ def compute_stage(facts: Facts, th: Thresholds) -> StageResult:
     high = [e for e in gc.exposures if e.pulse or (e.pred_eq_mg is not None and e.pred_eq_mg >= th.gc_high_dose_mg)]
     starts = [e.start for e in high if e.start]
     gc.trial_start = min(starts) if starts else None
-    pulse_starts = [e.start for e in high if e.pulse and e.start]
     all_starts = [e.start for e in gc.exposures if e.start]
     gc_first = min(all_starts) if all_starts else None
     if gc_first:
         r.gc_trial_days = (facts.now - gc_first).days if any(e.current for e in gc.exposures) else _days(
             gc_first, max((e.end for e in gc.exposures if e.end), default=None))
-    # B4 against GC: relapse/new manifestation >= 14 days after high-dose start (or after any pulse)
     if gc.trial_start is not None:
-        t0 = min(pulse_starts) if pulse_starts else gc.trial_start
-        gc.refractory = _evidence_after(facts, t0, 0 if pulse_starts else th.gc_min_trial_days, "glucocorticoid")
-        # escalation while on GC: IV pulse after oral high dose >= minimum trial
-        oral = [e for e in high if not e.pulse and e.start]
-        if oral:
-            o0 = min(e.start for e in oral if e.start)
-            for e in gc.exposures:
-                if e.pulse and e.start and e.start >= o0 + timedelta(days=th.gc_min_trial_days):
-                    gc.refractory.append(FactRef("Escalation: IV glucocorticoid pulse after oral course",
-                                                 e.label + f", {e.start.date().isoformat()}", e.reference))
-        gc.refractory += _relapse_on_taper(gc.exposures)
+        gc.refractory = _continued_disease_on_gc(facts, th, gc, high)
     gc.refractory += _ineffective(gc.exposures, "Glucocorticoid")
-    # S3I evidence: intolerance stop, adverse-effect condition after GC start, dependence
-    for e in gc.exposures:
-        if e.stop_reason == "intolerance":
-            r.gc_intolerance.append(FactRef("Glucocorticoid stopped for intolerance", e.stop_text or e.label,
-                                            e.reference))
+    r.gc_intolerance = _gc_intolerance(facts, th, r, gc_first)
+    r.relapse_after_completed_gc = bool(gc.refractory) and not gc.current and any(
+        e.raw_status == "completed" for e in gc.exposures)
+    return high
+
+
+def _continued_disease_on_gc(facts: Facts, th: Thresholds, gc: ClassState, high: list[Exposure]) -> list[FactRef]:
+    """B4 against glucocorticoid: relapse / new manifestation at least the minimum trial after the
+    high-dose start (or after any pulse), a pulse after an oral course, relapse on taper (B4.3)."""
+    assert gc.trial_start is not None
+    pulse_starts = [e.start for e in high if e.pulse and e.start]
+    t0 = min(pulse_starts) if pulse_starts else gc.trial_start
+    out = _evidence_after(facts, t0, 0 if pulse_starts else th.gc_min_trial_days, "glucocorticoid")
+    oral = [e for e in high if not e.pulse and e.start]
+    if oral:
+        o0 = min(e.start for e in oral if e.start)
+        for e in gc.exposures:
+            if e.pulse and e.start and e.start >= o0 + timedelta(days=th.gc_min_trial_days):
+                out.append(FactRef("Escalation: IV glucocorticoid pulse after oral course",
+                                   e.label + f", {e.start.date().isoformat()}", e.reference))
+    return out + _relapse_on_taper(gc.exposures)
+
+
+def _gc_intolerance(facts: Facts, th: Thresholds, r: StageResult, gc_first: datetime | None) -> list[FactRef]:
+    """S3I evidence (B3): a stop for intolerance, an adverse-effect Condition after the first
+    glucocorticoid, or dependence (above the dose after the days in the thresholds)."""
+    gc = r.gc
+    out = [FactRef("Glucocorticoid stopped for intolerance", e.stop_text or e.label, e.reference)
+           for e in gc.exposures if e.stop_reason == "intolerance"]
     for c in facts.gc_intolerance:
         if gc_first is None and not gc.exposures:
             continue
         if c.onset is None or gc_first is None or c.onset >= gc_first:
-            r.gc_intolerance.append(FactRef("Glucocorticoid adverse effect", c.label, c.reference))
+            out.append(FactRef("Glucocorticoid adverse effect", c.label, c.reference))
     cur = [e for e in gc.exposures if e.current and e.pred_eq_mg is not None]
     if cur and gc_first and (facts.now - gc_first).days >= th.gc_dependence_after_days:
         latest = max(cur, key=lambda e: e.start or gc_first)
@@ -211,11 +355,13 @@ def compute_stage(facts: Facts, th: Thresholds) -> StageResult:
                 f"{fmt(latest.pred_eq_mg)} mg/day prednisone-equivalent after {(facts.now - gc_first).days} days "
                 f"(> {fmt(th.gc_dependence_mg)} mg/day after {th.gc_dependence_after_days} days)",
                 latest.reference)
-            r.gc_intolerance.append(r.gc_dependence)
-    r.relapse_after_completed_gc = bool(gc.refractory) and not gc.current and any(
-        e.raw_status == "completed" for e in gc.exposures)
+            out.append(r.gc_dependence)
+    return out
 
-    # ---------------------------------------------------------------- second line
+
+def _second_line_course(facts: Facts, th: Thresholds, r: StageResult) -> None:
+    """Trial start (therapeutic doses only), continued disease after its minimum trial, all stopped."""
+    sl = r.second_line
     therapeutic = []
     for e in sl.exposures:
         if e.ingredient == "methotrexate" and e.weekly_mg is not None and e.weekly_mg < th.mtx_subtherapeutic_mg_week:
@@ -227,13 +373,16 @@ def compute_stage(facts: Facts, th: Thresholds) -> StageResult:
     sl_starts = [e.start for e in therapeutic if e.start]
     sl.trial_start = min(sl_starts) if sl_starts else None
     sl.refractory = _evidence_after(facts, sl.trial_start, th.second_line_min_trial_days, "second-line agent")
-    sl.refractory += _pulse_after(gc.exposures, sl.trial_start, th.second_line_min_trial_days, "second-line agent")
+    sl.refractory += _pulse_after(r.gc.exposures, sl.trial_start, th.second_line_min_trial_days, "second-line agent")
     sl.refractory += _ineffective(sl.exposures, "Second-line agent")
     stopped = [e for e in sl.exposures if not e.current]
     sl.all_failed = bool(sl.exposures) and not sl.current and all(
         e.stop_reason in ("intolerance", "ineffective") for e in stopped)
 
-    # ---------------------------------------------------------------- anti-TNF
+
+def _anti_tnf_course(facts: Facts, th: Thresholds, r: StageResult) -> None:
+    """Trial start, minimum trial (days or infusions), continued disease, all stopped."""
+    at = r.anti_tnf
     at_starts = [e.start for e in at.exposures if e.start]
     at.trial_start = min(at_starts) if at_starts else None
     infusions = sorted(e.start for e in at.exposures if e.resource_type == "MedicationAdministration" and e.start)
@@ -241,43 +390,10 @@ def compute_stage(facts: Facts, th: Thresholds) -> StageResult:
     if at.trial_start is not None and len(infusions) >= th.anti_tnf_min_infusions:
         min_days = min(min_days, (infusions[th.anti_tnf_min_infusions - 1] - at.trial_start).days)
     at.refractory = _evidence_after(facts, at.trial_start, min_days, "anti-TNF")
-    at.refractory += _pulse_after(gc.exposures, at.trial_start, min_days, "anti-TNF")
+    at.refractory += _pulse_after(r.gc.exposures, at.trial_start, min_days, "anti-TNF")
     at.refractory += _ineffective(at.exposures, "Anti-TNF")
     at.all_failed = bool(at.exposures) and not at.current and all(
-        e.stop_reason in ("intolerance", "ineffective") for e in at.exposures) and gc.ever and sl.ever
-
-    # ---------------------------------------------------------------- S7 -> S1
-    if at.ever and (at.refractory or at.all_failed):
-        r.stage = "S7"
-        r.reasons = at.refractory + [e.fact() for e in at.exposures if e.stop_reason]
-    elif at.current:
-        r.stage = "S6"
-        r.reasons = [e.fact() for e in at.current]
-    elif sl.ever and (sl.refractory or sl.all_failed):
-        r.stage = "S5"
-        r.reasons = sl.refractory + [e.fact() for e in sl.exposures if e.stop_reason in ("intolerance",
-                                                                                           "ineffective")]
-    elif sl.current:
-        r.stage = "S4"
-        r.reasons = [e.fact() for e in sl.current] + r.mtx_subtherapeutic
-    elif gc.refractory:
-        r.stage = "S3R"
-        r.reasons = gc.refractory + [e.fact() for e in high[:2]]
-    elif r.gc_intolerance:
-        r.stage = "S3I"
-        r.reasons = list(r.gc_intolerance)
-    elif gc.current:
-        r.stage = "S2" if high else "S2b"  # A6: the maximum dose of the course counts, not the tapered one
-        r.reasons = [e.fact() for e in gc.current]
-    elif not gc.ever and not sl.ever and not at.ever:
-        r.stage = "S1"
-        r.reasons = []
-    else:
-        r.stage = "S1"  # A7: therapy recorded but nothing current and no continued-disease evidence
-        r.prior_therapy = True
-        r.reasons = [e.fact() for e in (gc.exposures + sl.exposures + at.exposures)[:3]]
-    r.reasons = ns_facts + r.reasons
-    return r
+        e.stop_reason in ("intolerance", "ineffective") for e in at.exposures) and r.gc.ever and r.second_line.ever
 
 
 def _pulse_after(gc_exposures: list[Exposure], t0: datetime | None, min_days: int, label: str) -> list[FactRef]:

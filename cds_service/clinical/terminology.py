@@ -4,7 +4,7 @@ Sources, in order:
 
 1. ``data/terminology.json`` (418 entries with ``group``/``system``/``code``/``verified``): every entry is
    a member of its ``group`` value set. ATC entries match by prefix (``G03C`` covers ``G03CA03``).
-2. :data:`CATEGORIES`: finer value sets the rules need (e.g. ``renal.dialysis``, ``thrombosis.history``).
+2. :data:`CATEGORIES` (``criteria/value_sets.yaml``): finer value sets the rules need (``renal.dialysis`` ...).
    They list codes of ``terminology.json`` (whose ``verified`` flag they inherit) and the ICD-10-CM
    *families* the research names (``N18.x``, ``E08-E13``, ``I50.x`` ...; knowledge §2.2 and §3.2), matched by prefix.
 3. The site file named by ``CDS_EXTRA_CODES`` (YAML or JSON): a list of ``{group, system, code, display,
@@ -36,6 +36,8 @@ from typing import Any
 import orjson
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from . import criteria
+from .memo import Memo, clear_all, lru
 from .resources import data_path
 
 SNOMED = "SNOMED"
@@ -97,90 +99,8 @@ def _norm_text(text: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- categories
-# name -> (system, code-or-prefix, is_prefix). ICD codes written with dots, as ICD-10-CM prints them.
-def _icd(*codes: str) -> list[tuple[str, str, bool]]:
-    return [(ICD10, c, False) for c in codes]
-
-
-def _icdp(*prefixes: str) -> list[tuple[str, str, bool]]:
-    return [(ICD10, p, True) for p in prefixes]
-
-
-def _sct(*codes: str) -> list[tuple[str, str, bool]]:
-    return [(SNOMED, c, False) for c in codes]
-
-
-_DIABETES = _icdp("E08", "E09", "E10", "E11", "E13") + _sct("73211009", "44054006", "46635009")
-_PARAPROTEIN = _icdp("C90.0", "C88.0", "D47.2") + _sct("109989006", "190818004", "277577000", "109983007",
-                                                         "267440005")
-
-CATEGORIES: dict[str, list[tuple[str, str, bool]]] = {
-    # --- neurosarcoidosis (knowledge §2.2)
-    "sarcoidosis": _icdp("D86") + _sct("31541009", "24369008", "75403004", "55941000", "230193008",
-                                       "192673008", "193101001", "193195000", "193251003", "203042003",
-                                       "111936002"),
-    "ns.specific": _icd("D86.81", "D86.82") + _sct("230193008", "111936002", "192673008", "193101001",
-                                                   "193195000"),
-    "ns.neuromuscular": _icd("D86.87") + _sct("193251003", "203042003"),
-    "ns.manifestation": _icdp("G53", "G63", "G73.7", "G05.3", "G05.4", "G99.2", "G94", "G99.8"),
-    "ns.meningitis": _icd("D86.81") + _sct("192673008"),
-    "ns.cranial": _icd("D86.82") + _icdp("G53") + _sct("193101001"),
-    "ns.myelopathy": _icdp("G05.4", "G99.2"),
-    "neuro.other": _icdp("G51", "H46", "G91", "E23.0") + _sct("66760008", "280816001", "386033004", "42345000",
-                                                             "302226006"),
-    "neuro.sfn": _sct("709489006"),
-    "neuro.sfn-proxy": _icdp("G63", "G60.8", "G62.9", "G90.09"),
-    "neuro.conduction-block": _icd("G61.82", "G61.81") + _sct("230591002"),
-    "neuro.bulbar": _icd("G52.7", "G52.1", "G52.2", "G52.3", "R49.0", "R47.1") + _icdp("R13.1")
-    + _sct("40739000"),
-    "neuro.bulbar-exclusion": _icd("G12.22") + _sct("54304004", "7379000"),
-    # --- intolerance evidence (B3)
-    "gc.intolerance": _icdp("T38.0X5", "E24.2", "E09"),
-    "is.intolerance": _icdp("T45.1X5"),
-    "adrenal-insufficiency": _icdp("E27.1", "E27.2", "E27.4", "E23.0"),
-    # --- thrombosis (knowledge §3.2, THR-AGE to THR-CV)
-    "thrombosis.history": _icdp("I82", "I26", "I63", "I21", "I22", "I25.2", "G45", "Z86.71", "Z86.73")
-    + _sct("128053003", "111293003", "59282003", "230690007", "432504007", "22298006", "1755008"),
-    "thrombosis.hypercoagulable": _icdp("D68.5", "D68.6") + _sct("26843008", "421527008", "234467004"),
-    "thrombosis.immobility": _icd("Z74.01", "Z74.09", "Z99.3") + _sct("160685001"),
-    "thrombosis.catheter": _icd("Z45.2", "Z95.828"),
-    "thrombosis.estrogen-status": _icd("Z79.3", "Z79.890", "Z79.810", "Z79.818"),
-    "thrombosis.cardiovascular": _icdp("I10", "I11", "I12", "I13", "I15", "I16", "E78", "E66", "Z68.3",
-                                       "Z68.4", "F17", "Z72.0", "I25.1", "I70", "I73.9", "I48", "I50")
-    + _DIABETES + _sct("38341003", "55822004", "414916001", "53741008", "400047006", "110483000", "49436004",
-                       "84114007", "42343007"),
-    # --- hyperviscosity
-    "hyperviscosity.paraprotein": _PARAPROTEIN,
-    "hyperviscosity.other": _icdp("D89.1", "D45", "D75.1", "R70.1", "E78.1", "E78.3")
-    + _sct("30911005", "302870006"),
-    # --- renal (knowledge §3.2, REN-CKD to REN-NEPHROTOX)
-    "renal.ckd": _icdp("N18") + _sct("709044004", "431855005", "433144002", "700378005", "700379002",
-                                      "431857002", "433146000", "46177005"),
-    "renal.ckd-severe": _icdp("N18.4", "N18.5", "N18.6") + _sct("431857002", "433146000", "46177005"),
-    "renal.dialysis": _icdp("Z99.2"),
-    "renal.aki": _icdp("N17") + _sct("14669001"),
-    "renal.transplant": _icdp("Z94.0"),
-    "renal.diabetes": _DIABETES,
-    "renal.volume-depletion": _icdp("E86") + _sct("34095006", "28560003"),
-    "renal.sepsis": _icdp("A40", "A41", "R65.2") + _sct("91302008"),
-    "renal.paraprotein": _PARAPROTEIN,
-    # --- heart failure / volume
-    "heart-failure": _icdp("I50", "I11.0", "I13.0", "I13.2", "E87.70") + _sct("84114007", "42343007"),
-    # --- IgA / prior immune globulin reaction
-    "iga.deficiency": _icd("D80.2") + _sct("190979003", "29260007"),
-    "ig.adverse-effect": _icdp("T50.Z15"),
-    "drug.anaphylaxis": _icdp("T88.6"),
-    # --- pregnancy (A19); families only: terminology.json has no SNOMED/LOINC pregnancy codes
-    "pregnancy": _icdp("Z33.1", "Z34", "O09"),
-    # --- contraindications to standard immunosuppression (IVIG best-candidate modifier)
-    "contra.tuberculosis": _icdp("A15", "A16", "A17", "A18", "A19", "Z22.7", "R76.11"),
-    "contra.demyelinating": _icdp("G35", "G36", "G37"),
-    "contra.heart-failure": _icdp("I50"),
-    "contra.liver": _icdp("K70.3", "K74.6", "K72"),
-    "contra.renal": _icdp("N18.4", "N18.5", "N18.6"),
-    "contra.malignancy": _icdp("Z85"),
-    "contra.fungal": _icdp("B38", "B39", "B44", "B45"),
-}
+# Category -> [(system, code-or-prefix, is_prefix)]: the clinician-reviewed criteria/value_sets.yaml.
+CATEGORIES: dict[str, list[tuple[str, str, bool]]] = criteria.value_sets()
 
 # ATC prefixes excluded from a value set even though a broader prefix matches (knowledge §2.3).
 ATC_EXCLUSIONS = {"estrogen-thrombosis-risk": ("G03AC",)}
@@ -268,7 +188,7 @@ _GROUP_CLASS = {"glucocorticoid": GC, "second-line": SECOND_LINE, "third-line-an
 
 # Memo limits. A text or concept beyond these sizes is matched without the memo: hostile input (megabyte
 # texts, thousands of distinct codes) can neither grow memory nor evict much; the memos are cleared whole
-# when full (cheap, and a steady service refills them with the few hundred codes it really sees).
+# when full (clinical/memo.py).
 MEMO_MAX_ENTRIES = 4096
 MEMO_MAX_TEXT = 256  # characters of a text memoised by itself
 MEMO_MAX_KEY = 1024  # bytes of a concept memoised by its JSON content (concept_key)
@@ -287,7 +207,7 @@ def ingredient_from_text(text: str) -> Ingredient | None:
     return _ingredient_from_text(text)
 
 
-@functools.lru_cache(maxsize=MEMO_MAX_ENTRIES)
+@lru(maxsize=MEMO_MAX_ENTRIES)
 def _ingredient_from_text_memo(text: str) -> Ingredient | None:
     return _ingredient_from_text(text)
 
@@ -372,10 +292,12 @@ class Terminology:
     # Memos of results that depend on this registry (see :meth:`match` and :meth:`memo`). They live on the
     # instance, so a registry built with other site codes never sees another's results, and they are
     # emptied whenever the registry changes (:meth:`add`, :meth:`add_ivig_rxnorm`).
-    _match_memo: dict[bytes, ConceptMatch] = field(default_factory=dict, repr=False, compare=False)
-    _med_memo: dict[bytes, ConceptMatch] = field(default_factory=dict, repr=False, compare=False)
-    _memos: dict[str, dict[Any, Any]] = field(default_factory=dict, repr=False, compare=False)
-    # the ivig_rxnorm the memos were made with: a reassigned attribute empties them (identity check, ~free)
+    _match_memo: Memo = field(default_factory=lambda: Memo(MEMO_MAX_ENTRIES, register=False), repr=False,
+                              compare=False)
+    _med_memo: Memo = field(default_factory=lambda: Memo(MEMO_MAX_ENTRIES, register=False), repr=False,
+                            compare=False)
+    _memos: dict[str, Memo] = field(default_factory=dict, repr=False, compare=False)
+    # the ivig_rxnorm the memos were made with: a reassigned attribute empties them
     _memo_ivig: frozenset[str] | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ building
@@ -435,7 +357,7 @@ class Terminology:
         self.ivig_rxnorm = self.ivig_rxnorm | {code}
         self.clear_caches()
 
-    def memo(self, name: str) -> dict[Any, Any]:
+    def memo(self, name: str) -> Memo:
         """A memo dict named ``name`` for results derived from this registry (emptied when the registry
         changes, and here when full). Callers key it with :func:`concept_key`, store only results that
         depend on nothing but the key and this registry, and keep it under :data:`MEMO_MAX_ENTRIES`."""
@@ -443,9 +365,7 @@ class Terminology:
             self.clear_caches()
         memo = self._memos.get(name)
         if memo is None:
-            memo = self._memos[name] = {}
-        elif len(memo) >= MEMO_MAX_ENTRIES:
-            memo.clear()
+            memo = self._memos[name] = Memo(MEMO_MAX_ENTRIES, register=False)
         return memo
 
     def match(self, concept: Any, *, medication: bool = False) -> ConceptMatch:
@@ -464,10 +384,7 @@ class Terminology:
         memo = self._med_memo if medication else self._match_memo
         m = memo.get(key)
         if m is None:
-            m = self._match(concept, medication)
-            if len(memo) >= MEMO_MAX_ENTRIES:
-                memo.clear()
-            memo[key] = m
+            m = memo.remember(key, self._match(concept, medication))
         return m
 
     def _match(self, concept: dict[str, Any], medication: bool) -> ConceptMatch:
@@ -650,8 +567,8 @@ def concept_key(concept: dict[str, Any]) -> bytes | None:
 
 
 def clear_caches() -> None:
-    """Empty the module-level memo and the memos of the loaded registry (benchmarks: cold-cache figures)."""
-    _ingredient_from_text_memo.cache_clear()
+    """Empty every memo of the engine and the memos of the loaded registry (cold-cache figures)."""
+    clear_all()
     if get_terminology.cache_info().currsize:
         get_terminology().clear_caches()
 

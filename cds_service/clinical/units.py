@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import plausibility
+from .memo import Memo
 
 # kind -> (target unit shown on cards, {UCUM code: factor to target}); factors multiply.
 _FACTORS: dict[str, tuple[str, dict[str, float]]] = {
@@ -77,8 +78,7 @@ def convert(value: Any, code: str | None, kind: str) -> Converted:
     return Converted(converted, target, shown)
 
 
-_MEMO: dict[tuple[Any, ...], Converted] = {}
-_MEMO_MAX = 4096
+_MEMO = Memo(4096)
 _MEMO_MAX_TEXT = 64
 
 
@@ -97,16 +97,9 @@ def convert_quantity(quantity: Any, kind: str) -> Converted:
             key = (kind, vt, value, code, unit)
             conv = _MEMO.get(key)
             if conv is None:
-                conv = _convert_quantity(quantity, kind)
-                if len(_MEMO) >= _MEMO_MAX:
-                    _MEMO.clear()
-                _MEMO[key] = conv
+                conv = _MEMO.remember(key, _convert_quantity(quantity, kind))
             return conv
     return _convert_quantity(quantity, kind)
-
-
-def clear_caches() -> None:
-    _MEMO.clear()
 
 
 def _convert_quantity(quantity: Any, kind: str) -> Converted:

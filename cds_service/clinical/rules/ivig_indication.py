@@ -1,0 +1,115 @@
+"""IVIG indication rules (knowledge §4.3, decisions 1 and 7): suggestions, shown with the ladder cards
+(decision 6) and never while immune globulin is current (then only safety and monitoring)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from ..facts import FactRef, Facts
+from ..stages import StageResult
+from ..terminology import SECOND_LINE
+from ..thresholds import Thresholds
+from .context import Context, Fired, ivig_values, phrase, weight_facts
+
+G = "ivig.indication"
+
+
+def rapid_progression(f: Facts, s: StageResult, th: Thresholds) -> list[FactRef]:
+    """New manifestations within the window, a recent IV pulse, an inpatient stay, bulbar involvement."""
+    since = f.now - timedelta(days=th.decompensation_window_days)
+    new = [c for c in f.ns_conditions if c.onset and c.onset >= since]
+    out: list[FactRef] = []
+    if len(new) >= th.decompensation_min_new_manifestations:
+        out += [c.fact() for c in new]
+    pulses = [e for e in s.gc.exposures if e.pulse and e.start and e.start >= since]
+    out += [FactRef("Escalation: IV glucocorticoid pulse", e.label, e.reference) for e in pulses]
+    out += f.inpatient_for_ns
+    out += [FactRef("Bulbar involvement", b.label, b.reference) for b in f.bulbar if b.active]
+    return out
+
+
+def best_candidate_features(f: Facts, s: StageResult, th: Thresholds) -> list[str]:
+    feats = []
+    if rapid_progression(f, s, th):
+        feats.append(phrase(G, "rapid_progression"))
+    if f.contraindications:
+        feats.append(phrase(G, "contraindication"))
+    if f.sfn or f.conduction_block or any(c.kind == "neuropathy" for c in f.ns_conditions):
+        feats.append(phrase(G, "peripheral"))
+    if s.stage in ("S5", "S7") or (s.gc.refractory or s.gc_intolerance) and s.second_line.all_failed:
+        feats.append(phrase(G, "two_agents"))
+    return feats
+
+
+def _shown(ctx: Context) -> bool:
+    """Decision 6, and not while immune globulin is current."""
+    return ctx.once("indication-shown", _indication_shown)
+
+
+def _indication_shown(ctx: Context) -> bool:
+    s = ctx.stage
+    return ctx.ladder_trigger and (s.in_scope or s.sfn_pathway) and not ctx.facts.current_ig()
+
+
+def _fire(ctx: Context, rule_id: str, facts: list[FactRef], **values: Any) -> Fired:
+    """The indication card with the IVIG dose plan (and its order) when a weight is known."""
+    f, s = ctx.facts, ctx.stage
+    base = ctx.once("ivig-values", lambda c: ivig_values(c.facts, c.th))
+    feats = ctx.once("best-candidate", lambda c: best_candidate_features(c.facts, c.stage, c.th))
+    best = phrase(G, "best_candidate", features=", ".join(feats)) if feats else phrase(G, "no_best_candidate")
+    offer = ["ivig"] if base and not ctx.ivig_planned else []
+    v = dict(base)
+    v.update(values)
+    v["best_candidate"] = best
+    return Fired(rule_id, facts=facts + weight_facts(f) if offer else facts, values=v, suggestions=list(offer),
+                 conditional=s.conditional)
+
+
+def steroid_resistant(ctx: Context) -> Fired | None:
+    """Refractory to glucocorticoid (S3R, S5, S7)."""
+    s = ctx.stage
+    if _shown(ctx) and s.in_scope and s.stage in ("S3R", "S5", "S7"):
+        return _fire(ctx, "ivig.indication.steroid-resistant", list(s.reasons))
+    return None
+
+
+def decompensated(ctx: Context) -> Fired | None:
+    """Rapid progression while cyclophosphamide is being started (not yet given): IVIG as a bridge."""
+    f, s = ctx.facts, ctx.stage
+    if not (_shown(ctx) and s.in_scope and f.ns_status == "active"):
+        return None
+    prog = rapid_progression(f, s, ctx.th)
+    cyc_planned = [o for o in f.planned_orders if o.ingredient == "cyclophosphamide"]
+    cyc_given = [e for e in f.of_class(SECOND_LINE) if e.ingredient == "cyclophosphamide" and e.exposed]
+    if prog and cyc_planned and not cyc_given:
+        return _fire(ctx, "ivig.indication.decompensated", prog + [o.fact() for o in cyc_planned],
+                     progression=", ".join(sorted({p.fact for p in prog})))
+    return None
+
+
+def small_fiber(ctx: Context) -> Fired | None:
+    """Small-fiber neuropathy with sarcoidosis."""
+    f = ctx.facts
+    if _shown(ctx) and f.sfn and f.has_sarcoidosis:
+        return _fire(ctx, "ivig.indication.sfn", [c.fact() for c in f.sfn] + f.sarcoidosis[:1])
+    return None
+
+
+def conduction_block(ctx: Context) -> Fired | None:
+    """Conduction block with sarcoidosis."""
+    f = ctx.facts
+    if _shown(ctx) and f.conduction_block and f.has_sarcoidosis:
+        return _fire(ctx, "ivig.indication.conduction-block",
+                     [c.fact() for c in f.conduction_block] + f.sarcoidosis[:1])
+    return None
+
+
+def immunosuppression_contraindicated(ctx: Context) -> Fired | None:
+    """A contraindication to standard immunosuppression recorded (criteria/contraindications.yaml)."""
+    f = ctx.facts
+    if _shown(ctx) and f.contraindications and ctx.stage.in_scope:
+        labels = list(dict.fromkeys(c.label for c in f.contraindications))
+        return _fire(ctx, "ivig.indication.immunosuppression-contraindicated",
+                     [c.fact("Contraindication: ") for c in f.contraindications], contra_list=labels)
+    return None

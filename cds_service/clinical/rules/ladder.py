@@ -1,0 +1,163 @@
+"""Ladder rules: the stage card (knowledge §4.2, decisions 4-6) and methotrexate recorded daily (A9).
+
+When cards show (decision 6): on patient-view, or when one of "the orders" (the selections on
+order-select, every draft on order-sign) is a ladder drug or an immune globulin. An escalation card is
+suppressed when any draft order is a drug of the tier it proposes or higher. Possible / suspected
+neurosarcoidosis (A16) is folded in as conditional wording ("If NS confirmed: ...").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import criteria
+from ..facts import Factor, fmt
+from ..stages import RUNG_OF
+from ..terminology import GC
+from .context import PATIENT_VIEW, Context, Fired, phrase
+
+S2B = "stage.s2b-gc-subthreshold"
+
+
+def methotrexate_daily(ctx: Context) -> Fired | None:
+    """ladder.mtx-frequency (A9): methotrexate recorded or ordered daily; shown instead of the stage card."""
+    s = ctx.stage
+    if not s.mtx_daily:
+        return None
+    daily_draft = any(o.ingredient == "methotrexate" and o.daily_frequency for o in ctx.orders)
+    if not daily_draft and not (ctx.ladder_trigger and (ctx.hook == PATIENT_VIEW or ctx.orders)):
+        return None
+    return Fired("ladder.mtx-frequency", facts=list(s.mtx_daily))
+
+
+def stage_card(ctx: Context) -> Fired | None:
+    """The card of the patient's rung (decision 5), unless its escalation is already ordered (decision 6)."""
+    return ctx.once("stage-card", _stage_card)
+
+
+def _stage_card(ctx: Context) -> Fired | None:
+    s = ctx.stage
+    if s.mtx_daily or not s.in_scope or not ctx.ladder_trigger:
+        return None
+    draft = _subthreshold_gc_draft(ctx)
+    if draft is not None:
+        return draft
+    rung = RUNG_OF.get(s.stage)
+    if rung is None or rung.rule_id is None:
+        return None
+    if rung.proposes_tier is not None and ctx.max_planned_tier >= rung.proposes_tier:
+        return None  # decision 6: the escalation is already being ordered
+    fired = Fired(rung.rule_id, facts=list(s.reasons), conditional=s.conditional)
+    fired.values["gc_max"] = fmt(s.gc_max_pred_eq)
+    _FILL.get(s.stage, _nothing)(ctx, fired)
+    return fired
+
+
+def _subthreshold_gc_draft(ctx: Context) -> Fired | None:
+    """S1 / S2b with a draft glucocorticoid order below the first-line dose: the card speaks of the order."""
+    f, s, th = ctx.facts, ctx.stage, ctx.th
+    if s.stage not in ("S1", "S2b") or any(o.drug_class == GC and o.pulse for o in f.planned_orders):
+        return None
+    low = [o for o in f.planned_orders if o.drug_class == GC and o.is_ladder and not o.pulse
+           and o.pred_eq_mg is not None and o.pred_eq_mg < th.gc_high_dose_mg]
+    if not low:
+        return None
+    o = low[0]
+    dose = fmt(o.pred_eq_mg)
+    return Fired(S2B, facts=s.reasons + [o.fact()], variant="draft",
+                 values={"order_dose": dose, "gc_max": dose,
+                         "dose_sentence": phrase(S2B, "draft_dose", order=o.label, dose=dose)},
+                 conditional=s.conditional)
+
+
+def _nothing(ctx: Context, fired: Fired) -> None:
+    return None
+
+
+def _untreated(ctx: Context, fired: Fired) -> None:
+    s, v = ctx.stage, fired.values
+    fired.variant = "prior_therapy" if s.prior_therapy else None
+    v["prednisone_mg"] = fmt(ctx.th.prednisone_suggested_mg_day)
+    v["prior_note"] = phrase(fired.rule_id, "prior_note") if s.prior_therapy else ""
+    fired.suggestions = ["prednisone"]
+
+
+def _on_gc(ctx: Context, fired: Fired) -> None:
+    fired.values["pulse_note"] = phrase(fired.rule_id, "pulse_note") if ctx.stage.gc_pulse else ""
+
+
+def _gc_subthreshold(ctx: Context, fired: Fired) -> None:
+    s = ctx.stage
+    if not s.gc_dose_known:
+        fired.variant = "unknown"
+        fired.values["dose_sentence"] = phrase(S2B, "unknown_dose")
+    else:
+        fired.values["dose_sentence"] = phrase(S2B, "highest_dose", dose=fmt(s.gc_max_pred_eq))
+
+
+def withheld_by(contraindications: list[Factor], drug: str) -> list[Factor]:
+    """Decision 39: the recorded contraindications that withhold ``drug`` (criteria/contraindications.yaml)."""
+    keys = criteria.withholding(drug)
+    return [c for c in contraindications if c.key in keys]
+
+
+def _gc_failed(ctx: Context, fired: Fired) -> None:
+    """S3R / S3I: methotrexate proposed, unless a contraindication withholds it."""
+    s, v = ctx.stage, fired.values
+    v["mtx_mg"] = fmt(ctx.th.mtx_suggested_mg_week)
+    v["completed_note"] = (phrase("stage.s3r-gc-refractory", "completed_note") + " "
+                           if s.relapse_after_completed_gc else "")
+    blockers = withheld_by(ctx.facts.contraindications, "methotrexate")
+    v["mtx_blockers"] = list(dict.fromkeys(c.label for c in blockers))
+    if blockers:
+        fired.variant = "mtx_contraindicated"  # the summary names the blocker instead of advising methotrexate
+        v["mtx_withheld"] = phrase("stage.s3r-gc-refractory", "mtx_withheld",
+                                   blockers="; ".join(c.label for c in blockers))
+        fired.facts += [c.fact("Contraindication: ") for c in blockers]
+    else:
+        v["mtx_withheld"] = ""
+        fired.suggestions = ["methotrexate"]
+
+
+def _on_second_line(ctx: Context, fired: Fired) -> None:
+    s, v, th = ctx.stage, fired.values, ctx.th
+    agents = sorted({e.ingredient or e.label for e in s.second_line.current})
+    v["agent"] = ", ".join(agents) or "second-line agent"
+    v["trial_weeks"] = fmt(th.second_line_min_trial_days / 7)
+    v["mmf_note"] = phrase(fired.rule_id, "mmf_note") + " " if "mycophenolate" in agents else ""
+    v["subtherapeutic_note"] = phrase(fired.rule_id, "subtherapeutic_note") + " " if s.mtx_subtherapeutic else ""
+    if agents == ["mycophenolate"]:
+        fired.variant = "mmf"
+
+
+def _second_line_failed(ctx: Context, fired: Fired) -> None:
+    """S5: infliximab proposed (per kg without a weight), unless a contraindication withholds anti-TNF."""
+    f, v, th = ctx.facts, fired.values, ctx.th
+    v["trial_weeks"] = fmt(th.second_line_min_trial_days / 7)
+    blockers = withheld_by(f.contraindications, "anti-tnf")
+    v["contra_note"] = (phrase(fired.rule_id, "contra_note", blockers="; ".join(c.label for c in blockers)) + " "
+                        if blockers else "")
+    fired.facts += [c.fact("Contraindication: ") for c in blockers]
+    if blockers:
+        v["ifx_note"] = phrase(fired.rule_id, "ifx_withheld")
+    elif f.weight is None:
+        v["ifx_note"] = phrase(fired.rule_id, "ifx_no_weight", days=th.weight_recency_days)
+        v["ifx_per_kg"] = fmt(th.infliximab_mg_per_kg)
+        fired.suggestions = ["infliximab-per-kg"]
+    else:
+        v["ifx_note"] = ""
+        v["weight_kg"] = fmt(f.weight.value)
+        v["ifx_mg"] = fmt(round(th.infliximab_mg_per_kg * f.weight.value))
+        fired.suggestions = ["infliximab"]
+        fired.facts.append(f.weight.fact())
+
+
+def _on_anti_tnf(ctx: Context, fired: Fired) -> None:
+    agents = sorted({e.ingredient or e.label for e in ctx.stage.anti_tnf.current})
+    fired.values["agent"] = ", ".join(agents) or "anti-TNF"
+
+
+_FILL: dict[str, Any] = {"S1": _untreated, "S2": _on_gc, "S2b": _gc_subthreshold, "S3R": _gc_failed,
+                         "S3I": _gc_failed, "S4": _on_second_line, "S5": _second_line_failed, "S6": _on_anti_tnf}
+
+

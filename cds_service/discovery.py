@@ -14,7 +14,7 @@ from cds_service.models import DiscoveryResponse, ServiceDefinition
 # LOINC codes the rules read: weight, height, BMI, creatinine, eGFR, IgA, viscosity, M-protein, HbA1c.
 OBSERVATION_CODES = (
     "29463-7", "3141-9", "3142-7", "8302-2", "39156-5",
-    "2160-0", "38483-4",
+    "2160-0", "38483-4", "14682-9", "59826-8", "82810-3",
     "98979-8", "98980-6", "62238-1", "88293-6", "88294-4", "94677-2", "50210-4", "77147-7",
     "48642-3", "48643-1", "50044-7", "70969-1", "69405-9", "33914-3",
     "2458-8", "3128-6", "33358-3", "4548-4",

@@ -152,17 +152,11 @@ def _cases() -> list[object]:
     for name, uri, code, display in contraindication_codes():
         for stage, (_, offers) in SCENARIOS.items():
             if WITHHOLDS[name] & offers:
-                marks = ([pytest.mark.xfail(reason="decision 39: the S1 prednisone order ignores tuberculosis and "
-                                                   "deep fungal infection; wired after the restructure", strict=True)]
-                         if stage == "S1" else [])
-                out.append(pytest.param(stage, name, cc(uri, code, display), id=f"{stage}-{name}-{uri[-9:]}-{code}",
-                                        marks=marks))
+                out.append(pytest.param(stage, name, cc(uri, code, display), id=f"{stage}-{name}-{uri[-9:]}-{code}"))
     for name, phrase in contraindication_texts():
         for stage, (_, offers) in SCENARIOS.items():
             if WITHHOLDS[name] & offers:
-                out.append(pytest.param(stage, name, cc(text=phrase), id=f"{stage}-{name}-text",
-                                        marks=pytest.mark.xfail(reason="decision 29, wired after the restructure",
-                                                                strict=True)))
+                out.append(pytest.param(stage, name, cc(text=phrase), id=f"{stage}-{name}-text"))
     return out
 
 
@@ -194,7 +188,6 @@ def test_low_egfr_withholds_methotrexate():
     assert "methotrexate" not in proposed(rec)
 
 
-@pytest.mark.xfail(reason="decision 10: IVIG contraindication, wired after the restructure", strict=True)
 def test_iga_deficiency_with_anti_iga_antibodies_withholds_ivig():
     """The label's contraindication: IgA deficiency with antibodies against IgA."""
     iga = condition("iga-def", cc("http://hl7.org/fhir/sid/icd-10-cm", "D80.2",

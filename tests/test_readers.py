@@ -175,4 +175,4 @@ def test_every_risk_factor_names_a_known_category_and_fact_list():
         assert set(rf.categories) <= set(CATEGORIES), rf
         assert rf.feeds in fields and (not rf.also or rf.also in fields), rf
     for c in criteria.contraindications():
-        assert c.category in CATEGORIES and set(c.withholds) <= {"methotrexate", "anti-tnf"}, c
+        assert c.category in CATEGORIES and set(c.withholds) <= {"methotrexate", "anti-tnf", "glucocorticoid"}, c

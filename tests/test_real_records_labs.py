@@ -21,7 +21,6 @@ from cds_service.evaluate import evaluate_bundle
 from cds_service.models import FACTS_EXTENSION, RULE_ID_EXTENSION
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fhir"
-PHASE_2 = "wired after the restructure"
 
 
 def bundle_of(prefix: str) -> dict[str, Any]:
@@ -66,13 +65,11 @@ def test_decision_28_pregnancy_in_snomed_ct_only_withholds_methotrexate():
     assert "Condition/f60-preg-1" in facts_text(s3r)
 
 
-@pytest.mark.xfail(reason=f"decision 28, Z3A family {PHASE_2}", strict=True)
 def test_decision_28_pregnancy_as_z3a_weeks_of_gestation_withholds_methotrexate():
     cards = fixture_cards(61, "MedicationRequest/f61-pred-order-1")
     assert not suggested_codes(cards["stage.s3r-gc-refractory"]) & MTX_CODES
 
 
-@pytest.mark.xfail(reason=f"decision 28, LOINC 82810-3 {PHASE_2}", strict=True)
 def test_decision_28_positive_pregnancy_status_withholds_methotrexate():
     cards = fixture_cards(62, "MedicationRequest/f62-pred-order-1")
     s3r = cards["stage.s3r-gc-refractory"]
@@ -101,7 +98,6 @@ def test_decision_28_who_icd10_and_snomed_codes_name_the_same_value_sets():
 
 
 # =============================================================================================== decision 29
-@pytest.mark.xfail(reason=f"decision 29 {PHASE_2}", strict=True)
 def test_decision_29_text_only_dvt_and_factor_v_leiden_make_high_risk_labelled_from_text():
     cards = fixture_cards(73, "MedicationRequest/f73-ivig-order-1")
     card = cards["ivig.safety.thrombosis"]
@@ -137,7 +133,6 @@ def test_decision_29_denied_doubted_or_other_persons_text_names_nothing_relevant
                 "thrombosis.cardiovascular"} & set(text_findings(text))
 
 
-@pytest.mark.xfail(reason=f"decision 29 {PHASE_2}", strict=True)
 def test_decision_29_text_never_puts_a_patient_on_the_ladder_but_withholds_an_order():
     """A text-only 'neurosarcoidosis' problem is no diagnosis (no ladder card); a text-only pregnancy still
     withholds the methotrexate one-click order (judgement: when in doubt, a card without a suggestion)."""
@@ -158,7 +153,6 @@ def test_decision_29_text_never_puts_a_patient_on_the_ladder_but_withholds_an_or
 
 
 # =============================================================================================== decision 30
-@pytest.mark.xfail(reason=f"decision 30 (creatinine in umol/L) {PHASE_2}", strict=True)
 def test_decision_30_creatinine_in_umol_under_14682_9_is_read():
     cards = fixture_cards(64, "MedicationRequest/f64-pred-order-1")
     s3r = cards["stage.s3r-gc-refractory"]
@@ -167,7 +161,6 @@ def test_decision_30_creatinine_in_umol_under_14682_9_is_read():
     assert "eGFR below 30" in facts_text(s3r)
 
 
-@pytest.mark.xfail(reason=f"decision 30, prefetch {PHASE_2}", strict=True)
 def test_decision_30_every_serum_creatinine_code_and_the_pregnancy_status_are_prefetched(client):
     services = client.get("/cds-services").json()["services"]
     for service in services:
@@ -178,7 +171,6 @@ def test_decision_30_every_serum_creatinine_code_and_the_pregnancy_status_are_pr
             assert code in prefetch, (service["id"], code)
 
 
-@pytest.mark.xfail(reason=f"decision 30 {PHASE_2}", strict=True)
 def test_decision_30_race_adjusted_egfr_never_used_in_either_bundle_order():
     b = bundle_of("65")
     for entries in (b["entry"], list(reversed(b["entry"]))):
@@ -187,7 +179,6 @@ def test_decision_30_race_adjusted_egfr_never_used_in_either_bundle_order():
         assert "Observation/f65-egfr-b" not in facts_text(renal)
 
 
-@pytest.mark.xfail(reason=f"decision 30 {PHASE_2}", strict=True)
 def test_decision_30_lowest_of_simultaneous_egfrs():
     b = bundle_of("66")
     for entries in (b["entry"], list(reversed(b["entry"]))):
@@ -195,13 +186,11 @@ def test_decision_30_lowest_of_simultaneous_egfrs():
         assert "Observation/f66-egfr-b" in facts_text(renal)
 
 
-@pytest.mark.xfail(reason=f"decision 30 {PHASE_2}", strict=True)
 def test_decision_30_bedside_schwartz_under_18_with_a_height():
     renal = fixture_cards(67, "MedicationRequest/f67-ivig-order-1")["ivig.safety.renal"]
     assert "52" in facts_text(renal) and "schwartz" in (facts_text(renal) + renal["detail"]).lower()
 
 
-@pytest.mark.xfail(reason=f"decision 30 {PHASE_2}", strict=True)
 def test_decision_30_child_without_a_height_is_told_why_there_is_no_egfr():
     cards = fixture_cards(68, "MedicationRequest/f68-ivig-order-1")
     card = cards["ivig.safety.renal-baseline-missing"]
@@ -263,13 +252,11 @@ def test_decision_30_children():
 
 
 # =============================================================================================== decision 31
-@pytest.mark.xfail(reason=f"decision 31 {PHASE_2}", strict=True)
 def test_decision_31_iga_below_detection_limit_is_deficiency():
     cards = fixture_cards(69, "MedicationRequest/f69-ivig-order-1")
     assert "Observation/f69-iga-1" in facts_text(cards["ivig.safety.iga"])
 
 
-@pytest.mark.xfail(reason=f"decision 31 {PHASE_2}", strict=True)
 def test_decision_31_a_bound_that_leaves_the_threshold_open_is_said():
     b = bundle_of("69")
     for e in b["entry"]:
@@ -295,13 +282,11 @@ def test_decision_31_comparator_read_from_the_quantity():
 
 
 # =============================================================================================== decision 32
-@pytest.mark.xfail(reason=f"decision 32 {PHASE_2}", strict=True)
 def test_decision_32_egfr_and_creatinine_with_text_units_are_read():
     cards = fixture_cards(70, "MedicationRequest/f70-ivig-order-1")
     assert "ivig.safety.renal-baseline-missing" not in cards and "ivig.safety.renal" not in cards
 
 
-@pytest.mark.xfail(reason=f"decision 32 {PHASE_2}", strict=True)
 def test_decision_32_weight_in_lbs_as_text_gives_a_dose():
     cards = fixture_cards(71, "MedicationRequest/f71-ivig-order-1")
     assert "ivig.dose" in cards and "160" in cards["ivig.dose"]["summary"] + cards["ivig.dose"]["detail"]
@@ -325,7 +310,6 @@ def test_decision_32_anything_else_stays_unknown(text, kind):
 
 
 # =============================================================================================== decision 33
-@pytest.mark.xfail(reason=f"decision 33 {PHASE_2}", strict=True)
 def test_decision_33_recorded_bmi_gives_obesity_and_the_adjusted_weight():
     cards = fixture_cards(72, "MedicationRequest/f72-ivig-order-1")
     assert "Observation/f72-bmi-1" in facts_text(cards["ivig.safety.thrombosis"])
@@ -337,3 +321,24 @@ def test_decision_33_height_from_bmi():
     assert body_size.height_cm_from_bmi(118, 44.1) == pytest.approx(163.6, abs=0.1)
     assert body_size.height_cm_from_bmi(118, 0) is None
     assert body_size.same_measurement(T, T.replace(hour=20)) and not body_size.same_measurement(T, None)
+
+
+# =============================================================================================== review pack
+def test_the_generated_rule_pages_are_current():
+    """docs/clinical/rules.md is generated from the registry, card texts, criteria, thresholds and fixtures."""
+    from cds_service.clinical import review_pack
+
+    current = review_pack.target().read_text(encoding="utf-8")
+    assert current == review_pack.rules_markdown(), (
+        "docs/clinical/rules.md is out of date: python -m cds_service.clinical.review_pack > docs/clinical/rules.md")
+
+
+def test_the_rule_pages_cover_every_rule_and_name_its_fixtures():
+    from cds_service.clinical import review_pack
+    from cds_service.clinical.rules.registry import RULES
+
+    text = review_pack.rules_markdown()
+    for rule in RULES:
+        assert f"### `{rule.id}`" in text
+    assert "`73-text-only-dvt-and-factor-v-leiden` (warning)" in text
+    assert "| `contra.tuberculosis` |" in text

@@ -84,10 +84,6 @@ KNOWN_FAILURES: dict[str, tuple[str, set[str]]] = {
         "63-pregnancy-status-negative-mtx-offered",
         "64-creatinine-umol-14682-9-s3r",
     }),
-    "shuffled": ("decision 30: simultaneous eGFR results are taken in Bundle order", {
-        "65-egfr-race-pair-mdrd-same-draw",
-        "66-egfr-two-results-one-time-lowest",
-    }),
 }
 
 

@@ -58,12 +58,21 @@ def _fire(ctx: Context, rule_id: str, facts: list[FactRef], **values: Any) -> Fi
     base = ctx.once("ivig-values", lambda c: ivig_values(c.facts, c.th))
     feats = ctx.once("best-candidate", lambda c: best_candidate_features(c.facts, c.stage, c.th))
     best = phrase(G, "best_candidate", features=", ".join(feats)) if feats else phrase(G, "no_best_candidate")
-    offer = ["ivig"] if base and not ctx.ivig_planned else []
+    blockers = ivig_contraindications(f)
+    offer = ["ivig"] if base and not ctx.ivig_planned and not blockers else []
     v = dict(base)
     v.update(values)
-    v["best_candidate"] = best
-    return Fired(rule_id, facts=facts + weight_facts(f) if offer else facts, values=v, suggestions=list(offer),
-                 conditional=s.conditional)
+    v["best_candidate"] = best + (" " + phrase(G, "ivig_withheld") if blockers else "")
+    return Fired(rule_id, facts=facts + blockers + (weight_facts(f) if offer else []), values=v,
+                 suggestions=list(offer), conditional=s.conditional)
+
+
+def ivig_contraindications(f: Facts) -> list[FactRef]:
+    """What rules out a one-click IVIG order (the label's contraindication, decision 10): IgA deficiency with
+    anti-IgA antibodies, or a severe earlier reaction to immune globulin."""
+    if f.iga_deficiency and f.anti_iga:
+        return [*f.iga_deficiency, *f.anti_iga]
+    return list(f.prior_ig_reaction) if f.prior_ig_reaction_severe else []
 
 
 def steroid_resistant(ctx: Context) -> Fired | None:

@@ -79,7 +79,12 @@ def _untreated(ctx: Context, fired: Fired) -> None:
     fired.variant = "prior_therapy" if s.prior_therapy else None
     v["prednisone_mg"] = fmt(ctx.th.prednisone_suggested_mg_day)
     v["prior_note"] = phrase(fired.rule_id, "prior_note") if s.prior_therapy else ""
-    fired.suggestions = ["prednisone"]
+    blockers = withheld_by(ctx.facts.contraindications, "glucocorticoid")  # decision 39
+    if blockers:
+        v["prior_note"] += " " + phrase(fired.rule_id, "gc_withheld", blockers="; ".join(c.label for c in blockers))
+        fired.facts += [c.fact("Contraindication: ") for c in blockers]
+    else:
+        fired.suggestions = ["prednisone"]
 
 
 def _on_gc(ctx: Context, fired: Fired) -> None:

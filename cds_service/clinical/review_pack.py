@@ -55,8 +55,29 @@ def _one_line(text: str | None) -> str:
     return " ".join((text or "").split())
 
 
+# when a rule of each group is evaluated at all (decisions 2 and 6), said before the rule's own condition
+GROUP_CONTEXT = {
+    "ladder": "On a ladder or immune globulin order (or when the chart opens), adult neurosarcoidosis in scope",
+    "ivig-indication": "On a ladder or immune globulin order, neurosarcoidosis in scope or sarcoidosis with the "
+                       "finding named, no immune globulin already given",
+    "ivig-safety": "On every immune globulin order",
+}
+
+
 def _trigger(rule: Rule) -> str:
-    """What makes the rule fire, in words: its docstring, or for a stage card its ladder predicate's."""
+    """What makes the rule fire, in words: the group's occasion, then the rule's docstring (for a stage card
+    its ladder predicate's)."""
+    text = _condition(rule)
+    context = GROUP_CONTEXT.get(rule.group)
+    if not text:
+        return context or ""
+    first = text.split(" ", 1)[0]
+    if first == "A" or first[:1].isupper() and first[1:].islower():  # an ordinary word, not "S1" or "IgA"
+        text = text[0].lower() + text[1:]
+    return f"{context}: {text}" if context else text
+
+
+def _condition(rule: Rule) -> str:
     check = rule.check
     if isinstance(check, partial):
         stage = next((r.stage for r in stages.RUNGS if r.rule_id == rule.id), None)

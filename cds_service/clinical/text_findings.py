@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .memo import lru
 from .resources import data_path
 
 FROM_TEXT = "(from text)"
@@ -28,6 +29,7 @@ MAX_TEXT = 2000  # characters read from one Condition (longer text is cut, never
 class Phrases:
     by_set: dict[str, tuple[re.Pattern[str], ...]]
     implies: dict[str, tuple[str, ...]]
+    any_phrase: re.Pattern[str]  # every phrase of every value set, one pass to rule a text out
     before: re.Pattern[str]
     after: re.Pattern[str]
 
@@ -56,7 +58,8 @@ def phrases() -> Phrases:
     implies = {k: tuple(v) for k, v in (doc.pop("implies", None) or {}).items()}
     by_set = {name: tuple(re.compile(_phrase_re(str(p)), re.IGNORECASE) for p in items)
               for name, items in doc.items()}
-    return Phrases(by_set, implies, _cue_re(before), _cue_re(after))
+    every = [str(p) for items in doc.values() for p in items]
+    return Phrases(by_set, implies, _cue_re(every), _cue_re(before), _cue_re(after))
 
 
 def _clause_bounds(text: str, start: int, end: int) -> tuple[int, int]:
@@ -81,8 +84,15 @@ def text_findings(text: Any) -> dict[str, str]:
     """Value sets the text affirms, each with the words that matched (for the card's label)."""
     if not isinstance(text, str) or not text.strip():
         return {}
-    text = text[:MAX_TEXT]
+    return dict(_findings(text[:MAX_TEXT]))
+
+
+@lru(maxsize=4096)
+def _findings(text: str) -> tuple[tuple[str, str], ...]:
+    """Memoised by the text: the same problem-list wording comes back in every request."""
     p = phrases()
+    if not p.any_phrase.search(text):  # most coded problems' words name no risk condition at all
+        return ()
     found: dict[str, str] = {}
     for name, patterns in p.by_set.items():
         for pat in patterns:
@@ -93,7 +103,7 @@ def text_findings(text: Any) -> dict[str, str]:
     for name, words in list(found.items()):
         for implied in p.implies.get(name, ()):
             found.setdefault(implied, words)
-    return found
+    return tuple(found.items())
 
 
 def condition_text(resource: dict[str, Any]) -> str:

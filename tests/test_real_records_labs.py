@@ -267,6 +267,20 @@ def test_decision_31_a_bound_that_leaves_the_threshold_open_is_said():
     assert "cannot tell" in (card["detail"] + facts_text(card)).lower()
 
 
+def test_decision_31_an_egfr_bound_below_the_warning_but_open_at_the_critical_threshold_says_so():
+    from cds_service.clinical.engine import evaluate
+    from tests.fhir_builders import egfr, ivig_order, patient, record, weight
+
+    low = egfr(45, oid="egfr-bound")
+    low["valueQuantity"]["comparator"] = "<"
+    order = ivig_order()
+    ev = evaluate(record(patient(50), weight(70), low, drafts=[order], selections=[f"MedicationRequest/{order['id']}"]),
+                  "order-select")
+    renal = next(c for c, rid in zip(ev.cards, ev.rule_ids, strict=True) if rid == "ivig.safety.renal")
+    assert renal.indicator == "warning"
+    assert "cannot tell whether below 30" in renal.detail and "<45" in renal.detail
+
+
 @pytest.mark.parametrize(("value", "comparator", "threshold", "below"), [
     (7, "<", 7, True), (10, "<", 7, None), (6.9, "<=", 7, True), (7, "<=", 7, None),
     (60, ">", 60, False), (20, ">", 60, None), (60, ">=", 60, False), (48, None, 60, True), (61, None, 60, False),

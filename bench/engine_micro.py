@@ -7,9 +7,7 @@
 For each size it builds one ``order-select`` request with :func:`bench.gen.build_request` (real Synthea
 resources plus the clinical core and an IVIG draft order), then reports the median and p90 of:
 
-* the bounds check: ``check_raw_bounds`` on the raw bytes (what the service runs) and the tree walk
-  ``check_bounds`` on the parsed body (its fallback for documents with many commas), with
-  ``orjson.loads`` of the same bytes for scale;
+* the bounds check ``check_bounds`` on the raw bytes, with ``orjson.loads`` of the same bytes for scale;
 * ``engine.evaluate`` with the memo caches warm (a steady service: the same codes and texts come back in
   every request);
 * ``engine.evaluate`` with every engine memo cache cleared before each call (the first request to carry
@@ -55,21 +53,21 @@ class Case:
 
     def __init__(self, size: int) -> None:
         from cds_service.config import Settings
-        from cds_service.discovery import SERVICES
         from cds_service.hooks import parse_call
+        from cds_service.services import registry
 
         self.size = size
         self.body = orjson.dumps(gen.build_request(size))
         self.settings = Settings()
         self.data = orjson.loads(self.body)
-        self.call = parse_call(SERVICES[gen.SERVICE_ID], self.data)
+        self.call = parse_call(registry()[gen.SERVICE_ID], self.data)
         self.loop = asyncio.new_event_loop()
 
     def record(self) -> Any:
-        from cds_service.sources.gather import GatherPolicy, GatherStats, call_sources, gather
+        from cds_service.sources.gather import GatherPolicy, GatherStats, gather, prefetch_only
 
         policy = GatherPolicy(deadline_seconds=5.0)
-        return self.loop.run_until_complete(gather(self.call, call_sources(self.call, policy), policy,
+        return self.loop.run_until_complete(gather(self.call, prefetch_only(self.call), policy,
                                                    GatherStats()))
 
     def close(self) -> None:
@@ -82,13 +80,13 @@ def _stats(samples: list[float]) -> dict[str, float]:
 
 
 def run(sizes: list[int], runs: int, rounds: int) -> dict[str, dict[str, dict[str, float]]]:
-    from cds_service.body import check_bounds, check_raw_bounds
+    from cds_service.body import check_bounds
     from cds_service.clinical import engine
 
     engine.warm_up()
     cases = [Case(n) for n in sizes]
     samples: dict[int, dict[str, list[float]]] = {
-        c.size: {k: [] for k in ("orjson.loads", "check_raw_bounds", "check_bounds", "evaluate (warm)",
+        c.size: {k: [] for k in ("orjson.loads", "check_bounds", "evaluate (warm)",
                                  "evaluate (cold caches)")}
         for c in cases}
     per_round = max(1, runs // rounds)
@@ -107,13 +105,10 @@ def run(sizes: list[int], runs: int, rounds: int) -> dict[str, dict[str, dict[st
                 t0 = time.perf_counter()
                 orjson.loads(c.body)
                 t1 = time.perf_counter()
-                check_raw_bounds(c.body, depth, arr)
+                check_bounds(c.body, depth, arr)
                 t2 = time.perf_counter()
-                check_bounds(c.data, depth, arr)
-                t3 = time.perf_counter()
                 s["orjson.loads"].append((t1 - t0) * 1e6)
-                s["check_raw_bounds"].append((t2 - t1) * 1e6)
-                s["check_bounds"].append((t3 - t2) * 1e6)
+                s["check_bounds"].append((t2 - t1) * 1e6)
             # one live record at a time, as in the service (a list of them would make every GC pass longer)
             for _ in range(n):
                 rec = c.record()

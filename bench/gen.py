@@ -24,7 +24,9 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from cds_service.discovery import PREFETCH
+from cds_service.services import registry
+
+PREFETCH = registry()["neurosarcoidosis-order-select"].prefetch
 
 _REPO_SYNTHEA = Path(__file__).resolve().parent.parent / "tests" / "data" / "synthea-r4"
 SYNTHEA_DIR = Path(os.environ.get("BENCH_SYNTHEA_DIR", _REPO_SYNTHEA))

@@ -78,15 +78,15 @@ async def time_app(app, body: bytes, calls: int) -> list[float]:
 
 async def stage_times(app, body: bytes, calls: int) -> dict[str, float]:
     """Median µs of each request-path step, called the way app.call_service calls them."""
-    from cds_service.app import evaluate_cards
     from cds_service.body import parse_json
-    from cds_service.discovery import SERVICES
     from cds_service.hooks import parse_call
     from cds_service.models import CDSResponse, dump
-    from cds_service.sources.gather import GatherPolicy, GatherStats, call_sources, gather
+    from cds_service.response import evaluate_cards
+    from cds_service.services import registry
+    from cds_service.sources.gather import GatherPolicy, GatherStats, gather, prefetch_only
 
     settings = app.state.settings
-    service = SERVICES[gen.SERVICE_ID]
+    service = registry()[gen.SERVICE_ID]
     stages: dict[str, list[float]] = {k: [] for k in ("orjson.loads only", "parse_json (orjson + bounds check)",
                                                       "parse_call (CDS Hooks validation)", "gather (record)",
                                                       "evaluate_cards (rules)", "response dump")}
@@ -99,7 +99,7 @@ async def stage_times(app, body: bytes, calls: int) -> dict[str, float]:
         call = parse_call(service, data)
         t3 = time.perf_counter()
         policy = GatherPolicy.from_settings(settings)
-        record = await gather(call, call_sources(call, policy), policy, GatherStats())
+        record = await gather(call, prefetch_only(call), policy, GatherStats())
         t4 = time.perf_counter()
         cards = evaluate_cards(record, call.hook, call.hook_instance)
         t5 = time.perf_counter()
@@ -113,10 +113,9 @@ async def stage_times(app, body: bytes, calls: int) -> dict[str, float]:
 async def main_async(args) -> None:
     os.environ.setdefault("CDS_LOG_LEVEL", args.log_level)
     from bench.bare_app import app as bare
-    from cds_service.app import create_app
-    from cds_service.config import Settings
+    from cds_service.cli import served_app
 
-    app = create_app(Settings())
+    app = served_app()  # as `cds-service serve` runs it, GC tuning included
     body = gen.write_requests(ROOT / "bench" / "out", (args.size,))[f"req-{args.size}"].read_bytes()
     async with app.router.lifespan_context(app), bare.router.lifespan_context(bare):
         status, answer = await call_asgi(app, body)

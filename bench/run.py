@@ -46,7 +46,9 @@ from bench.report import (  # noqa: E402
     parse_wrk,
     verdict,
 )
-from cds_service.discovery import PREFETCH  # noqa: E402
+from cds_service.services import registry  # noqa: E402
+
+PREFETCH = registry()["neurosarcoidosis-order-select"].prefetch
 
 BENCH = ROOT / "bench"
 SERVICE_PATH = f"/cds-services/{gen.SERVICE_ID}"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import time
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,17 +22,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cds_service import __version__, logs, openapi
+from cds_service.auth import authenticate
 from cds_service.body import read_json
 from cds_service.config import Settings, get_settings
-from cds_service.discovery import SERVICES, discovery_document
+from cds_service.discovery import discovery_document
 from cds_service.errors import NotFound, ServiceError, outcome_response
+from cds_service.feedback import parse_feedback
 from cds_service.hooks import evaluation_time, parse_call
-from cds_service.models import (
-    CDSResponse,
-    DiscoveryResponse,
-    FeedbackRequest,
-    dump,
-)
+from cds_service.models import CDSResponse, DiscoveryResponse, dump
+from cds_service.response import answer
+from cds_service.services import registry
 from cds_service.sources.gather import GatherPolicy, GatherStats, call_sources, gather
 from cds_service.sources.origin import OriginGuards
 from cds_service.store.base import StoreError
@@ -43,7 +41,6 @@ log = logs.get_logger("cds_service.app")
 
 JSON = "application/json"
 READY_TIMEOUT = 3.0
-GC_THRESHOLDS = (50_000, 20, 100)
 FHIR_POOL_SIZE = 100
 
 
@@ -69,15 +66,8 @@ async def lifespan(app: FastAPI):
     from cds_service.clinical import engine
 
     engine.warm_up()
-    # The cyclic GC's full collections over the ~60k objects FastAPI and fhir.resources leave behind
-    # are the p99 tail (measured); freeze them out of its reach.
-    gc.collect()
-    gc.freeze()
-    # Each hook call parses thousands of short-lived containers, so the default first-generation threshold
-    # (700 allocations) runs young collections dozens of times per request over a tree that is still alive.
-    # Non-cyclic garbage is freed by reference counting anyway; collecting cycles less often bought ~5-10 %
-    # throughput at 100 resources (bench/RESULTS.md). Memory held by uncollected cycles stays small.
-    gc.set_threshold(GC_THRESHOLDS[0], GC_THRESHOLDS[1], GC_THRESHOLDS[2])
+    for start in app.state.started_hooks:  # after everything is loaded (cds-service serve tunes the GC here)
+        start()
     try:
         yield
     finally:
@@ -103,9 +93,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.settings = settings
+    app.state.services = registry(settings)
     app.state.gather_policy = GatherPolicy.from_settings(settings)
     app.state.log_limited = logs.RateLimited(every=10.0)
     app.state.startup_hooks = []
+    app.state.started_hooks = []  # plain callables run once the application is loaded
     app.state.shutdown_hooks = []
     app.state.authenticator = None  # set by cds_service.auth when trusted issuers are configured
     app.state.audit = None  # set by cds_service.audit
@@ -182,27 +174,20 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 # --------------------------------------------------------------------------- routes
-async def _authenticate(request: Request, path: str):
-    auth = request.app.state.authenticator
-    if auth is None:
-        return None
-    return await auth.authenticate(request, path)
-
-
 def _install_routes(app: FastAPI) -> None:
     settings: Settings = app.state.settings
 
     @app.get("/cds-services", response_model=DiscoveryResponse, tags=["CDS Hooks"],
              summary="Discovery: the services offered and their prefetch templates")
     async def discovery(request: Request) -> Response:
-        await _authenticate(request, "/cds-services")
-        return _json(dump(discovery_document()))
+        await authenticate(request, "/cds-services")
+        return _json(dump(discovery_document(request.app.state.services)))
 
     async def call_service(request: Request) -> Response:
         started = time.perf_counter()
         service_id: str = request.path_params["service_id"]
-        client = await _authenticate(request, f"/cds-services/{service_id}")  # 401 before 404: no probing
-        service = SERVICES.get(service_id)
+        client = await authenticate(request, f"/cds-services/{service_id}")  # 401 before 404: no probing
+        service = request.app.state.services.get(service_id)
         if service is None:
             raise NotFound(f"There is no CDS service with id '{service_id}'.")
         workload: Workload = request.app.state.workload  # large calls work off the event loop
@@ -227,9 +212,9 @@ def _install_routes(app: FastAPI) -> None:
             issuer = getattr(client, "issuer", None)
             links = functools.partial(for_call, settings=settings, issuer=issuer, request_base=str(request.base_url))
         if workload.large_record(record):
-            cards, body = await workload.run(answer, record, call.hook, call.hook_instance, links)
+            cards, body = await workload.run(answer, record, service, call.hook_instance, links)
         else:
-            cards, body = answer(record, call.hook, call.hook_instance, links)
+            cards, body = answer(record, service, call.hook_instance, links)
         elapsed = time.perf_counter() - started
         audit = request.app.state.audit
         if audit is not None:  # queued; written after the response, in batches
@@ -245,21 +230,21 @@ def _install_routes(app: FastAPI) -> None:
         return Response(body, media_type=JSON)
 
     # The hook call is the hot path and reads its body as raw bytes, so FastAPI's per-request dependency
-    # and parameter machinery has nothing to do but costs ~70 µs of a ~1.2 ms call (bench/profile_hot.py):
-    # it is served by a plain Starlette route (same exception handlers and middleware). The APIRoute
-    # twin is never routed; it only describes the endpoint in the OpenAPI document.
+    # and parameter machinery would have nothing to do but still cost time on every call: it is served by a
+    # plain Starlette route (same exception handlers and middleware). The APIRoute twin is never routed; it
+    # only describes the endpoint in the OpenAPI document.
     app.router.routes.append(Route("/cds-services/{service_id}", call_service, methods=["POST"]))
     app.state.documented_only = [APIRoute(
         "/cds-services/{service_id}", _documented(call_service), methods=["POST"], response_model=CDSResponse,
-        tags=["CDS Hooks"], summary="Call a service (order-select, order-sign or patient-view)",
+        tags=["CDS Hooks"], summary="Call a service (any listed by discovery)",
         responses={400: {}, 401: {}, 404: {}, 412: {}, 413: {}, 415: {}})]
 
     @app.post("/cds-services/{service_id}/feedback", tags=["CDS Hooks"],
               summary="Feedback on cards (accepted / overridden)",
               responses={400: {}, 401: {}, 404: {}, 413: {}, 415: {}, 503: {}})
     async def feedback(service_id: str, request: Request) -> Response:
-        await _authenticate(request, f"/cds-services/{service_id}/feedback")
-        service = SERVICES.get(service_id)
+        await authenticate(request, f"/cds-services/{service_id}/feedback")
+        service = request.app.state.services.get(service_id)
         if service is None:
             raise NotFound(f"There is no CDS service with id '{service_id}'.")
         data = await read_json(request, limit=settings.max_body_bytes, max_depth=settings.max_json_depth,
@@ -309,46 +294,3 @@ def _documented(endpoint):
 
     described.__doc__ = endpoint.__doc__
     return described
-
-
-def parse_feedback(data: dict[str, Any]) -> list:
-    from pydantic import ValidationError
-
-    from cds_service.errors import BadRequest
-    from cds_service.hooks import _describe
-
-    try:
-        return FeedbackRequest.model_validate(data).feedback
-    except ValidationError as exc:
-        raise BadRequest(f"Invalid feedback: {_describe(exc)}.") from exc
-
-
-def answer(record, hook: str, hook_instance: str, links=None) -> tuple[list, bytes]:
-    """The cards (with the links ``links(cards)`` adds, when given) and the encoded CDS Hooks response."""
-    cards = evaluate_cards(record, hook, hook_instance)
-    if links is not None:
-        links(cards)
-    return cards, orjson.dumps(dump(CDSResponse(cards=cards)))
-
-
-def evaluate_cards(record, hook: str, hook_instance: str) -> list:
-    """Run the rules; a bug in a rule becomes an honest card, never a 500 or a silent empty answer."""
-    from cds_service.clinical import engine
-    from cds_service.models import Card, Source
-
-    try:
-        return engine.evaluate(record, hook).cards
-    except Exception as exc:  # noqa: BLE001 - the clinician must still get an answer
-        log.error("rules_failed", hookInstance=hook_instance, error=type(exc).__name__, exc_info=True)
-        return [
-            Card(
-                summary="Neurosarcoidosis decision support could not evaluate this order.",
-                detail="An internal error stopped the rules for this order, so **no recommendation was made**. "
-                "Use clinical judgement; the error has been logged for the service team.",
-                indicator="warning",
-                source=Source(label="Neurosarcoidosis CDS service"),
-                overrideReasons=[{"code": "acknowledged", "system": "https://neurosarcoidosis-cds.example.org/override",
-                                  "display": "Acknowledged"}],
-                extension={"org.neurosarcoidosis-cds.rule-id": "service.evaluation-failed"},
-            )
-        ]

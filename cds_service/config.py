@@ -22,7 +22,6 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 ENV_PREFIX = "CDS_"
 ENV_FILE = ".env"
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DATABASE_URL_FORMS = "sqlite:///<path> or postgresql://<user>@<host>:<port>/<database>"
 
 
@@ -107,7 +106,6 @@ class Settings(BaseSettings):
     # One deadline for all prefetch fallback queries of a request (seconds).
     fhir_deadline_seconds: float = Field(0.5, gt=0)
     fhir_max_pages: int = Field(5, ge=1)
-    fhir_page_size: int = Field(100, ge=1)
 
     # --- security (see README "Security")
     # JSON object: issuer -> JWKS URL, or issuer -> {"jwks_url": ..., "fhir_servers": [...]}.
@@ -128,6 +126,9 @@ class Settings(BaseSettings):
     smart_fhir_deadline_seconds: float = Field(10.0, gt=0, le=120)
     # Development: a SMART launcher (e.g. the test EHR's /ehr/launch) the preview page opens smart links with.
     smart_preview_launcher: str | None = None
+
+    # --- services: a YAML file of a site's own services, beside the built-in ones (cds_service/services.py)
+    extra_services: Path | None = None
 
     # --- storage / audit
     data_dir: Path = Field(default_factory=_default_data_dir)
@@ -222,6 +223,20 @@ class Settings(BaseSettings):
         if v and not v.startswith(("http://", "https://")):
             raise ValueError("the http(s) URL of a SMART launcher, such as http://127.0.0.2:9000/ehr/launch")
         return v or None
+
+    @field_validator("extra_services")
+    @classmethod
+    def _check_extra_services(cls, v: Path | None) -> Path | None:
+        # Loaded here, so a mistake in the file stops start-up with one line naming the entry.
+        if v is None or not str(v).strip():
+            return None
+        from cds_service.services import ServicesError, load_registry
+
+        try:
+            load_registry(v)
+        except ServicesError as exc:
+            raise ValueError(f"a YAML file of services like cds_service/data/services.yaml ({exc})") from None
+        return v
 
     @field_validator("log_level", mode="before")
     @classmethod

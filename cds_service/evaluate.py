@@ -5,25 +5,30 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from cds_service.discovery import SERVICES
+from cds_service.config import Settings, get_settings
+from cds_service.errors import BadRequest
 from cds_service.hooks import evaluation_time, parse_call
 from cds_service.models import EVALUATION_TIME_EXTENSION, CDSResponse, dump
+from cds_service.response import evaluate_cards
+from cds_service.services import Service, registry
+from cds_service.smart.links import for_call
 from cds_service.sources.bundle import request_from_bundle
-from cds_service.sources.gather import GatherPolicy, call_sources, gather
+from cds_service.sources.gather import GatherPolicy, gather, prefetch_only
 
 
-def service_for(hook: str):
-    for service in SERVICES.values():
-        if service.hook == hook:
-            return service
-    from cds_service.errors import BadRequest
+def service_for(hook: str, settings: Settings | None = None) -> Service:
+    """The service answering ``hook``; a 400 naming the hooks there are when none does."""
+    services = registry(settings or get_settings())
+    service = services.for_hook(hook)
+    if service is None:
+        raise BadRequest(f"hook must be one of {', '.join(services.hooks)}, not '{hook}'.")
+    return service
 
-    raise BadRequest(f"No service answers the '{hook}' hook.")
 
-
-def build_request(bundle: dict[str, Any], hook: str, order: str | None = None) -> dict[str, Any]:
+def build_request(bundle: dict[str, Any], hook: str, order: str | None = None,
+                  settings: Settings | None = None) -> dict[str, Any]:
     """The CDS Hooks request for ``bundle``; a Bundle.timestamp pins the evaluation time (fixtures)."""
-    request = request_from_bundle(bundle, hook, order)
+    request = request_from_bundle(bundle, service_for(hook, settings), order)
     timestamp = bundle.get("timestamp")
     if isinstance(timestamp, str):
         request["extension"] = {EVALUATION_TIME_EXTENSION: timestamp}
@@ -31,21 +36,17 @@ def build_request(bundle: dict[str, Any], hook: str, order: str | None = None) -
 
 
 async def evaluate_request_async(request: dict[str, Any], hook: str, base_url: str | None = None,
-                                 settings=None) -> dict[str, Any]:
+                                 settings: Settings | None = None) -> dict[str, Any]:
     """The CDS Hooks response for ``request``; cards carry the timeline link when development links are on
     (``CDS_SMART_LINKS_UNAUTHENTICATED``), pointing at ``base_url`` (else the configured host and port)."""
-    from cds_service.app import evaluate_cards
-    from cds_service.config import get_settings
-    from cds_service.smart.links import for_call
-
-    call = parse_call(service_for(hook), request)
+    settings = settings or get_settings()
+    call = parse_call(service_for(hook, settings), request)
     now = evaluation_time(request.get("extension"))
     policy = GatherPolicy(deadline_seconds=1.0)
-    record = await gather(call, call_sources(call, policy), policy)  # the bundle's data is all in prefetch
+    record = await gather(call, prefetch_only(call), policy)  # the bundle's data is all in prefetch
     if now is not None:
         record.now = now
-    cards = evaluate_cards(record, call.hook, call.hook_instance)
-    settings = settings or get_settings()
+    cards = evaluate_cards(record, call.service.engine_hook, call.hook_instance, call.service.rule_groups)
     if not settings.auth_enabled:
         for_call(cards, settings, None, base_url)
     return dump(CDSResponse(cards=cards))

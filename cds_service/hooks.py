@@ -18,9 +18,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from cds_service.clinical.record import ORDER_TYPES
-from cds_service.discovery import Service
 from cds_service.errors import BadRequest
 from cds_service.models import EVALUATION_TIME_EXTENSION, HookRequestBody
+from cds_service.services import Service
 
 # R4 elements that are arrays but some clients send as a single object.
 _ARRAY_ELEMENTS = ("category", "reasonCode", "dosageInstruction", "identifier", "note")
@@ -32,7 +32,6 @@ class HookCall:
     body: HookRequestBody
     patient_id: str
     user_id: str
-    encounter_id: str | None
     draft_orders: list[dict[str, Any]]
     selections: list[str]
     notes: list[str] = field(default_factory=list)
@@ -46,7 +45,8 @@ class HookCall:
         return self.body.hookInstance
 
 
-def _describe(exc: ValidationError) -> str:
+def describe(exc: ValidationError) -> str:
+    """The first few validation errors, each as ``location: message``."""
     parts = []
     for err in exc.errors()[:5]:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__") or "request"
@@ -137,7 +137,7 @@ def parse_call(service: Service, data: dict[str, Any]) -> HookCall:
     try:
         body = HookRequestBody.model_validate(data)
     except ValidationError as exc:
-        raise BadRequest(f"Invalid CDS Hooks request: {_describe(exc)}.") from exc
+        raise BadRequest(f"Invalid CDS Hooks request: {describe(exc)}.") from exc
     if body.hook != service.hook:
         raise BadRequest(
             f"Service '{service.id}' answers the '{service.hook}' hook, but the request is for '{body.hook}'."
@@ -156,26 +156,26 @@ def parse_call(service: Service, data: dict[str, Any]) -> HookCall:
     if not isinstance(user, str) or not user.strip():
         raise BadRequest("context.userId is required (a non-empty string such as 'Practitioner/123').")
 
-    encounter = ctx.get("encounterId")
+    encounter = ctx.get("encounterId")  # not read by the rules; a wrong type is still the caller's mistake
     if encounter is not None and not isinstance(encounter, str):
         raise BadRequest("context.encounterId must be a string.")
 
     orders: list[dict[str, Any]] = []
-    if service.hook == "patient-view":
-        pass  # no orders in this hook
+    if not service.places_orders:
+        pass  # the chart as it stands: no orders in this hook's context
     elif "draftOrders" not in ctx:
         raise BadRequest(
-            "context.draftOrders is required for order-select and order-sign. (Epic leaves it out when the "
+            f"context.draftOrders is required for {service.hook}. (Epic leaves it out when the "
             "client lacks the unsigned-order scopes; grant them.)"
         )
     else:
         orders = parse_draft_orders(ctx["draftOrders"], notes)
 
     selections: list[str] = []
-    if service.hook == "order-select":
+    if service.has_selections:
         raw = ctx.get("selections")
         if raw is None:
-            notes.append("order-select without context.selections; every draft order treated as selected")
+            notes.append(f"{service.hook} without context.selections; every draft order treated as selected")
         elif not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
             raise BadRequest("context.selections must be an array of references such as 'MedicationRequest/1'.")
         else:
@@ -186,7 +186,6 @@ def parse_call(service: Service, data: dict[str, Any]) -> HookCall:
         body=body,
         patient_id=patient_id,
         user_id=user,
-        encounter_id=encounter,
         draft_orders=orders,
         selections=selections,
         notes=notes,

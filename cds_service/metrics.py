@@ -17,8 +17,7 @@ writes its values to one directory (``PROMETHEUS_MULTIPROC_DIR``) and whichever 
 for that run, removed when it stops, unless ``PROMETHEUS_MULTIPROC_DIR`` names one (then that directory is
 emptied at start, as prometheus_client requires; use one directory per ``serve`` process).
 
-Cost: one pure-ASGI middleware with pre-resolved label children; a few microseconds per request
-(the stock Prometheus instrumentation measured ~+47 µs per request; this is leaner).
+Cost: one pure-ASGI middleware with pre-resolved label children; a few microseconds per request.
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from cds_service.config import Settings
-from cds_service.discovery import SERVICES
 from cds_service.errors import FHIR_JSON
 from cds_service.models import FeedbackRequest, HookRequestBody
+from cds_service.services import registry
 
 JSON = "application/json"
 SECURITY_SCHEME = "bearerJWT"
@@ -113,9 +113,13 @@ def _complete_operation(path: str, op: dict[str, Any], settings: Settings) -> No
     for status in list(responses):
         if status.isdigit() and int(status) >= 400:
             responses[status] = _error_response(int(status))
+    services = registry(settings)
     for param in op.get("parameters", ()):
+        if param.get("name") == "hook" and param.get("in") == "query":  # /fixtures/evaluate
+            param["schema"] = {"type": "string", "enum": list(services.hooks), "default": "order-select",
+                               "title": "Hook"}
         if param.get("name") == "service_id" and param.get("in") == "path":
-            param["schema"] = {"type": "string", "enum": sorted(SERVICES), "title": "Service id"}
+            param["schema"] = {"type": "string", "enum": sorted(services.ids()), "title": "Service id"}
             param["description"] = "One of the services listed by discovery (GET /cds-services)."
     if path in REQUEST_BODIES and op.get("requestBody") is None:
         op["requestBody"] = {"required": True, "content": {

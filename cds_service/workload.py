@@ -12,7 +12,7 @@ stalls every other call of the process, ``/health`` included. So:
   :attr:`WorkloadPolicy.large_body_bytes`, and evaluating and encoding the answer of a call with more than
   :attr:`WorkloadPolicy.large_orders` draft orders or :attr:`WorkloadPolicy.large_resources` resources. The
   GIL still runs one thread at a time, but it is handed over every few milliseconds
-  (``sys.getswitchinterval()``), so the loop keeps answering while the worker computes (measured figures in
+  (``sys.getswitchinterval()``), so the loop keeps answering while the worker computes (figures in
   docs/operations.md). One thread: two large calls wait for each other instead of taking more of the
   interpreter from the loop. Usual calls never leave the loop (a thread hand-off would cost them more than
   it saves).

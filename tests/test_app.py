@@ -211,3 +211,18 @@ def test_readme_curl_request_gets_the_cards_the_readme_promises(client):
     expected = {"stage.s3r-gc-refractory", "ivig.safety.renal", "ivig.indication.steroid-resistant", "ivig.dose"}
     assert expected <= set(rules)
     assert "eGFR 48" in rules["ivig.safety.renal"]["summary"]
+
+
+def test_only_the_served_app_tunes_the_garbage_collector(settings):
+    """gc.freeze() and the raised thresholds are for `cds-service serve`; an embedding app keeps its own."""
+    import gc
+
+    from fastapi.testclient import TestClient
+
+    from cds_service.app import create_app
+    from cds_service.cli import served_app, tune_gc
+
+    before = gc.get_threshold()
+    with TestClient(create_app(settings)):
+        assert gc.get_threshold() == before
+    assert tune_gc in served_app().state.started_hooks

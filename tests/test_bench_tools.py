@@ -19,7 +19,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import gen, loaddrv, report  # noqa: E402
-from cds_service.discovery import PREFETCH, SERVICES  # noqa: E402
+from cds_service.services import registry  # noqa: E402
+
+PREFETCH = registry()["neurosarcoidosis-order-select"].prefetch
 
 pytestmark = pytest.mark.skipif(not any(gen.SYNTHEA_DIR.glob("*.json")),
                                 reason=f"no Synthea R4 bundles in {gen.SYNTHEA_DIR} (set BENCH_SYNTHEA_DIR)")
@@ -36,15 +38,15 @@ def test_request_carries_the_asked_number_of_resources(n):
 @pytest.mark.parametrize("n", [10, 100])
 async def test_generated_request_is_accepted_by_the_service_validation(n):
     from cds_service.hooks import parse_call
-    from cds_service.sources.gather import GatherPolicy, call_sources, gather
+    from cds_service.sources.gather import GatherPolicy, gather, prefetch_only
 
     request = orjson.loads(orjson.dumps(gen.build_request(n)))  # exactly what goes over the wire
-    call = parse_call(SERVICES[gen.SERVICE_ID], request)
+    call = parse_call(registry()[gen.SERVICE_ID], request)
     assert call.hook == "order-select"
     assert [o["id"] for o in call.draft_orders] == ["bench-draft-ivig"]
     assert call.selections == ["MedicationRequest/bench-draft-ivig"]
     policy = GatherPolicy(deadline_seconds=1.0)
-    record = await gather(call, call_sources(call, policy), policy)  # nothing missing: no FHIR server needed
+    record = await gather(call, prefetch_only(call), policy)  # nothing missing: no FHIR server needed
     assert record.count() == n  # ids are unique, so nothing was de-duplicated away
     assert record.patient["id"] == gen.PATIENT_ID
     assert any(c["id"] == "bench-neurosarc" for c in record.resources["Condition"])

@@ -5,8 +5,25 @@ import random
 import orjson
 import pytest
 
-from cds_service.body import _check_bounds_walk, check_bounds, parse_json
+from cds_service.body import check_bounds, parse_json
 from cds_service.errors import BadRequest
+
+
+def walk(value, max_depth: int, max_array: int) -> None:
+    """The test oracle: the same bounds by a plain walk of the parsed tree."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list) and depth > max_depth:
+            raise BadRequest(f"JSON nesting deeper than {max_depth} levels is not accepted.")
+        if isinstance(node, list) and len(node) > max_array:
+            raise BadRequest(f"A JSON array longer than {max_array} items is not accepted.")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+
+
+def bounds(value, max_depth, max_array) -> None:
+    check_bounds(orjson.dumps(value), max_depth, max_array)
 
 
 def outcome(fn, value, max_depth, max_array):
@@ -26,26 +43,26 @@ def nested(depth):
 
 def test_depth_limit_counts_every_container_level():
     doc = {"a": {"b": [{"c": []}]}}  # 5 containers deep: the root is level 1, an empty array counts
-    check_bounds(doc, max_depth=5, max_array=10)
+    bounds(doc, max_depth=5, max_array=10)
     with pytest.raises(BadRequest, match="deeper than 4"):
-        check_bounds(doc, max_depth=4, max_array=10)
+        bounds(doc, max_depth=4, max_array=10)
 
 
 def test_array_limit_anywhere_in_the_document():
     doc = {"x": [{"y": {"z": list(range(11))}}]}
-    check_bounds(doc, max_depth=10, max_array=11)
+    bounds(doc, max_depth=10, max_array=11)
     with pytest.raises(BadRequest, match="longer than 10"):
-        check_bounds(doc, max_depth=10, max_array=10)
+        bounds(doc, max_depth=10, max_array=10)
     with pytest.raises(BadRequest, match="longer than 3"):
-        check_bounds([1, 2, 3, 4], max_depth=10, max_array=3)  # the root itself
+        bounds([1, 2, 3, 4], max_depth=10, max_array=3)  # the root itself
 
 
 def test_scalars_and_strings_that_look_like_json_do_not_count():
     doc = {"text": "[[[[[[[[{{{{", "n": 1, "f": 1.5, "t": True, "none": None, "long": "x" * 10_000}
-    check_bounds(doc, max_depth=1, max_array=0)
+    bounds(doc, max_depth=1, max_array=1)
 
 
-def test_same_verdict_as_the_stack_walk_on_random_documents():
+def test_same_verdict_as_the_tree_walk_on_random_documents():
     rng = random.Random(11)
 
     def value(depth):
@@ -58,9 +75,8 @@ def test_same_verdict_as_the_stack_walk_on_random_documents():
 
     for _ in range(3000):
         doc = {"r": value(0)}
-        max_depth, max_array = rng.randint(1, 10), rng.randint(0, 7)
-        new, old = outcome(check_bounds, doc, max_depth, max_array), outcome(_check_bounds_walk, doc, max_depth,
-                                                                           max_array)
+        max_depth, max_array = rng.randint(1, 10), rng.randint(1, 7)
+        new, old = outcome(bounds, doc, max_depth, max_array), outcome(walk, doc, max_depth, max_array)
         # the same documents pass; one that breaks both limits may report either violation first
         assert (new == "ok") == (old == "ok"), (doc, max_depth, max_array)
 
@@ -75,9 +91,8 @@ def test_parse_json_refuses_too_deep_and_too_long_with_400():
 
 
 def test_very_deep_document_is_refused_without_recursion():
-    doc = nested(5_000)
     with pytest.raises(BadRequest, match="deeper than 64"):
-        check_bounds(doc, max_depth=64, max_array=20_000)
+        check_bounds(b'{"a":' * 5_000 + b"1" + b"}" * 5_000, max_depth=64, max_array=20_000)
 
 
 # --------------------------------------------------------------------------- the raw-bytes check
@@ -85,7 +100,7 @@ _TRICKY = ['[', ']', '{', '}', ',', '"', '\\', '\\"', '\\\\', '"]', '[\\"', '\\\
 
 
 def raw_outcome(raw: bytes, max_depth: int, max_array: int) -> str:
-    """The verdict parse_json reaches from the raw bytes (walk only when the raw check cannot decide)."""
+    """The verdict parse_json reaches from the raw bytes."""
     try:
         parse_json(raw, max_depth=max_depth, max_array=max_array)
     except BadRequest as exc:
@@ -114,23 +129,30 @@ def test_raw_check_agrees_with_the_tree_walk_whatever_the_strings_and_spacing():
         doc = {"r": value(0), text(): text()}
         raw = orjson.dumps(doc) if n % 2 else json.dumps(doc, indent=rng.choice([None, 1, 2]),
                                                          ensure_ascii=bool(n % 3)).encode()
-        max_depth, max_array = rng.randint(1, 11), rng.randint(0, 40)
-        got, want = raw_outcome(raw, max_depth, max_array), outcome(_check_bounds_walk, doc, max_depth, max_array)
+        max_depth, max_array = rng.randint(1, 11), rng.randint(1, 40)
+        got, want = raw_outcome(raw, max_depth, max_array), outcome(walk, doc, max_depth, max_array)
         assert (got == "ok") == (want == "ok"), (raw, max_depth, max_array)
         if want == "deep" and got != "ok":
-            assert got == "deep" or outcome(_check_bounds_walk, doc, 99, max_array) == "array"
+            assert got == "deep" or outcome(walk, doc, 99, max_array) == "array"
 
 
-def test_raw_check_decides_typical_requests_without_walking_the_tree():
-    from cds_service.body import check_raw_bounds
-
-    doc = {"prefetch": {"b": {"entry": [{"resource": {"id": str(i), "code": {"text": "a, [b] {c}"}}}
-                                        for i in range(100)]}}}
-    assert check_raw_bounds(orjson.dumps(doc), 64, 20_000) is True
-    # so many commas that one array could be over the limit: the tree walk has to decide
-    assert check_raw_bounds(orjson.dumps({"a": list(range(30)), "b": list(range(30))}), 64, 40) is False
+def test_an_over_long_array_is_found_among_many_commas_elsewhere():
+    """Enough commas in the document that some array could be too long: each array is measured."""
+    many = {"a": list(range(30)), "b": list(range(30)), "c": [{"x": 1, "y": 2}] * 30}
+    check_bounds(orjson.dumps(many), 64, 40)
+    with pytest.raises(BadRequest, match="longer than 40"):
+        parse_json(orjson.dumps(dict(many, d=[[list(range(41))]])), max_depth=64, max_array=40)
     with pytest.raises(BadRequest, match="longer than 40"):
         parse_json(orjson.dumps({"a": list(range(41))}), max_depth=64, max_array=40)
+
+
+def test_the_random_documents_cross_the_many_commas_case_both_ways():
+    """The oracle test above only means something if both ways through the check are taken."""
+    text = orjson.dumps({"a": list(range(5)), "b": [list(range(3))]})
+    assert text.count(b",") >= 5  # the measuring way at max_array 5 ...
+    assert outcome(lambda v, d, a: check_bounds(text, d, a), None, 10, 5) == "ok"
+    assert outcome(lambda v, d, a: check_bounds(text, d, a), None, 10, 50) == "ok"  # ... and the counting way
+    assert outcome(lambda v, d, a: check_bounds(text, d, a), None, 10, 4) == "array"
 
 
 def test_deep_nesting_hidden_behind_closing_brackets_in_a_string_is_refused():

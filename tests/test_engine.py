@@ -126,10 +126,10 @@ def _fixture_record(extra_condition=None, drop_optional=False):
     import json
     from pathlib import Path
 
-    from cds_service.discovery import SERVICES
     from cds_service.evaluate import build_request
     from cds_service.hooks import parse_call
-    from cds_service.sources.gather import GatherPolicy, call_sources, gather
+    from cds_service.services import registry
+    from cds_service.sources.gather import GatherPolicy, gather, prefetch_only
 
     bundle = json.loads((Path(__file__).resolve().parents[1] / "fixtures/fhir/19-ivig-renal-egfr-48.json").read_text())
     req = build_request(bundle, "order-select")
@@ -138,9 +138,9 @@ def _fixture_record(extra_condition=None, drop_optional=False):
     if drop_optional:
         for key in ("allergies", "devices", "medicationAdministrations"):
             req["prefetch"].pop(key)
-    call = parse_call(SERVICES["neurosarcoidosis-order-select"], req)
+    call = parse_call(registry()["neurosarcoidosis-order-select"], req)
     policy = GatherPolicy(deadline_seconds=1)
-    return asyncio.run(gather(call, call_sources(call, policy), policy))
+    return asyncio.run(gather(call, prefetch_only(call), policy))
 
 
 def test_one_malformed_resource_is_skipped_and_said_not_fatal():

@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 from cds_service.app import create_app
 from cds_service.config import Settings
 from cds_service.models import FACTS_EXTENSION, RULE_ID_EXTENSION
+from cds_service.services import registry
 from cds_service.sources.bundle import request_from_bundle
 
 ROOT = Path(__file__).resolve().parents[1] / "fixtures"
@@ -50,7 +51,7 @@ def load(stem: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def build_request(bundle: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
-    body = request_from_bundle(bundle, expected["hook"], expected["order"])
+    body = request_from_bundle(bundle, registry().for_hook(expected["hook"]), expected["order"])
     assert body["hook"] == expected["hook"]
     ext = body.setdefault("extension", {})
     ext.setdefault(EVALUATION_TIME_EXTENSION, bundle["timestamp"])

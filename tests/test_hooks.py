@@ -2,12 +2,12 @@ import copy
 
 import pytest
 
-from cds_service.discovery import SERVICES
 from cds_service.errors import BadRequest
 from cds_service.hooks import last_segment, parse_call
+from cds_service.services import registry
 
-SELECT = SERVICES["neurosarcoidosis-order-select"]
-SIGN = SERVICES["neurosarcoidosis-order-sign"]
+SELECT = registry()["neurosarcoidosis-order-select"]
+SIGN = registry()["neurosarcoidosis-order-sign"]
 
 
 def request(**ctx):

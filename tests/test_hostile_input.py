@@ -19,13 +19,14 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cds_service.app import create_app, parse_feedback
+from cds_service.app import create_app
 from cds_service.body import check_bounds, parse_json
 from cds_service.config import Settings
-from cds_service.discovery import SERVICES
 from cds_service.errors import BadRequest, ServiceError
+from cds_service.feedback import parse_feedback
 from cds_service.hooks import parse_call
-from cds_service.sources.gather import GatherPolicy, call_sources, gather
+from cds_service.services import registry
+from cds_service.sources.gather import GatherPolicy, gather, prefetch_only
 from tests.auth_support import hook_body
 
 SELECT = f"/cds-services/{'neurosarcoidosis-order-select'}"
@@ -113,12 +114,11 @@ def test_wrong_content_type_is_415(small_limits):
 
 def test_check_bounds_is_iterative():
     """Nesting far beyond Python's recursion limit is refused with a 400, not a RecursionError."""
-    deep: Any = []
-    for _ in range(50_000):
-        deep = [deep]
+    deep = b'{"k":' + b"[" * 50_000 + b"]" * 50_000 + b"}"
     with pytest.raises(BadRequest, match="nesting"):
-        check_bounds({"k": deep}, max_depth=64, max_array=20_000)
-    check_bounds({"k": [{"a": [1, 2, {"b": None}]} for _ in range(5_000)]}, max_depth=64, max_array=20_000)
+        check_bounds(deep, max_depth=64, max_array=20_000)
+    check_bounds(orjson.dumps({"k": [{"a": [1, 2, {"b": None}]} for _ in range(5_000)]}), max_depth=64,
+                 max_array=20_000)
 
 
 # --------------------------------------------------------------------------- hostile FHIR servers
@@ -292,7 +292,7 @@ def mutated_bodies(draw, fhir: bool = False):
     return body
 
 
-SERVICE = SERVICES["neurosarcoidosis-order-select"]
+SERVICE = registry()["neurosarcoidosis-order-select"]
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -309,7 +309,7 @@ def test_parse_call_raises_only_service_errors(data):
     # A call that parsed must also survive gathering its prefetch (no FHIR server: 412 at worst).
     try:
         policy = GatherPolicy(deadline_seconds=0.5)
-        asyncio.run(gather(call, call_sources(call, policy), policy))
+        asyncio.run(gather(call, prefetch_only(call), policy))
     except ServiceError as exc:
         assert 400 <= exc.status < 500
 
@@ -421,7 +421,7 @@ def test_a_large_body_written_whole_before_reading_still_gets_its_413(tmp_path):
                        drafts=[b.ivig_order(g_per_day=-5)]),
 ], ids=["creatinine-0", "dose-1e308", "weight-and-height-0", "huge-and-negative"])
 def test_implausible_numbers_are_said_not_the_generic_card(build):
-    from cds_service.app import evaluate_cards
+    from cds_service.response import evaluate_cards
     from tests import fhir_builders
 
     cards = evaluate_cards(build(fhir_builders), "order-select", "hi")

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from cds_service.app import create_app
 from cds_service.config import Settings
-from cds_service.discovery import SERVICES
+from cds_service.services import registry
 from tests.auth_support import trusted
 
 HOOK_PATHS = ("/cds-services", "/cds-services/{service_id}", "/cds-services/{service_id}/feedback")
@@ -82,7 +82,7 @@ def test_bearer_jwt_security_scheme(tmp_path):
 def test_service_ids_are_an_enum(doc):
     for path in ("/cds-services/{service_id}", "/cds-services/{service_id}/feedback"):
         (param,) = [p for p in doc["paths"][path]["post"]["parameters"] if p["name"] == "service_id"]
-        assert param["schema"]["enum"] == sorted(SERVICES)
+        assert param["schema"]["enum"] == sorted(registry().ids())
 
 
 def test_no_docstring_markup_leaks_into_the_page(doc):

@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, settings
 
 from cds_service.app import create_app
 from cds_service.config import Settings
-from cds_service.discovery import SERVICES
+from cds_service.services import registry
 from tests.auth_support import BASE, JWKS_URL, OTHER_JWKS_URL, Keys, trusted
 
 KEYS = Keys()
-SERVICE_IDS = sorted(SERVICES)
+SERVICE_IDS = sorted(registry().ids())
 MAX_SECONDS_PER_CALL = 5.0
 
 

@@ -134,8 +134,9 @@ def test_page_lists_services_and_fixtures(page):
     page.wait_for_selector("#services li code")
     services = page.locator("#services code").all_inner_texts()
     from cds_service.discovery import discovery_document
+    from cds_service.services import registry
 
-    assert services == [s.id for s in discovery_document().services]
+    assert services == [s.id for s in discovery_document(registry()).services]
     assert "neurosarcoidosis-order-sign" in services
     expected = [f["name"] for f in fixture_files.list_fixtures()]
     if expected:

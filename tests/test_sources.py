@@ -6,15 +6,18 @@ import httpx
 import pytest
 import respx
 
-from cds_service.discovery import PREFETCH, SERVICES
 from cds_service.errors import BadRequest, PreconditionFailed
 from cds_service.hooks import parse_call
+from cds_service.services import registry
 from cds_service.sources.bundle import BundleSource, request_from_bundle
 from cds_service.sources.gather import GatherPolicy, call_sources, gather, queries_for
 from cds_service.sources.prefetch import PrefetchSource
 
+PREFETCH = registry()["neurosarcoidosis-order-select"].prefetch
+
 FHIR = "https://ehr.example.org/fhir"
-SELECT = SERVICES["neurosarcoidosis-order-select"]
+SELECT = registry()["neurosarcoidosis-order-select"]
+SIGN = registry()["neurosarcoidosis-order-sign"]
 
 
 def searchset(*resources, next_url=None):
@@ -56,7 +59,7 @@ def run(coro):
 
 async def fetch(c, http=None, deadline=1.0, fhir_allowed=None, **policy):
     policy = GatherPolicy(deadline_seconds=deadline, **policy)
-    return await gather(c, call_sources(c, policy, http=http, fhir_allowed=fhir_allowed), policy)
+    return await gather(c, call_sources(c, policy, http, fhir_allowed=fhir_allowed), policy)
 
 
 def test_templates_use_only_2_0_1_tokens():
@@ -215,13 +218,13 @@ BUNDLE = {
 
 
 def test_request_from_bundle_builds_what_an_ehr_sends():
-    req = request_from_bundle(BUNDLE, "order-select")
+    req = request_from_bundle(BUNDLE, SELECT)
     ctx = req["context"]
     assert ctx["patientId"] == "p1" and ctx["selections"] == ["MedicationRequest/rx1"]
     assert ctx["draftOrders"]["entry"][0]["resource"]["id"] == "rx1"
     assert [e["resource"]["id"] for e in req["prefetch"]["observations"]["entry"]] == ["o1"]  # code filter
     assert req["prefetch"]["medicationRequests"]["entry"] == []  # the draft travels in context only
-    assert "selections" not in request_from_bundle(BUNDLE, "order-sign")["context"]
+    assert "selections" not in request_from_bundle(BUNDLE, SIGN)["context"]
 
 
 @pytest.mark.parametrize("bundle, message", [
@@ -233,7 +236,7 @@ def test_request_from_bundle_builds_what_an_ehr_sends():
 ])
 def test_bad_bundles_name_the_wrong_entry(bundle, message):
     with pytest.raises(BadRequest, match=message):
-        request_from_bundle(bundle, "order-select")
+        request_from_bundle(bundle, SELECT)
 
 
 def test_bundle_source_reads_by_id():

@@ -15,7 +15,7 @@ from cds_service.auth.verify import Authenticator, AuthUnavailable, TrustedClien
 from cds_service.replay import make_replay_cache
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
+    from fastapi import FastAPI, Request
 
     from cds_service.config import Settings
 
@@ -26,11 +26,25 @@ __all__ = [
     "IssuerConfig",
     "IssuerConfigError",
     "TrustedClient",
+    "authenticate",
     "install",
     "parse_trusted_issuers",
 ]
 
 log = logs.get_logger("cds_service.auth")
+
+
+async def authenticate(request: Request, path: str) -> TrustedClient | None:
+    """The calling client, or a 401 (503 when the keys cannot be fetched). None only when authentication is
+    off; with trusted issuers configured and no authenticator installed, every request is refused."""
+    auth = request.app.state.authenticator  # read per request: install() sets it after the routes exist
+    if auth is not None:
+        return await auth.authenticate(request, path)
+    if request.app.state.settings.auth_enabled:
+        from cds_service.errors import Unauthorized
+
+        raise Unauthorized("authentication is configured but no authenticator is installed")
+    return None
 
 
 def install(app: FastAPI, settings: Settings) -> None:

@@ -11,16 +11,18 @@ with ``selectionBehavior: any`` and a uuid on the card and on every suggestion.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cds_service import models
 
 from . import markup
 from .facts import FactRef, Facts, fmt
 from .resources import load_yaml_dir
-from .rules.context import Fired
 from .terminology import SYSTEM_URI, get_terminology
 from .thresholds import Thresholds
+
+if TYPE_CHECKING:  # cards renders what the rules fire; the rules read phrases from the card texts
+    from .rules.context import Fired
 
 MAX_SUMMARY = 139
 _SYSTEMS = {"rxnorm": SYSTEM_URI["RXNORM"], "loinc": SYSTEM_URI["LOINC"], "snomed": SYSTEM_URI["SNOMED"]}

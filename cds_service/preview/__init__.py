@@ -16,24 +16,24 @@ from __future__ import annotations
 
 import re
 from importlib import resources as _ilr
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Query, Request
 from starlette.responses import Response
 
 from cds_service import logs
+from cds_service.auth import authenticate
 from cds_service.body import read_json
 from cds_service.config import Settings
-from cds_service.errors import BadRequest, NotFound, Unauthorized
-from cds_service.evaluate import build_request, evaluate_request_async
+from cds_service.errors import BadRequest, NotFound
+from cds_service.evaluate import build_request, evaluate_request_async, service_for
 from cds_service.preview.fixtures import list_fixtures, load_fixture
 from cds_service.preview.markdown import preview_cards
 from cds_service.preview.validate import validate_bundle
 
 log = logs.get_logger("cds_service.preview")
 
-HOOKS = ("order-select", "order-sign", "patient-view")
 ORDER_RE = re.compile(r"^[A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
 
 # The page loads only its own script, stylesheet and JSON; no inline script or style can run, so even
@@ -64,15 +64,6 @@ def _json(data: Any) -> Response:
     return Response(orjson.dumps(data), media_type="application/json")
 
 
-async def _authenticate(request: Request, path: str) -> None:
-    auth = request.app.state.authenticator  # read per request: cds_service.auth may install it later
-    if auth is not None:
-        await auth.authenticate(request, path)
-    elif request.app.state.settings.auth_enabled:
-        # Trusted issuers are configured but nothing checks tokens (auth module missing): fail closed.
-        raise Unauthorized("authentication is configured but no authenticator is installed")
-
-
 def install(app: FastAPI, settings: Settings) -> None:
     if not settings.fixture_endpoint_enabled:
         # With authentication on, a bundle-in/cards-out endpoint is a way around the EHR's controls;
@@ -84,22 +75,23 @@ def install(app: FastAPI, settings: Settings) -> None:
               responses={400: {}, 401: {}, 413: {}, 415: {}})
     async def evaluate_fixture(
         request: Request,
-        hook: Literal["order-select", "order-sign", "patient-view"] = Query(
-            "order-select", description="The hook to simulate: order-select, order-sign, or patient-view (the "
-                                        "chart as it stands; no order is placed)"),
+        hook: str = Query(
+            "order-select", description="The hook to simulate, one of those the services answer (discovery): "
+                                        "order-select, order-sign, or patient-view (the chart as it stands; no "
+                                        "order is placed)"),
         order: str | None = Query(None, description="The order to place, e.g. MedicationRequest/ivig-1 "
                                                      "(default: every draft order in the bundle; ignored for "
-                                                     "patient-view)"),
+                                                     "a hook that places no order)"),
     ) -> Response:
-        await _authenticate(request, "/fixtures/evaluate")
-        if hook == "patient-view":
+        await authenticate(request, "/fixtures/evaluate")
+        if not service_for(hook, settings).places_orders:
             order = None
         if order is not None and not ORDER_RE.match(order):
             raise BadRequest("order must be a reference such as 'MedicationRequest/ivig-1'.")
         bundle = await read_json(request, limit=settings.max_body_bytes, max_depth=settings.max_json_depth,
                                  max_array=settings.max_array_length)
         validate_bundle(bundle)
-        cds_request = build_request(bundle, hook, order)
+        cds_request = build_request(bundle, hook, order, settings)
         response = await evaluate_request_async(cds_request, hook, str(request.base_url), settings)
         # Not audited and not counted in the hook metrics: a developer's fixture is not a clinical call.
         log.info("fixture_evaluated", hook=hook, cards=len(response.get("cards") or []))
@@ -109,13 +101,13 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     @app.get("/fixtures", tags=["Developer preview"], summary="The fixture bundles shipped with the service")
     async def fixtures(request: Request) -> Response:
-        await _authenticate(request, "/fixtures")
+        await authenticate(request, "/fixtures")
         return _json({"fixtures": list_fixtures()})
 
     @app.get("/fixtures/{name}", tags=["Developer preview"], summary="One shipped fixture bundle",
              responses={404: {}})
     async def fixture(name: str, request: Request) -> Response:
-        await _authenticate(request, f"/fixtures/{name}")
+        await authenticate(request, f"/fixtures/{name}")
         return _json(load_fixture(name))
 
     async def page() -> Response:

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from cds_service.clinical.resources import data_path
+from cds_service.config import get_settings
 from cds_service.errors import NotFound
+from cds_service.services import registry
 
 # Fixture names become URL path segments and file names: keep them boring (no dots, no slashes).
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -57,7 +59,8 @@ def _hook_of(meta: dict[str, Any]) -> str | None:
     hook = meta.get("hook")
     if isinstance(hook, list):
         hook = hook[0] if hook else None
-    return hook if hook in ("order-select", "order-sign") else None
+    service = registry(get_settings()).for_hook(hook) if isinstance(hook, str) else None
+    return hook if service is not None and service.places_orders else None
 
 
 def expected_cards(meta: dict[str, Any]) -> list[dict[str, str]]:

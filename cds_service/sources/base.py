@@ -10,8 +10,8 @@ server). For every key a source gives one :class:`KeyResult`:
   from this call) and did not try.
 
 :func:`~cds_service.sources.gather.gather` asks the next source for what is neither answered nor empty,
-and :class:`~cds_service.sources.gather.GatherPolicy` decides what a key still unsettled at the end means
-(a required key: 412; an optional key: a note on the cards).
+and a key still unsettled at the end is a 412 when the service requires it, a note on the cards when the
+service lists it as optional (``cds_service/data/services.yaml``).
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ class DataSource(ABC):
     """Answers prefetch queries (``key -> relative FHIR query``, tokens already filled) for one call."""
 
     name = "source"
+    remote = False  # True for a source that asks a server over the network (counted as fetched, not prefetched)
+    requests_made = 0  # network requests this source sent for the call
 
     @abstractmethod
     async def fetch(self, queries: dict[str, str], deadline: float) -> dict[str, KeyResult]:

@@ -13,10 +13,10 @@ from urllib.parse import parse_qsl
 
 from cds_service.clinical.record import ORDER_TYPES
 from cds_service.errors import BadRequest
+from cds_service.services import Service
 from cds_service.sources.base import DataSource, KeyResult
 from cds_service.sources.gather import prefetch_queries
 
-HOOKS = ("order-select", "order-sign", "patient-view")
 BUNDLE_TYPES = ("collection", "transaction", "searchset", "batch", "document", "message")
 _PATIENT_REFS = ("subject", "patient")
 _FILLER_USER = "Practitioner/fixture-clinician"
@@ -111,26 +111,26 @@ def _is_draft_order(res: dict[str, Any]) -> bool:
     return res["resourceType"] in ORDER_TYPES and res.get("status") == "draft"
 
 
-def request_from_bundle(bundle: dict[str, Any], hook: str, order: str | None = None) -> dict[str, Any]:
-    """Build the CDS Hooks request an EHR would send for ``bundle``.
+def request_from_bundle(bundle: dict[str, Any], service: Service, order: str | None = None) -> dict[str, Any]:
+    """Build the CDS Hooks request an EHR would send to ``service`` for ``bundle``.
 
     ``order`` ("MedicationRequest/abc") chooses the order being placed; by default every draft order
-    in the bundle is placed (order-select selects them all). ``patient-view`` places no order: the chart
-    as it stands (draft orders left out), as when the clinician opens it.
+    in the bundle is placed (a hook with selections selects them all). A service whose hook places no order
+    (patient-view) gets the chart as it stands (draft orders left out), as when the clinician opens it.
     """
-    if hook not in HOOKS:
-        raise BadRequest(f"hook must be order-select, order-sign or patient-view, not '{hook}'.")
+    hook = service.hook
+    templates = dict(service.prefetch)
     resources = bundle_resources(bundle)
     patients = [r for r in resources if r["resourceType"] == "Patient"]
     if len(patients) != 1:
         raise BadRequest(f"The bundle must hold exactly one Patient (it holds {len(patients)}).")
     patient_id = patients[0]["id"]
     drafts = [r for r in resources if _is_draft_order(r)]
-    if hook == "patient-view":
+    if not service.places_orders:
         context = {"userId": _FILLER_USER, "patientId": patient_id}
         source = BundleSource(resources, patient_id, {(r["resourceType"], r["id"]) for r in drafts})
         return {"hookInstance": str(uuid.uuid4()), "hook": hook, "context": context,
-                "prefetch": source.answer(prefetch_queries(context, patient_id, _FILLER_USER))}
+                "prefetch": source.answer(prefetch_queries(templates, context, patient_id, _FILLER_USER))}
     medications = [r for r in resources if r["resourceType"] == "Medication"]
     if order:
         rtype, _, rid = order.partition("/")
@@ -146,7 +146,7 @@ def request_from_bundle(bundle: dict[str, Any], hook: str, order: str | None = N
                              "status 'draft'); add one or name the order to place.")
         selections = [f"{r['resourceType']}/{r['id']}" for r in drafts]
     context: dict[str, Any] = {"userId": _FILLER_USER, "patientId": patient_id}
-    if hook == "order-select":
+    if service.has_selections:
         context["selections"] = selections
     context["draftOrders"] = {
         "resourceType": "Bundle",
@@ -154,7 +154,7 @@ def request_from_bundle(bundle: dict[str, Any], hook: str, order: str | None = N
         "entry": [{"resource": r} for r in drafts + medications],
     }
     source = BundleSource(resources, patient_id, {(r["resourceType"], r["id"]) for r in drafts})
-    queries = prefetch_queries(context, patient_id, _FILLER_USER)
+    queries = prefetch_queries(templates, context, patient_id, _FILLER_USER)
     return {
         "hookInstance": str(uuid.uuid4()),
         "hook": hook,

@@ -21,7 +21,7 @@ from urllib.parse import urljoin
 import httpx
 import orjson
 
-from cds_service.body import check_document_bounds, join_limited
+from cds_service.body import check_bounds, join_limited
 from cds_service.errors import BadRequest
 from cds_service.sources.base import DataSource, KeyResult, SourceError
 from cds_service.sources.origin import OriginGuards, origin_of
@@ -60,6 +60,7 @@ def next_link(bundle: dict[str, Any]) -> str | None:
 
 class FhirServerSource(DataSource):
     name = "the FHIR server"
+    remote = True
 
     def __init__(
         self,
@@ -132,7 +133,7 @@ class FhirServerSource(DataSource):
             raise SourceError("the FHIR server answered with something that is not a FHIR resource")
         # The same structural bounds as a request body: a FHIR server is as untrusted as any caller.
         try:
-            check_document_bounds(raw, data, self.max_depth, self.max_array)
+            check_bounds(raw, self.max_depth, self.max_array)
         except BadRequest as exc:
             raise SourceError(f"the FHIR server answer broke the service's JSON bounds ({exc.message})") from None
         if data["resourceType"] == "OperationOutcome":

@@ -20,9 +20,9 @@ from urllib.parse import quote
 import httpx
 
 from cds_service.clinical.record import PatientRecord
-from cds_service.discovery import OPTIONAL_KEYS, PREFETCH
 from cds_service.errors import PreconditionFailed
 from cds_service.hooks import HookCall
+from cds_service.services import optional_meaning
 from cds_service.sources.base import DataSource, KeyResult, Outcome, UnavailableSource
 from cds_service.sources.fhir_server import FhirServerSource, next_link
 from cds_service.sources.origin import OriginGuards
@@ -43,7 +43,6 @@ class GatherPolicy:
     """What the service needs from the sources and how long it waits for them."""
 
     deadline_seconds: float = 0.5  # one deadline for every source of a call
-    optional: frozenset[str] = OPTIONAL_KEYS  # unsettled: a note; every other key unsettled: 412
     max_pages: int = 5
     max_depth: int = 64
     max_array: int = 20_000
@@ -54,16 +53,10 @@ class GatherPolicy:
                    max_depth=settings.max_json_depth, max_array=settings.max_array_length)
 
 
-# What a clinician loses when an optional key is missing (said on the cards via the record notes).
-_OPTIONAL_MEANING = {
-    "allergies": "allergies (prior immune globulin reactions)",
-    "medicationAdministrations": "medication administrations (infusion-centre therapy)",
-    "devices": "devices (central venous catheters)",
-}
-
-
 def describe_optional(keys) -> str:
-    return ", ".join(_OPTIONAL_MEANING.get(k, k) for k in sorted(keys))
+    """What a clinician loses when these optional keys are missing (said on the cards via the record notes)."""
+    meaning = optional_meaning()
+    return ", ".join(meaning.get(k, k) for k in sorted(keys))
 
 
 _TOKEN = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_.]*)\s*\}\}")
@@ -71,8 +64,9 @@ _USER_TOKENS = {"Practitioner": "userPractitionerId", "PractitionerRole": "userP
                 "Patient": "userPatientId", "RelatedPerson": "userRelatedPersonId"}
 
 
-def prefetch_queries(context: dict[str, Any], patient_id: str, user_id: str) -> dict[str, str]:
-    """The discovery templates with their tokens filled (2.0.1: primitive context fields, user tokens)."""
+def prefetch_queries(templates: dict[str, str], context: dict[str, Any], patient_id: str,
+                     user_id: str) -> dict[str, str]:
+    """The service's prefetch templates with their tokens filled (2.0.1: primitive context fields, user tokens)."""
     # Ids come from the caller: percent-encoded, so "../x" or "1&_include=..." cannot change the query.
     values = {"context.patientId": quote(patient_id, safe="")}  # normalised: no "Patient/" prefix
     rtype, _, rid = user_id.partition("/")
@@ -89,16 +83,17 @@ def prefetch_queries(context: dict[str, Any], patient_id: str, user_id: str) -> 
                 return quote(str(v), safe="")
         return match.group(0)
 
-    return {key: _TOKEN.sub(fill, template) for key, template in PREFETCH.items()}
+    return {key: _TOKEN.sub(fill, template) for key, template in templates.items()}
 
 
 def queries_for(call: HookCall) -> dict[str, str]:
-    return prefetch_queries(call.body.context, call.patient_id, call.user_id)
+    return prefetch_queries(dict(call.service.prefetch), call.body.context, call.patient_id, call.user_id)
 
 
-def call_sources(call: HookCall, policy: GatherPolicy, *, http: httpx.AsyncClient | None = None,
+def call_sources(call: HookCall, policy: GatherPolicy, http: httpx.AsyncClient,
                  guards: OriginGuards | None = None, fhir_allowed=None) -> list[DataSource]:
-    """The sources this call may use, in the order they are asked."""
+    """The sources a hook call from an EHR may use, in the order they are asked. ``fhir_allowed(url)``, when
+    given, says whether the calling client may have its fhirServer read."""
     sources: list[DataSource] = [PrefetchSource(call.body.prefetch)]
     server = call.body.fhirServer
     if not server:
@@ -107,14 +102,17 @@ def call_sources(call: HookCall, policy: GatherPolicy, *, http: httpx.AsyncClien
         sources.append(UnavailableSource(
             "fhirServer not allowed", "the fhirServer in the request is not on this service's allow-list for "
             "the calling client"))
-    elif http is None:
-        sources.append(UnavailableSource("no HTTP client", "fetching from the FHIR server is not available "
-                                                           "in this mode"))
     else:
         token = call.body.fhirAuthorization.access_token if call.body.fhirAuthorization else None
         sources.append(FhirServerSource(http, server, token, guards=guards, max_pages=policy.max_pages,
                                         max_depth=policy.max_depth, max_array=policy.max_array))
     return sources
+
+
+def prefetch_only(call: HookCall) -> list[DataSource]:
+    """The sources of a call evaluated from what it carries (``cds-service evaluate``, the preview page)."""
+    return [PrefetchSource(call.body.prefetch),
+            UnavailableSource("no FHIR server", "only the request's prefetch is read here")]
 
 
 def _paged(result: KeyResult) -> bool:
@@ -128,8 +126,8 @@ async def _ask(source: DataSource, wanted: dict[str, str], paged: list[dict[str,
     """The source's results for the ``wanted`` keys, and for the later pages of the ``paged`` Bundles."""
     if not paged:
         # Awaited directly: a source that answers from memory (prefetch) then finishes without yielding to
-        # the event loop, as asyncio.gather's task would make it do. Calls yielding there are interleaved
-        # under load, eight calls' parsed requests alive at once, and each cost about twice the CPU at c=8.
+        # the event loop, as a task would make it do; calls that yield there interleave under load, with
+        # many calls' parsed requests alive at once.
         return await source.fetch(wanted, deadline), []
     answers, pages = await asyncio.gather(source.fetch(wanted, deadline),
                                           asyncio.gather(*(source.more_pages(b, deadline) for b in paged)))
@@ -155,15 +153,16 @@ async def gather(call: HookCall, sources: Sequence[DataSource], policy: GatherPo
                 if result.outcome is not Outcome.UNAVAILABLE or results[key].outcome is Outcome.UNAVAILABLE:
                     results[key] = result
             for key, result in zip(paged, pages, strict=True):
-                if result.outcome is Outcome.FAILED and key not in policy.optional:
+                if result.outcome is Outcome.FAILED and key not in call.service.optional:
                     results[key] = result
                 elif not result.settled:
                     notes.append(f"{key}: later pages not read ({result.reason})")
-            if isinstance(source, PrefetchSource):
-                stats.prefetched = sum(1 for r in answers.values() if r.settled)
-            if isinstance(source, FhirServerSource):
+            settled = sum(1 for r in answers.values() if r.settled)
+            if source.remote:
                 stats.fhir_requests += source.requests_made
-                stats.fetched += sum(1 for r in answers.values() if r.settled)
+                stats.fetched += settled
+            else:
+                stats.prefetched += settled
         notes.extend(source.notes())
     if stats.fhir_requests:
         stats.fhir_seconds = time.perf_counter() - started
@@ -172,7 +171,7 @@ async def gather(call: HookCall, sources: Sequence[DataSource], policy: GatherPo
 
 def _apply_policy(call: HookCall, results: dict[str, KeyResult], policy: GatherPolicy, notes: list[str],
                   stats: GatherStats) -> PatientRecord:
-    required = {k: r for k, r in results.items() if not r.settled and k not in policy.optional}
+    required = {k: r for k, r in results.items() if not r.settled and k not in call.service.optional}
     if required:
         stats.fhir_failed = any(r.outcome is Outcome.FAILED for r in required.values())
         reasons = sorted({r.reason for r in required.values()})

@@ -3,37 +3,24 @@
 * :class:`~cds_service.store.base.Store` is the interface the rest of the service uses.
 * :class:`~cds_service.store.sql.SqlStore` implements it with SQLAlchemy 2 async Core for PostgreSQL (and
   in-memory SQLite); :class:`~cds_service.store.sqlite.SqliteStore`, the embedded default, runs the same
-  statements with every write on one thread that owns one connection. The engines are built by the small
-  factories in :mod:`cds_service.store.sqlite` and :mod:`cds_service.store.postgres`.
+  statements with every write on one thread that owns one connection. The engines are built by
+  :func:`~cds_service.store.engines.make_engine`.
 """
 
 from __future__ import annotations
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cds_service.store.base import CardRow, FeedbackRow, RuleReport, Store, StoreError
+from cds_service.store.engines import database_path, make_engine
 
 __all__ = ["CardRow", "FeedbackRow", "RuleReport", "Store", "StoreError", "make_engine", "open_store"]
-
-
-def make_engine(url: str) -> AsyncEngine:
-    backend = make_url(url).get_backend_name()
-    if backend == "sqlite":
-        from cds_service.store.sqlite import make_sqlite_engine
-
-        return make_sqlite_engine(url)
-    if backend == "postgresql":
-        from cds_service.store.postgres import make_postgres_engine
-
-        return make_postgres_engine(url)
-    raise StoreError(f"Unsupported database '{backend}': use sqlite or postgresql (CDS_DATABASE_URL).")
 
 
 def open_store(url_or_settings) -> Store:
     """A store for a SQLAlchemy URL or a :class:`~cds_service.config.Settings` (its ``sqlalchemy_url``)."""
     from cds_service.store.sql import SqlStore
-    from cds_service.store.sqlite import SqliteStore, database_path
+    from cds_service.store.sqlite import SqliteStore
 
     url = url_or_settings if isinstance(url_or_settings, str) else url_or_settings.sqlalchemy_url
     if make_url(url).get_backend_name() == "sqlite" and database_path(url) is not None:

@@ -29,7 +29,7 @@ def _settings():
 
 def _missing_sqlite_file(settings):
     """The SQLite file the settings name when it does not exist yet (None for PostgreSQL or an existing file)."""
-    from cds_service.store.sqlite import database_path
+    from cds_service.store.engines import database_path
 
     if not settings.sqlalchemy_url.startswith("sqlite"):
         return None

@@ -64,7 +64,7 @@ async def _file_lock(path: Path | None):
 def _lock_path(engine: AsyncEngine) -> Path | None:
     if engine.dialect.name != "sqlite":
         return None
-    from cds_service.store.sqlite import database_path
+    from cds_service.store.engines import database_path
 
     db = database_path(engine.url.render_as_string(hide_password=False))
     return db.with_name(db.name + ".migrate.lock") if db else None

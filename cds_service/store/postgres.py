@@ -1,8 +1,7 @@
 """PostgreSQL engine (several instances share one database): psycopg 3, async.
 
-psycopg 3 rather than asyncpg: the same speed here (measured), and one driver serves the async service and
-the sync Alembic/CLI paths. A plain ``postgresql://`` URL is mapped to it by
-``Settings.sqlalchemy_url``; libpq parameters in the query string pass through, e.g.
+psycopg 3: one driver serves the async service and the sync Alembic/CLI paths. A plain ``postgresql://``
+URL is mapped to it by ``Settings.sqlalchemy_url``; libpq parameters in the query string pass through, e.g.
 ``?sslmode=require`` or ``?options=-csearch_path%3Dcds`` to keep the tables in their own schema.
 """
 

@@ -1,7 +1,7 @@
 """The SQL implementation of :class:`~cds_service.store.base.Store`, shared by SQLite and PostgreSQL.
 
 Writes are batched in one transaction and use ``ON CONFLICT DO NOTHING`` (``INSERT OR IGNORE`` on SQLite):
-a batch of 100 costs about as much as one row (measured) and repeats are skipped by the
+a batch of 100 costs about as much as one row and repeats are skipped by the
 database itself, so several instances can never double count. Feedback uses a multi-row
 ``INSERT ... RETURNING`` (how many rows were new); card rows, the hot write, a driver-level executemany.
 """
@@ -26,6 +26,7 @@ from cds_service.store.base import (
     dedupe_feedback,
     run_to_end,
 )
+from cds_service.store.engines import make_engine
 from cds_service.store.schema import cards, feedback
 from cds_service.store.text import db_text
 
@@ -53,8 +54,6 @@ def purge_statements(conn: sa.Connection, before: datetime) -> int:
 
 class SqlStore(Store):
     def __init__(self, url: str) -> None:
-        from cds_service.store import make_engine
-
         self.url = url
         self.engine = make_engine(url)
         self.dialect = self.engine.dialect.name

@@ -8,51 +8,18 @@ worker processes (``--workers N``) share the file: a writer waits for the lock i
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from cds_service.store.base import CardRow, FeedbackRow, StoreError, dedupe_feedback
+from cds_service.store.engines import sqlite_pragmas
 from cds_service.store.schema import feedback
 from cds_service.store.sql import SqlStore, _safe_message, purge_statements
-
-PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=5000",
-           "PRAGMA foreign_keys=ON")
-
-
-def database_path(url: str) -> Path | None:
-    """The file behind a SQLite URL (None for in-memory databases)."""
-    db = make_url(url).database
-    if not db or db == ":memory:" or db.startswith("file::memory:"):
-        return None
-    return Path(db)
-
-
-def make_sqlite_engine(url: str) -> AsyncEngine:
-    path = database_path(url)
-    if path is not None:
-        # CDS_DATA_DIR is created on first run. Owner-only: the file holds pseudonymous keys and free-text
-        # comments; SQLite gives its -wal/-shm files the database file's permissions.
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-    engine = create_async_engine(url)
-    event.listen(engine.sync_engine, "connect", _pragmas)
-    return engine
-
-
-def _pragmas(dbapi_conn, _record) -> None:
-    cursor = dbapi_conn.cursor()
-    for pragma in PRAGMAS:
-        cursor.execute(pragma)
-    cursor.close()
 
 
 class SqliteStore(SqlStore):
@@ -74,7 +41,7 @@ class SqliteStore(SqlStore):
         if self._sync_engine is None:
             sync_url = make_url(self.url).set(drivername="sqlite")
             engine = create_engine(sync_url, poolclass=StaticPool, connect_args={"check_same_thread": False})
-            event.listen(engine, "connect", _pragmas)
+            event.listen(engine, "connect", sqlite_pragmas)
             self._sync_engine = engine
         return self._sync_engine
 

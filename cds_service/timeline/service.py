@@ -63,7 +63,7 @@ async def timeline_html(app, iss: str, token: TokenResponse) -> tuple[str, dict[
             timeline = build_timeline(cleaned, today=today, focus=focus, notes=[*chart.notes, *cleaned.notes])
         return timeline, timeline_page(timeline, banner=shown)
 
-    # ~40 ms for 900 resources (measured); a larger chart is drawn off the event loop, so hook calls never wait
+    # drawing takes tens of milliseconds for a large chart: drawn off the event loop, so hook calls never wait
     if chart.record.count() > LARGE_CHART:
         timeline, html = await asyncio.to_thread(render)
     else:

@@ -37,7 +37,7 @@ def run_migrations_online() -> None:
         return
 
     from cds_service.config import get_settings
-    from cds_service.store import make_engine
+    from cds_service.store.engines import make_engine
 
     async def _run() -> None:
         engine = make_engine(config.get_main_option("sqlalchemy.url") or get_settings().sqlalchemy_url)

@@ -90,10 +90,17 @@ def _clean_order(resource: dict[str, Any], medications: dict[str, dict[str, Any]
         _as_list(order, key)
     ref = order.get("medicationReference")
     if isinstance(ref, dict) and isinstance(ref.get("reference"), str) and "medicationCodeableConcept" not in order:
-        med = medications.get(ref["reference"]) or medications.get(last_segment(ref["reference"], "Medication"))
+        target = ref["reference"]
+        contained = [c for c in order.get("contained") or () if isinstance(c, dict)]
+        if target.startswith("#") and any(c.get("id") == target[1:] for c in contained):
+            return order  # a contained Medication: read where it is
+        med = medications.get(target) or medications.get(last_segment(target, "Medication"))
         if med is not None and isinstance(med.get("code"), dict):
-            order["medicationCodeableConcept"] = med["code"]
-            order.pop("medicationReference", None)
+            # Carried inside the order, whole: its code names the drug, its strength gives the concentration
+            # (decision 34).
+            local = dict(med, id=str(med.get("id") or "medication"))
+            order["contained"] = [*contained, local]
+            order["medicationReference"] = {**ref, "reference": f"#{local['id']}"}
         else:
             notes.append(f"{order.get('resourceType')} medicationReference could not be resolved in draftOrders")
     return order

@@ -240,7 +240,8 @@ def test_draft_orders_classified_and_selection():
                  selections=["MedicationRequest/a"])
     f = build_facts(rec)
     a, b = f.planned_orders
-    assert a.is_ig and a.ig_kind == "ivig" and a.selected and a.dose.per_admin_g == 30 and a.dose.days == 5
+    assert a.is_ig and a.ig_kind == "ivig" and a.selected
+    assert a.ig_order is not None and a.ig_order.lines[0].grams == 30 and a.ig_order.lines[0].days == 5
     assert b.drug_class == GC and b.pred_eq_mg == 10 and not b.selected
     assert [o.reference for o in f.the_orders] == ["MedicationRequest/a"]
 

@@ -70,7 +70,20 @@ def test_lenient_with_real_client_shapes():
     call = parse_call(SELECT, body)
     (o,) = call.draft_orders
     assert isinstance(o["category"], list)
-    assert o["medicationCodeableConcept"]["text"] == "IVIG" and "medicationReference" not in o
+    # the referenced Medication travels inside the order, whole (its strength matters, decision 34)
+    assert o["medicationReference"] == {"reference": "#med-1"} and "medicationCodeableConcept" not in o
+    assert o["contained"][0]["code"]["text"] == "IVIG"
+
+
+def test_contained_medication_reference_is_not_a_problem():
+    body = request()
+    order = body["context"]["draftOrders"]["entry"][0]["resource"]
+    order.pop("medicationCodeableConcept")
+    order["contained"] = [{"resourceType": "Medication", "id": "m1", "code": {"text": "OCTAGAM 5%"}}]
+    order["medicationReference"] = {"reference": "#m1"}
+    call = parse_call(SELECT, body)
+    assert call.draft_orders[0]["medicationReference"] == {"reference": "#m1"}
+    assert not any("could not be resolved" in n for n in call.notes)
 
 
 def test_unresolvable_medication_reference_is_noted_not_fatal():

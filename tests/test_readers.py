@@ -118,8 +118,8 @@ def test_allergies_reader_and_anaphylaxis_after_immune_globulin():
     allergy = {"resourceType": "AllergyIntolerance", "id": "a1", "patient": {"reference": "Patient/p"},
                "code": IVIG, "criticality": "high"}
     part = read(read_allergies, record(patient(), allergy))
-    assert [f.reference for f in part.prior_ig_reaction] == ["AllergyIntolerance/a1"]
-    assert part.prior_ig_reaction_severe
+    # no manifestation recorded, criticality high: counted as serious (decision 37)
+    assert [(f.reference, severity) for f, severity in part.ig_reactions] == [("AllergyIntolerance/a1", "severe")]
     ana = [(None, FactRef("Anaphylaxis", "x", "Condition/a"))]
     assert anaphylaxis_after_ig(ana, []) == []  # no immune globulin given: not a reaction to it
     given = read_medications(record(patient(), med_admin("g", IVIG, days_ago=30)), TERM, TH, {}).exposures[IG]
@@ -146,7 +146,8 @@ def test_draft_orders_reader_gives_tier_route_and_ivig_dose():
     rec = record(patient(), drafts=[ivig_order(g_per_day=35, days=2), draft("p", PREDNISONE, dosage(60))])
     part = read(read_draft_orders, rec)
     ivig, pred = part.planned_orders
-    assert ivig.is_ig and ivig.ig_kind == "ivig" and ivig.dose.per_admin_g == 35 and ivig.dose.days == 2
+    assert ivig.is_ig and ivig.ig_kind == "ivig" and ivig.ig_order is not None
+    assert (ivig.ig_order.lines[0].grams, ivig.ig_order.lines[0].days) == (35, 2)
     assert pred.drug_class == GC and pred.pred_eq_mg == 60 and pred.is_ladder
 
 

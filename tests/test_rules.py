@@ -390,10 +390,12 @@ def test_weight_missing_no_dose_numbers():
     assert c.indicator == "warning" and "ivig.dose" not in ev.rule_ids
 
 
-def test_scig_counts_for_safety_but_not_dose():
+def test_scig_counts_for_safety_but_not_for_intravenous_content():
+    # decision 36: the thrombosis warning is on every label; the renal wording, the volume and the dose are IV
     scig = draft("sc", cc(None, None, None, "Hizentra 10 g"), dosage(10, "g", period_unit="wk", route="sc"))
-    ev = run(ivig_patient(weight(70), egfr(48), drafts=[scig]))
-    assert "ivig.safety.renal" in ev.rule_ids and "ivig.dose" not in ev.rule_ids
+    ev = run(ivig_patient(weight(70), egfr(48), age=70, drafts=[scig]))
+    assert "ivig.safety.thrombosis" in ev.rule_ids
+    assert not {"ivig.safety.renal", "ivig.dose", "ivig.safety.heart-failure-volume"} & set(ev.rule_ids)
 
 
 def test_safety_cards_can_be_restricted_to_sarcoidosis():

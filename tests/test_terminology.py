@@ -1,12 +1,12 @@
 import json
 
+from cds_service.clinical import immune_globulin as ig
 from cds_service.clinical.terminology import (
     ANTI_TNF,
     GC,
     IG,
     build_terminology,
     get_terminology,
-    immune_globulin_route,
 )
 from tests.fhir_builders import ATC, ICD, LNC, RXN, SCT, cc
 
@@ -81,11 +81,12 @@ def test_immune_globulin_by_name_brand_atc_and_hyperimmune_excluded():
 
 
 def test_ivig_vs_scig():
-    assert immune_globulin_route("Hizentra 4 g", None) == "scig"
-    assert immune_globulin_route("Gammagard Liquid", "sc") == "scig"
-    assert immune_globulin_route("Gammagard Liquid", "iv") == "ivig"
-    assert immune_globulin_route("immune globulin", None, ["J06BA01"]) == "scig"
-    assert immune_globulin_route("immune globulin", None) == "ivig"  # assumed IV (safe side)
+    # route of an immune globulin record: decision 36, tests/test_real_records_ivig.py
+    assert ig.administration_kind("Hizentra 4 g", None)[0] == "scig"
+    assert ig.administration_kind("Gammagard Liquid", "sc")[0] == "scig"
+    assert ig.administration_kind("Gammagard Liquid", "iv")[0] == "ivig"
+    assert ig.administration_kind("immune globulin", None, ["J06BA01"])[0] == "scig"
+    assert ig.administration_kind("immune globulin", None) == ("ivig", True)  # assumed IV (safe side)
 
 
 def test_loinc_codes_are_loaded():

@@ -36,8 +36,8 @@ class PatientRecord:
     patient: dict[str, Any] | None = None
     # resourceType -> resources, de-duplicated by (type, id)
     resources: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    # The orders being selected/signed (MedicationRequest, ServiceRequest ...), medicationReference
-    # already resolved into medicationCodeableConcept where the Medication was in the bundle.
+    # The orders being selected/signed (MedicationRequest, ServiceRequest ...); a Medication they reference
+    # in the draftOrders bundle is carried inside the order as a contained resource ("#id").
     draft_orders: list[dict[str, Any]] = field(default_factory=list)
     # order-select: references ("MedicationRequest/123") of the orders just selected
     selections: list[str] = field(default_factory=list)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -448,26 +447,6 @@ class Terminology:
 
     def in_set(self, concept: Any, name: str, *, medication: bool = False) -> bool:
         return name in self.match(concept, medication=medication).names
-
-
-def immune_globulin_route(concept_text: str, route_kind: str | None, atc_codes: Iterable[str] = ()) -> str:
-    """'ivig' or 'scig' for an immune globulin order/exposure (decision 14).
-
-    Route wins; then ATC J06BA02/J06BA01; then the product name. Unknown -> 'ivig' (assumed intravenous:
-    the dose and safety rules then apply, which errs on the safe side).
-    """
-    if route_kind == "iv":
-        return "ivig"
-    if route_kind == "sc":
-        return "scig"
-    codes = set(atc_codes)
-    if "J06BA02" in codes:
-        return "ivig"
-    if "J06BA01" in codes:
-        return "scig"
-    if concept_text and _SC_IG_RE.search(concept_text):
-        return "scig"
-    return "ivig"
 
 
 # --------------------------------------------------------------------------------------------- loading

@@ -144,8 +144,9 @@ class Thresholds(BaseSettings):
     adjusted_weight_factor: float = Field(0.4, description="Adjusted weight = IBW + factor x (actual - IBW).")
 
     # ----------------------------------------------------------------- heart failure volume (decision 12)
-    ivig_concentration_percent: float = Field(10, description="IVIG concentration (% w/v) used to compute the "
-                                              "infusion volume.")
+    ivig_concentration_percent: float = Field(10, description="IVIG concentration (% w/v) assumed when neither "
+                                              "the product's strength, its name nor its brand gives it "
+                                              "(decision 34); the card says it was assumed.")
     hf_daily_volume_ml: float = Field(500, description="Daily infusion volume above this (mL) is stated as a "
                                       "large volume load on the heart-failure card.")
 

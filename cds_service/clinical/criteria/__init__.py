@@ -3,6 +3,8 @@
 ``risk_factors.yaml``      value-set category -> risk factor (which fact list, inactive records or not)
 ``contraindications.yaml`` condition -> ladder drugs withheld
 ``value_sets.yaml``        the value-set categories (codes and code prefixes) the readers match
+``immune_globulin.yaml``   immune globulin products (strengths, routes), reaction severity, anticoagulants,
+                           local estrogen, thrombosis history codes (decisions 34-38)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class RiskFactor:
     when_inactive: bool = False
     also: str = ""
     cards: tuple[str, ...] = ()
+    active_as: tuple[str, str] | None = None  # (key, label) when the record is still active (decision 38)
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,10 @@ def _as_tuple(x: Any) -> tuple[str, ...]:
 def risk_factors() -> tuple[RiskFactor, ...]:
     out = []
     for e in _load("risk_factors.yaml")["risk_factors"]:
+        active = e.get("active_as")
         out.append(RiskFactor(_as_tuple(e["category"]), e["feeds"], e["label"], e.get("key", ""),
-                              bool(e["when_inactive"]), e.get("also", ""), tuple(e.get("cards", ()))))
+                              bool(e["when_inactive"]), e.get("also", ""), tuple(e.get("cards", ())),
+                              (active["key"], active["label"]) if active else None))
     return tuple(out)
 
 
@@ -109,3 +114,12 @@ def value_sets() -> dict[str, list[tuple[str, str, bool]]]:
             codes += [(system, str(v), is_prefix) for v in values]
         out[name] = codes
     return out
+
+
+@functools.cache
+def immune_globulin() -> dict[str, Any]:
+    """``immune_globulin.yaml``: the product and reaction lists of the IVIG cards (decisions 34-38)."""
+    doc = _load("immune_globulin.yaml")
+    if not isinstance(doc, dict) or not isinstance(doc.get("brands"), dict):
+        raise ValueError("criteria/immune_globulin.yaml: a mapping with 'brands' is required")
+    return doc

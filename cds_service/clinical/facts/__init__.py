@@ -14,8 +14,7 @@ from ..memo import clear_all as clear_caches
 from .build import build_facts
 from .derived import kdigo_aki
 from .fhir import parse_dt, ref_of
-from .model import Exposure, Factor, FactRef, Facts, LabValue, NSCondition, OrderedDose, PlannedOrder, fmt
-from .orders import ordered_ig_dose
+from .model import Exposure, Factor, FactRef, Facts, LabValue, NSCondition, PlannedOrder, fmt
 
-__all__ = ["Exposure", "FactRef", "Factor", "Facts", "LabValue", "NSCondition", "OrderedDose", "PlannedOrder",
-           "build_facts", "clear_caches", "fmt", "kdigo_aki", "ordered_ig_dose", "parse_dt", "ref_of"]
+__all__ = ["Exposure", "FactRef", "Factor", "Facts", "LabValue", "NSCondition", "PlannedOrder",
+           "build_facts", "clear_caches", "fmt", "kdigo_aki", "parse_dt", "ref_of"]

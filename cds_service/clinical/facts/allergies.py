@@ -3,10 +3,10 @@ reaction, IgA deficiency with anaphylaxis)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ..reactions import SEVERE, reaction_severity
 from ..record import PatientRecord
 from ..terminology import IG, Terminology, concept_label, concept_text
 from ..thresholds import Thresholds
@@ -14,13 +14,10 @@ from .fhir import code_of, listify, ref_of
 from .model import FactRef
 from .validation import Validator
 
-_ANAPHYLAXIS_RE = re.compile(r"anaphyla|angioedema|shock|severe", re.IGNORECASE)
-
 
 @dataclass
 class AllergiesPart:
-    prior_ig_reaction: list[FactRef] = field(default_factory=list)
-    prior_ig_reaction_severe: bool = False
+    ig_reactions: list[tuple[FactRef, str]] = field(default_factory=list)  # (fact, severe | mild | unknown)
     drug_allergies: dict[str, list[FactRef]] = field(default_factory=dict)  # ingredient -> allergy refs
     notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -48,18 +45,19 @@ def read_allergies(record: PatientRecord, term: Terminology, th: Thresholds) -> 
         m = term.match(res.get("code"), medication=True)
         if m.ingredient is None or not v.valid(res):
             continue
-        severe = str(res.get("criticality") or "") == "high"
-        texts = []
+        texts, severities = [], []
         for r in listify(res.get("reaction")):
             if isinstance(r, dict):
-                severe = severe or r.get("severity") == "severe"
-                texts += [concept_text(man) for man in listify(r.get("manifestation"))]
-        severe = severe or any(t and _ANAPHYLAXIS_RE.search(t) for t in texts)
-        detail = f"{concept_label(res.get('code'))}" + (f": {', '.join(t for t in texts if t)}" if texts else "")
-        fr = FactRef("Allergy/intolerance", detail + (" (severe)" if severe else ""), ref_of(res))
+                severities.append(str(r.get("severity") or ""))
+                texts.append(str(r.get("description") or ""))
+                texts += [concept_text(man).split(" | ")[0] for man in listify(r.get("manifestation"))]
+        texts = [t for t in texts if t]
+        severity = reaction_severity(texts, "severe" if "severe" in severities else None,
+                                     str(res.get("criticality") or ""))  # decision 37
+        detail = f"{concept_label(res.get('code'))}" + (f": {', '.join(texts)}" if texts else "")
+        fr = FactRef("Allergy/intolerance", detail + (" (severe)" if severity == SEVERE else ""), ref_of(res))
         if m.ingredient.drug_class == IG:
-            part.prior_ig_reaction.append(fr)
-            part.prior_ig_reaction_severe = part.prior_ig_reaction_severe or severe
+            part.ig_reactions.append((fr, severity))
         part.drug_allergies.setdefault(m.ingredient.key, []).append(fr)
     part.notes, part.skipped = v.notes, v.skipped
     return part

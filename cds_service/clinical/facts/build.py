@@ -50,6 +50,7 @@ def build_facts(record: PatientRecord, thresholds: Thresholds | None = None,
     pregnancy = cond.pregnancy + labs.pregnancy
     aki = derived.kdigo_aki(labs.creatinine_series, th)
     hyperviscosity = cond.hyperviscosity + labs.hyperviscosity
+    reactions = derived.ig_reactions(cond.prior_ig_reaction, after_ig, allergies.ig_reactions)
     parts = (patient, cond, labs, meds, allergies, dev, enc, orders)
     for p in parts:
         record.notes.extend(p.skipped)
@@ -76,8 +77,9 @@ def build_facts(record: PatientRecord, thresholds: Thresholds | None = None,
         hyperviscosity=hyperviscosity,
         iga_deficiency=derived.iga_deficiency(cond.iga_deficiency, labs.iga_level, th), iga_level=labs.iga_level,
         anti_iga=labs.anti_iga,
-        prior_ig_reaction=cond.prior_ig_reaction + after_ig + allergies.prior_ig_reaction,
-        prior_ig_reaction_severe=bool(after_ig) or allergies.prior_ig_reaction_severe,
+        prior_ig_reaction=reactions.all, prior_ig_reaction_severe=reactions.severe,
+        prior_ig_reaction_mild=reactions.mild, prior_ig_reaction_unknown=reactions.unknown,
+        anticoagulants=meds.anticoagulants,
         heart_failure=cond.heart_failure,
         contraindications=derived.contraindications(cond.contraindications, pregnancy, egfr, th),
         pregnancy=pregnancy, planned_orders=orders.planned_orders, unit_problems=labs.unit_problems,

@@ -14,6 +14,7 @@ from ..record import PatientRecord
 from ..terminology import ConceptMatch, Terminology, concept_codes, concept_text
 from ..text_findings import FROM_TEXT, condition_text, text_findings
 from ..thresholds import Thresholds
+from ..thrombosis import thrombosis_is_active
 from .fhir import code_of, label_of, listify, parse_dt, ref_of
 from .model import Factor, FactRef, NSCondition
 from .validation import Validator
@@ -265,8 +266,13 @@ def _add_risk_factors(part: ConditionsPart, c: _Read, ref: str | None, *, from_t
         if not (rf.when_inactive or c.active):
             continue
         target = getattr(part, rf.feeds)
-        name = rf.label + said
-        target.append(Factor(rf.key, name, ref, detail, label) if rf.key else FactRef(name, detail, ref))
+        key, name = rf.key, rf.label
+        if rf.active_as and thrombosis_is_active(concept_codes(c.res.get("code"), "ICD10"),
+                                                 concept_codes(c.res.get("code"), "SNOMED"),
+                                                 concept_text(c.res.get("code")), c.clin):
+            key, name = rf.active_as  # decision 38: still active, not a past event
+        name += said
+        target.append(Factor(key, name, ref, detail, label) if key else FactRef(name, detail, ref))
         if rf.also:
             getattr(part, rf.also).append(FactRef(rf.label, detail, ref))
     contras.sort(key=criteria.contraindications().index)  # file order

@@ -10,6 +10,7 @@ from datetime import timedelta
 from .. import body_size as size_from
 from .. import criteria, kidney
 from ..lab_values import below
+from ..reactions import MILD, SEVERE, UNKNOWN, reaction_severity
 from ..thresholds import Thresholds
 from .model import NON_SYSTEMIC, Exposure, Factor, FactRef, LabValue, fmt
 
@@ -181,8 +182,8 @@ def thrombosis_factors(found: list[Factor], age: int | None, patient_ref: str, r
     """Thrombosis risk factors for IVIG (knowledge §3.2, THR-AGE to THR-CV). ``found``: those of the
     Conditions and devices."""
     out = list(found)
-    out += [_named("estrogen_drug", e.reference, e.label) for e in risk_drugs
-            if e.current and "estrogen-thrombosis-risk" in e.groups]
+    out += [_named("estrogen_drug", e.reference, e.label) for e in risk_drugs  # not local estrogen: decision 38
+            if e.current and "estrogen-thrombosis-risk" in e.groups and not e.local_estrogen]
     if age is not None and age >= th.thrombosis_age_years:
         out.insert(0, _named("age_thrombosis", patient_ref, f"{age} years", years=th.thrombosis_age_years))
     if bmi is not None and bmi >= th.adjusted_weight_bmi:
@@ -223,3 +224,23 @@ def iga_deficiency(found: list[FactRef], iga_level: LabValue | None, th: Thresho
     if side is None:
         return [*found, iga_level.fact(f"Serum IgA: cannot tell whether below {fmt(th.iga_deficiency_mg_dl)} mg/dL")]
     return list(found)
+
+
+@dataclass(frozen=True)
+class IgReactions:
+    """Earlier reactions to immune globulin, by how serious they were (decision 37)."""
+
+    all: list[FactRef]
+    severe: bool
+    mild: list[FactRef]
+    unknown: list[FactRef]
+
+
+def ig_reactions(from_conditions: list[FactRef], anaphylaxis_after_ig: list[FactRef],
+                 from_allergies: list[tuple[FactRef, str]]) -> IgReactions:
+    """An adverse-effect Condition is rated by its text, an anaphylaxis after immune globulin is serious, an
+    allergy record by its manifestations (``reactions.reaction_severity``)."""
+    rated = ([(fr, reaction_severity([fr.value])) for fr in from_conditions]
+             + [(fr, SEVERE) for fr in anaphylaxis_after_ig] + list(from_allergies))
+    return IgReactions([fr for fr, _ in rated], any(s == SEVERE for _, s in rated),
+                       [fr for fr, s in rated if s == MILD], [fr for fr, s in rated if s == UNKNOWN])

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from ..immune_globulin import administration_kind
 from ..record import PatientRecord
 from ..terminology import (
     ANTI_TNF,
@@ -20,11 +21,11 @@ from ..terminology import (
     concept_codes,
     concept_label,
     concept_text,
-    immune_globulin_route,
 )
 from ..thresholds import Thresholds
+from ..thrombosis import anticoagulant_in, estrogen_is_local, treatment_dose
 from .fhir import PERIOD_DAYS, classify_stop_reason, dose_mg_of, listify, parse_dt, per_day_of, ref_of, route_kind
-from .model import NON_SYSTEMIC, Exposure
+from .model import NON_SYSTEMIC, Exposure, FactRef, fmt
 from .patient import now_of
 from .validation import Validator
 
@@ -43,6 +44,7 @@ _DAILY_TEXT_RE = re.compile(r"\bdaily\b|every day|once a day")
 class MedicationsPart:
     exposures: dict[str, list[Exposure]] = field(default_factory=dict)  # drug class -> exposures
     risk_drugs: list[Exposure] = field(default_factory=list)  # estrogen / nephrotoxic
+    anticoagulants: list[tuple[FactRef, bool | None]] = field(default_factory=list)  # (fact, treatment dose?)
     notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
@@ -99,9 +101,12 @@ def read_medications(record: PatientRecord, term: Terminology, th: Thresholds,
             concept = medication_concept(res, medications)
             m = term.match(concept, medication=True)
             risk_groups = m.names & RISK_DRUG_GROUPS
-            if m.drug_class is None and not risk_groups:
-                continue
             status_raw = str(res.get("status") or "").lower()
+            if m.drug_class is None and not risk_groups:
+                anticoagulant = _anticoagulant(res, rtype, concept, m, status_raw, now, th, term, v)
+                if anticoagulant is not None:
+                    part.anticoagulants.append(anticoagulant)
+                continue
             if status_raw in _NOT_GIVEN:
                 continue
             exp = exposure(res, rtype, concept, m, status_raw, now, th, term, conditions_by_reference)
@@ -116,9 +121,45 @@ def read_medications(record: PatientRecord, term: Terminology, th: Thresholds,
                 part.exposures.setdefault(m.drug_class, []).append(exp)
             if risk_groups:
                 exp.groups = frozenset(risk_groups)
+                exp.local_estrogen = "estrogen-thrombosis-risk" in risk_groups and _local(res, m.text)
                 part.risk_drugs.append(exp)
     part.notes, part.skipped = v.notes, v.skipped
     return part
+
+
+def _local(res: dict[str, Any], product: str) -> bool:
+    """Estrogen applied in the vagina at a local dose (decision 38)."""
+    dosages = [d for d in listify(res.get("dosage") or res.get("dosageInstruction")) if isinstance(d, dict)]
+    route = next((d.get("route") for d in dosages if isinstance(d.get("route"), dict)), None)
+    return estrogen_is_local(route, product, " ".join(str(d.get("text") or "") for d in dosages))
+
+
+_UNITS = ("[iu]", "iu", "u", "[u]", "units")
+
+
+def _anticoagulant(res: dict[str, Any], rtype: str, concept: Any, m: ConceptMatch, status_raw: str, now: datetime,
+                   th: Thresholds, term: Terminology, v: Validator) -> tuple[FactRef, bool | None] | None:
+    """A current anticoagulant and whether its dose treats (True), prevents (False) or was not read (None):
+    decision 38 tells an anticoagulated patient so, and gives them no prophylaxis advice."""
+    drug = anticoagulant_in(m.text or concept_text(concept))
+    if drug is None or rtype == "MedicationDispense" or status_raw in _NOT_GIVEN:
+        return None
+    exp = exposure(res, rtype, concept, m, status_raw, now, th, term, {})
+    if exp is None or not exp.current or not v.valid(res, concept):
+        return None
+    units = None
+    for d in listify(res.get("dosage") or res.get("dosageInstruction")):
+        for dar in listify(d.get("doseAndRate") if isinstance(d, dict) else None):
+            q = dar.get("doseQuantity") if isinstance(dar, dict) else None
+            if isinstance(q, dict) and isinstance(q.get("value"), int | float) and \
+                    str(q.get("code") or q.get("unit") or "").lower() in _UNITS:
+                units = float(q["value"]) * (per_day_of(d) or 1.0)
+    treats = treatment_dose(drug, exp.daily_mg, exp.route, units)
+    dose = (f"{fmt(exp.daily_mg)} mg/day" if exp.daily_mg is not None else
+            f"{fmt(units)} units/day" if units is not None else "dose not read")
+    kind = {True: "treatment dose", False: "prophylactic dose", None: "dose not read"}[treats]
+    return FactRef(f"Anticoagulant ({drug.key})", f"{exp.label}, {dose}" + ("" if treats is None else f" ({kind})"),
+                   exp.reference), treats
 
 
 def _statement_period(res: dict[str, Any], status_raw: str, now: datetime) -> _Period:
@@ -216,7 +257,7 @@ def exposure(res: dict[str, Any], rtype: str, concept: Any, m: ConceptMatch, sta
         if window is not None and p.start >= now - timedelta(days=window):
             exp.status = "current"
     if cls == IG:
-        exp.ig_kind = immune_globulin_route(m.text, route, concept_codes(concept, ATC))
+        exp.ig_kind = administration_kind(m.text, route, concept_codes(concept, ATC))[0]
     if rtype in ("MedicationStatement", "MedicationRequest"):
         texts = [concept_text(sr) for sr in listify(res.get("statusReason"))]
         exp.stop_reason = classify_stop_reason(texts) if status_raw == "stopped" or any(texts) else None

@@ -9,6 +9,7 @@ import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ..immune_globulin import IgOrder
 from ..memo import memoised
 from ..terminology import ANTI_TNF, GC, IG, RITUXIMAB, SECOND_LINE
 
@@ -129,8 +130,9 @@ class Exposure:
     reason_sarcoid: bool | None = None  # reasonCode/reasonReference points to sarcoidosis (A3)
     reason_replacement: bool = False  # adrenal insufficiency / hypopituitarism (A4)
     administrations: int = 0
-    ig_kind: str | None = None  # ivig | scig
+    ig_kind: str | None = None  # ivig | scig | imig (decision 36)
     groups: frozenset[str] = frozenset()
+    local_estrogen: bool = False  # estrogen applied in the vagina at a local dose (decision 38)
 
     @property
     def current(self) -> bool:
@@ -156,19 +158,6 @@ class Exposure:
 
 
 @dataclass(slots=True)
-class OrderedDose:
-    """What an immune globulin order asks for (read from dosageInstruction)."""
-
-    per_admin_g: float | None = None
-    per_admin_g_per_kg: float | None = None
-    admins_per_day: float | None = None
-    days: float | None = None
-    text: str = ""
-    problems: list[str] = field(default_factory=list)
-    segments: list[tuple[float | None, float | None, float | None, float | None]] = field(default_factory=list)
-
-
-@dataclass(slots=True)
 class PlannedOrder:
     reference: str
     resource_type: str
@@ -178,9 +167,9 @@ class PlannedOrder:
     tier: int | None
     selected: bool
     route: str | None
-    ig_kind: str | None = None  # ivig | scig
+    ig_kind: str | None = None  # ivig | scig | imig (decision 36)
     ig_route_assumed: bool = False
-    dose: OrderedDose | None = None
+    ig_order: IgOrder | None = None  # dose lines at the product's own concentration (decisions 34-35)
     pred_eq_mg: float | None = None
     pulse: bool = False
     weekly_mg: float | None = None
@@ -250,6 +239,9 @@ class Facts:
     anti_iga: list[FactRef] = field(default_factory=list)
     prior_ig_reaction: list[FactRef] = field(default_factory=list)
     prior_ig_reaction_severe: bool = False
+    prior_ig_reaction_mild: list[FactRef] = field(default_factory=list)  # not serious (decision 37)
+    prior_ig_reaction_unknown: list[FactRef] = field(default_factory=list)  # severity not recorded
+    anticoagulants: list[tuple[FactRef, bool | None]] = field(default_factory=list)  # (fact, treatment dose?)
     heart_failure: list[Factor] = field(default_factory=list)
     contraindications: list[Factor] = field(default_factory=list)  # to standard immunosuppression
     pregnancy: list[FactRef] = field(default_factory=list)
@@ -283,7 +275,12 @@ class Facts:
 
     @property
     def thrombosis_high_risk(self) -> bool:
-        return any(f.key in ("history", "hypercoagulable") for f in self.thrombosis_factors)
+        return any(f.key in ("history", "active", "hypercoagulable") for f in self.thrombosis_factors)
+
+    @property
+    def anticoagulated(self) -> list[FactRef]:
+        """Current anticoagulants at a treatment dose (decision 38)."""
+        return [fr for fr, treats in self.anticoagulants if treats]
 
     @property
     def thrombosis_factor_count(self) -> int:

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import plausibility
+from .. import immune_globulin as ig
 from ..record import PatientRecord
 from ..terminology import (
     ATC,
@@ -17,15 +17,13 @@ from ..terminology import (
     Terminology,
     concept_codes,
     concept_label,
-    immune_globulin_route,
 )
 from ..thresholds import Thresholds
-from .fhir import PERIOD_DAYS, dose_mg_of, listify, parse_dt, per_day_of, ref_of, route_kind
+from .fhir import dose_mg_of, listify, per_day_of, ref_of, route_kind
 from .medications import medication_concept, medication_index, non_systemic_atc
-from .model import NON_SYSTEMIC, OrderedDose, PlannedOrder, fmt
+from .model import NON_SYSTEMIC, PlannedOrder
 from .validation import Validator
 
-_IV_TEXT_RE = re.compile(r"intravenous|\bivig\b|\bigiv\b", re.IGNORECASE)
 _DAILY_TEXT_RE = re.compile(r"\bdaily\b|every day|once a day")
 
 
@@ -56,7 +54,7 @@ def read_draft_orders(record: PatientRecord, term: Terminology, th: Thresholds) 
         selected = bool(sel) and (ref in sel or str(res.get("id")) in sel_ids)
         m = term.match(concept, medication=True)
         valid = m.drug_class is None or v.valid(res, concept)
-        part.planned_orders.append(planned_order(res, rtype, ref, concept, m, selected, valid, th))
+        part.planned_orders.append(planned_order(res, rtype, ref, concept, m, selected, valid, th, medications))
     if sel and not any(o.selected for o in part.planned_orders):
         v.notes.append("selections did not match any draft order; all draft orders were evaluated")
     part.notes, part.skipped = v.notes, v.skipped
@@ -64,7 +62,7 @@ def read_draft_orders(record: PatientRecord, term: Terminology, th: Thresholds) 
 
 
 def planned_order(res: dict[str, Any], rtype: str, ref: str, concept: Any, m: ConceptMatch, selected: bool,
-                  valid: bool, th: Thresholds) -> PlannedOrder:
+                  valid: bool, th: Thresholds, medications: dict[str, dict[str, Any]] | None = None) -> PlannedOrder:
     """The order's drug, its ladder tier (decision 6), route, and the dose figures its rules read. An order
     that is not valid FHIR keeps its name but counts as no drug."""
     dosages = [d for d in listify(res.get("dosageInstruction")) if isinstance(d, dict)]
@@ -76,11 +74,8 @@ def planned_order(res: dict[str, Any], rtype: str, ref: str, concept: Any, m: Co
     if not valid:
         po.drug_class = po.tier = None
     elif m.drug_class == IG:
-        text = m.text + " " + " ".join(str(d.get("text") or "") for d in dosages)
-        atc = concept_codes(concept, ATC)
-        po.ig_kind = immune_globulin_route(text, route, atc)
-        po.ig_route_assumed = route is None and "J06BA02" not in atc and not _IV_TEXT_RE.search(text)
-        po.dose = ordered_ig_dose(res, th)
+        po.ig_kind, po.ig_route_assumed, po.ig_order = ig_draft(res, ref, po.label, concept, m.text, dosages, th,
+                                                                 medications or {})
     elif m.drug_class == GC and ing is not None:
         if route in NON_SYSTEMIC or non_systemic_atc(concept):
             po.drug_class, po.tier = None, None
@@ -106,83 +101,28 @@ def planned_order(res: dict[str, Any], rtype: str, ref: str, concept: Any, m: Co
     return po
 
 
-# ------------------------------------------------------------------------------ IVIG order dose
+# ------------------------------------------------------------------------------ immune globulin orders
 
 
-def _plausible_dose(g: float | None, gpk: float | None, problems: list[str]) -> tuple[float | None, float | None]:
-    """The ordered amounts, each dropped (with the reason) when outside the plausible range."""
-    for kind, value, unit in (("ivig_dose_g", g, "g"), ("ivig_dose_g_per_kg", gpk, "g/kg")):
-        why = plausibility.problem(kind, value, unit) if value is not None else None
-        if why:
-            problems.append(f"dose {why}; dose not checked")
-            g, gpk = (None, gpk) if kind == "ivig_dose_g" else (g, None)
-    return g, gpk
+def ig_draft(res: dict[str, Any], ref: str, label: str, concept: Any, product: str, dosages: list[dict[str, Any]],
+             th: Thresholds, medications: dict[str, dict[str, Any]]) -> tuple[str, bool, ig.IgOrder]:
+    """Route (decision 36), product concentration (decision 34) and dose lines of an immune globulin draft.
+    Only the route the order states counts here: a product named "injection" is not thereby intravenous."""
+    text = product + " " + " ".join(str(d.get("text") or "") for d in dosages)
+    stated = next((k for k in (route_kind(d.get("route")) for d in dosages) if k), None)
+    kind, assumed = ig.administration_kind(text, stated, concept_codes(concept, ATC))
+    conc = ig.concentration_of(_medication_of(res, medications), product, th.ivig_concentration_percent)
+    lines, problems = ig.read_ig_order(res, conc, per_day_of)
+    return kind, assumed, ig.IgOrder(ref, label, kind, conc, lines, problems)
 
 
-def ordered_ig_dose(res: dict[str, Any], th: Thresholds) -> OrderedDose:
-    """Read dose and schedule of an immune globulin order (g, mg, g/kg, mg/kg, mL at the set concentration)."""
-    od = OrderedDose()
-    for d in listify(res.get("dosageInstruction")):
-        if not isinstance(d, dict):
-            continue
-        if isinstance(d.get("text"), str):
-            od.text = (od.text + " " + d["text"]).strip()
-        g = gpk = None
-        for dar in listify(d.get("doseAndRate")):
-            q = dar.get("doseQuantity") if isinstance(dar, dict) else None
-            if not isinstance(q, dict) or not isinstance(q.get("value"), int | float):
-                continue
-            unit = str(q.get("code") or q.get("unit") or "").strip()
-            v = float(q["value"])
-            u = unit.lower().replace(" ", "")
-            if u in ("g", "gram", "grams"):
-                g = v
-            elif u == "mg":
-                g = v / 1000
-            elif u in ("g/kg", "gm/kg"):
-                gpk = v
-            elif u == "mg/kg":
-                gpk = v / 1000
-            elif u in ("ml", "milliliter"):
-                g = v * th.ivig_concentration_percent / 100
-                od.problems.append(f"dose ordered as {fmt(v)} mL; grams computed at "
-                                   f"{fmt(th.ivig_concentration_percent)} %")
-            else:
-                od.problems.append(f"dose unit {unit!r} not understood; dose not checked")
-            g, gpk = _plausible_dose(g, gpk, od.problems)
-            break
-        pdays = per_day_of(d)
-        days = None
-        t = d.get("timing") if isinstance(d.get("timing"), dict) else {}
-        rep = t.get("repeat") if isinstance(t.get("repeat"), dict) else {}
-        count = rep.get("countMax") or rep.get("count")
-        bd = rep.get("boundsDuration")
-        bp = rep.get("boundsPeriod")
-        if isinstance(count, int | float) and count > 0:
-            days = count / pdays if pdays else float(count)
-        elif isinstance(bd, dict) and isinstance(bd.get("value"), int | float):
-            days = bd["value"] * PERIOD_DAYS.get(str(bd.get("code") or bd.get("unit") or "d"), 1)
-        elif isinstance(bp, dict):
-            s, e = parse_dt(bp.get("start")), parse_dt(bp.get("end"))
-            if s and e:
-                days = max(1.0, (e.date() - s.date()).days + 1)
-        if pdays is None and days is not None:
-            pdays = 1.0
-        od.segments.append((g, gpk, pdays, days))
-    # combine segments (sequential parts of one course)
-    if od.segments:
-        g0, gpk0, pd0, _ = od.segments[0]
-        od.per_admin_g, od.per_admin_g_per_kg, od.admins_per_day = g0, gpk0, pd0
-        known = [s for s in od.segments if s[3] is not None]
-        od.days = sum(s[3] for s in known) if known and len(known) == len(od.segments) else None  # type: ignore[misc]
-    if od.days is None:
-        disp = res.get("dispenseRequest") if isinstance(res.get("dispenseRequest"), dict) else {}
-        esd = disp.get("expectedSupplyDuration")
-        if isinstance(esd, dict) and isinstance(esd.get("value"), int | float):
-            od.days = esd["value"] * PERIOD_DAYS.get(str(esd.get("code") or esd.get("unit") or "d"), 1)
-            if od.admins_per_day is None:
-                od.admins_per_day = 1.0
-    return od
-
-
+def _medication_of(res: dict[str, Any], medications: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The Medication a request names by reference (contained or in the record), for its strength."""
+    mref = res.get("medicationReference")
+    r = mref.get("reference") if isinstance(mref, dict) else None
+    if not isinstance(r, str):
+        return None
+    if r.startswith("#"):
+        return next((c for c in listify(res.get("contained")) if isinstance(c, dict) and c.get("id") == r[1:]), None)
+    return medications.get(r.rsplit("/", 1)[-1])
 # ============================================================================================ entry point

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from .. import immune_globulin as ig
 from ..facts import FactRef, Facts
 from ..stages import StageResult
 from ..terminology import SECOND_LINE
@@ -58,21 +59,25 @@ def _fire(ctx: Context, rule_id: str, facts: list[FactRef], **values: Any) -> Fi
     base = ctx.once("ivig-values", lambda c: ivig_values(c.facts, c.th))
     feats = ctx.once("best-candidate", lambda c: best_candidate_features(c.facts, c.stage, c.th))
     best = phrase(G, "best_candidate", features=", ".join(feats)) if feats else phrase(G, "no_best_candidate")
-    blockers = ivig_contraindications(f)
-    offer = ["ivig"] if base and not ctx.ivig_planned and not blockers else []
+    against = ivig_contraindicated(f)
+    if against:
+        best += " " + phrase(G, "offer_withheld")
+        facts = facts + against
+    offer = ["ivig"] if base and not ctx.ivig_planned and not against else []
     v = dict(base)
     v.update(values)
-    v["best_candidate"] = best + (" " + phrase(G, "ivig_withheld") if blockers else "")
-    return Fired(rule_id, facts=facts + blockers + (weight_facts(f) if offer else []), values=v,
-                 suggestions=list(offer), conditional=s.conditional)
+    v["best_candidate"] = best
+    return Fired(rule_id, facts=facts + weight_facts(f) if offer else facts, values=v, suggestions=list(offer),
+                 conditional=s.conditional)
 
 
-def ivig_contraindications(f: Facts) -> list[FactRef]:
-    """What rules out a one-click IVIG order (the label's contraindication, decision 10): IgA deficiency with
-    anti-IgA antibodies, or a severe earlier reaction to immune globulin."""
-    if f.iga_deficiency and f.anti_iga:
-        return [*f.iga_deficiency, *f.anti_iga]
-    return list(f.prior_ig_reaction) if f.prior_ig_reaction_severe else []
+def ivig_contraindicated(f: Facts) -> list[FactRef]:
+    """What the label contraindicates IVIG for (a serious earlier reaction to immune globulin; IgA deficiency
+    with anti-IgA antibodies, a risk the card treats alike): no one-click IVIG order then, the card says why."""
+    serious = [fr for fr in f.prior_ig_reaction
+               if fr not in f.prior_ig_reaction_mild and fr not in f.prior_ig_reaction_unknown]
+    antibodies = f.iga_deficiency + f.anti_iga if f.iga_deficiency and f.anti_iga else []
+    return (serious if f.prior_ig_reaction_severe else []) + antibodies
 
 
 def steroid_resistant(ctx: Context) -> Fired | None:
@@ -122,3 +127,14 @@ def immunosuppression_contraindicated(ctx: Context) -> Fired | None:
         return _fire(ctx, "ivig.indication.immunosuppression-contraindicated",
                      [c.fact("Contraindication: ") for c in f.contraindications], contra_list=labels)
     return None
+
+
+def one_ivig_offer(fired: list[Fired]) -> list[Fired]:
+    """At most one card of a response offers the IVIG order: the first indication card of the reviewed list
+    (``criteria/immune_globulin.yaml``, ``ivig_offer_owner``) that fired; the others keep their text and
+    facts. Two one-click orders for the same drug invite a double order."""
+    owner = ig.ivig_offer_owner(f.rule_id for f in fired if "ivig" in f.suggestions)
+    for f in fired:
+        if f.rule_id != owner and "ivig" in f.suggestions:
+            f.suggestions = [k for k in f.suggestions if k != "ivig"]
+    return fired

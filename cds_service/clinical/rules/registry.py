@@ -48,18 +48,18 @@ RULES: tuple[Rule, ...] = (
     Rule("ivig.indication.steroid-resistant", IVIG_INDICATION, "decision 7", ivig_indication.steroid_resistant),
     Rule("ivig.indication.decompensated", IVIG_INDICATION, "decision 7", ivig_indication.decompensated),
     Rule("ivig.indication.sfn", IVIG_INDICATION, "decision 7", ivig_indication.small_fiber),
-    Rule("ivig.indication.conduction-block", IVIG_INDICATION, "decision 7", ivig_indication.conduction_block),
+    Rule("ivig.indication.conduction-block", IVIG_INDICATION, "decisions 7 and 42", ivig_indication.conduction_block),
     Rule("ivig.indication.immunosuppression-contraindicated", IVIG_INDICATION, "decision 7",
          ivig_indication.immunosuppression_contraindicated),
-    Rule("ivig.safety.renal", IVIG_SAFETY, "decision 8", ivig_safety.renal),
-    Rule("ivig.safety.renal-baseline-missing", IVIG_SAFETY, "decision 8", ivig_safety.renal_baseline_missing),
-    Rule("ivig.safety.thrombosis", IVIG_SAFETY, "decision 9", ivig_safety.thrombosis),
+    Rule("ivig.safety.renal", IVIG_SAFETY, "decisions 8 and 36", ivig_safety.renal),
+    Rule("ivig.safety.renal-baseline-missing", IVIG_SAFETY, "decisions 8 and 36", ivig_safety.renal_baseline_missing),
+    Rule("ivig.safety.thrombosis", IVIG_SAFETY, "decisions 9 and 38", ivig_safety.thrombosis),
     Rule("ivig.safety.hyperviscosity", IVIG_SAFETY, "decision 9", ivig_safety.hyperviscosity),
-    Rule("ivig.safety.iga", IVIG_SAFETY, "decision 10", ivig_safety.iga_deficiency),
-    Rule("ivig.safety.prior-reaction", IVIG_SAFETY, "decision 10", ivig_safety.prior_reaction),
-    Rule("ivig.safety.heart-failure-volume", IVIG_SAFETY, "decision 12", ivig_safety.heart_failure_volume),
-    Rule("ivig.dose", IVIG_SAFETY, "decision 11", dose.dose),
-    Rule("ivig.dose.weight-missing", IVIG_SAFETY, "decision 11", dose.weight_missing),
+    Rule("ivig.safety.iga", IVIG_SAFETY, "decisions 10, 37 and 42", ivig_safety.iga_deficiency),
+    Rule("ivig.safety.prior-reaction", IVIG_SAFETY, "decisions 10 and 37", ivig_safety.prior_reaction),
+    Rule("ivig.safety.heart-failure-volume", IVIG_SAFETY, "decisions 12 and 34", ivig_safety.heart_failure_volume),
+    Rule("ivig.dose", IVIG_SAFETY, "decisions 11, 34-36 and 41", dose.dose),
+    Rule("ivig.dose.weight-missing", IVIG_SAFETY, "decisions 11 and 36", dose.weight_missing),
 )
 RULE_IDS: tuple[str, ...] = tuple(r.id for r in RULES)
 RULE_BY_ID: dict[str, Rule] = {r.id: r for r in RULES}
@@ -82,4 +82,4 @@ def run_rules(facts: Facts, stage: StageResult, hook: str, th: Thresholds, *,
             fired = rule.check(ctx)
             if fired is not None:
                 out.append(fired)
-    return out
+    return ivig_indication.one_ivig_offer(out)

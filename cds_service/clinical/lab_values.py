@@ -101,9 +101,3 @@ def below(value: float, comparator: str | None, threshold: float) -> bool | None
     if comparator in (">", ">="):
         return False if value >= threshold else None
     return value < threshold
-
-
-def shown(value: float, comparator: str | None) -> str:
-    """A value with its comparator, as a card prints it (``"<7"``, ``">60"``, ``"48"``)."""
-    text = f"{value:.2f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
-    return f"{comparator or ''}{text}"

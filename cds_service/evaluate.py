@@ -14,6 +14,7 @@ from cds_service.services import Service, registry
 from cds_service.smart.links import for_call
 from cds_service.sources.bundle import request_from_bundle
 from cds_service.sources.gather import GatherPolicy, gather, prefetch_only
+from cds_service.workload import Workload, WorkloadPolicy
 
 
 def service_for(hook: str, settings: Settings | None = None) -> Service:
@@ -41,6 +42,7 @@ async def evaluate_request_async(request: dict[str, Any], hook: str, base_url: s
     (``CDS_SMART_LINKS_UNAUTHENTICATED``), pointing at ``base_url`` (else the configured host and port)."""
     settings = settings or get_settings()
     call = parse_call(service_for(hook, settings), request)
+    Workload(WorkloadPolicy.from_settings(settings)).check(call)  # CDS_MAX_DRAFT_ORDERS, as for hook calls
     now = evaluation_time(request.get("extension"))
     policy = GatherPolicy(deadline_seconds=1.0)
     record = await gather(call, prefetch_only(call), policy)  # the bundle's data is all in prefetch

@@ -8,7 +8,8 @@ with what route introspection cannot see:
 * the hook-call and feedback bodies (the handlers read raw bytes for speed);
 * the FHIR ``OperationOutcome`` every error answers with, on every documented error status;
 * the bearer JWT EHRs send (``bearerJWT``; optional when this instance runs without authentication);
-* the service ids as an enum;
+* the service ids as an enum, and per service the request it expects (its hook, its context fields, its
+  prefetch keys and the FHIR resource each one holds), as ``oneOf`` on the hook-call body;
 * no 422: request validation errors are answered 400 here.
 
 Docstring markup that is not Markdown (Sphinx roles, double backticks) is rewritten as Markdown code.
@@ -122,8 +123,59 @@ def _complete_operation(path: str, op: dict[str, Any], settings: Settings) -> No
             param["schema"] = {"type": "string", "enum": sorted(services.ids()), "title": "Service id"}
             param["description"] = "One of the services listed by discovery (GET /cds-services)."
     if path in REQUEST_BODIES and op.get("requestBody") is None:
-        op["requestBody"] = {"required": True, "content": {
-            JSON: {"schema": {"$ref": f"#/components/schemas/{REQUEST_BODIES[path]}"}}}}
+        schema: dict[str, Any] = {"$ref": f"#/components/schemas/{REQUEST_BODIES[path]}"}
+        if REQUEST_BODIES[path] == "HookRequestBody":  # the shape each service expects
+            schema = {"oneOf": [{"$ref": f"#/components/schemas/Request-{sid}"} for sid in sorted(services.ids())]}
+        op["requestBody"] = {"required": True, "content": {JSON: {"schema": schema}}}
+
+
+_CONTEXT_FIELDS: dict[str, dict[str, Any]] = {
+    "userId": {"type": "string", "description": "The user in the EHR, e.g. Practitioner/123."},
+    "patientId": {"type": "string", "minLength": 1, "description": "The FHIR id of the patient in context."},
+    "encounterId": {"type": "string", "description": "The FHIR id of the encounter in context, if any."},
+    "draftOrders": {"type": "object", "description": "A FHIR Bundle of the draft orders (MedicationRequest, "
+                                                       "ServiceRequest, ...).",
+                    "required": ["resourceType"], "properties": {"resourceType": {"const": "Bundle"}}},
+    "selections": {"type": "array", "items": {"type": "string"},
+                   "description": "The selected orders, as type/id references into draftOrders."},
+}
+_CONTEXT_REQUIRED = {"patient": ["userId", "patientId"],
+                     "orders": ["userId", "patientId", "draftOrders"],
+                     "selected-orders": ["userId", "patientId", "selections", "draftOrders"]}
+
+
+def _prefetch_schema(key: str, template: str) -> dict[str, Any]:
+    """A prefetch key's value: the resource a read answers, or the Bundle a search answers (or null)."""
+    resource_type = template.split("?")[0].split("/")[0]
+    holds = resource_type if "?" not in template else "Bundle"
+    return {"type": ["object", "null"], "title": key,
+            "description": f"`{template}`: a FHIR {holds}" + (f" of {resource_type} resources" if holds == "Bundle"
+                                                              else "") + "; null when the EHR has none to give.",
+            "properties": {"resourceType": {"const": holds}}}
+
+
+def service_request_schema(service) -> dict[str, Any]:
+    """The hook-call body one service expects: HookRequestBody narrowed to its hook, context and prefetch."""
+    fields = ["userId", "patientId", "encounterId"]
+    if service.places_orders:
+        fields.append("draftOrders")
+    if service.has_selections:
+        fields.append("selections")
+    return {
+        "title": f"{service.id} request",
+        "description": f"A `{service.hook}` call to `{service.id}`. Prefetch keys left out are read from "
+                       "fhirServer when one is given; optional keys left out become a note on the cards.",
+        "allOf": [{"$ref": "#/components/schemas/HookRequestBody"}],
+        "type": "object",
+        "required": ["hook", "hookInstance", "context"],
+        "properties": {
+            "hook": {"type": "string", "const": service.hook},
+            "context": {"type": "object", "required": _CONTEXT_REQUIRED[service.context],
+                        "properties": {f: _CONTEXT_FIELDS[f] for f in fields}},
+            "prefetch": {"type": "object",
+                         "properties": {k: _prefetch_schema(k, t) for k, t in service.prefetch.items()}},
+        },
+    }
 
 
 def build_document(app: FastAPI, settings: Settings) -> dict[str, Any]:
@@ -138,6 +190,8 @@ def build_document(app: FastAPI, settings: Settings) -> dict[str, Any]:
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     schemas["OperationOutcome"] = OPERATION_OUTCOME
+    for service in registry(settings):
+        schemas[f"Request-{service.id}"] = service_request_schema(service)
     comps["securitySchemes"] = {SECURITY_SCHEME: {
         "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
         "description": "The CDS Client's signed JWT (ES384 or RS384) from an issuer in CDS_TRUSTED_ISSUERS; "

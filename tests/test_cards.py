@@ -59,7 +59,11 @@ def _scenarios():
                                     drafts=[tr.PRED_ORDER]),
                       tr.ns_patient(tr.pred(start=400), tr.mtx(start=350),
                                     *[med_admin(f"i{n}", tr.INFLIXIMAB, days_ago=d) for n, d in
-                                      enumerate((200, 186, 158))], tr.relapse(10), drafts=[tr.PRED_ORDER]),
+                                      enumerate((200, 186, 158, 116, 74, 32))], tr.relapse(10),
+                                    drafts=[tr.PRED_ORDER]),
+                      tr.ns_patient(tr.pred(start=300), tr.mtx(start=200), tr.relapse(10), icd("tb", "Z22.7"),
+                                    drafts=[tr.PRED_ORDER]),
+                      tr.ns_patient(drafts=[tr.draft("m", tr.METHOTREXATE, tr.dosage(15, period_unit="wk"))]),
                       tr.ns_patient(drafts=[tr.PRED_ORDER, tr.draft("m", tr.METHOTREXATE, tr.dosage(15))])):
         yield "stage", stage_rec
 

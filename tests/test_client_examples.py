@@ -57,13 +57,13 @@ def test_example_as_sent_falls_back_to_its_fhir_server(client, example):
         mock.get(f"/Patient/{patient_id}").mock(
             return_value=httpx.Response(200, json={"resourceType": "Patient", "id": patient_id}))
         searched = "Condition|MedicationStatement|MedicationRequest|Observation|AllergyIntolerance|" \
-            "MedicationAdministration|Device"
+            "MedicationAdministration|Device|Encounter"
         searches = mock.get(path__regex=rf".*/({searched})$").mock(
             return_value=httpx.Response(200, json=EMPTY))
         resp = client.post(f"/cds-services/{SERVICE_FOR_HOOK[body['hook']]}", json=body)
     assert resp.status_code == 200, resp.text
     ours = {"conditions", "medicationStatements", "medicationRequests", "observations", "allergies",
-            "medicationAdministrations", "devices"}
+            "medicationAdministrations", "devices", "encounters"}
     assert searches.call_count == len(ours - set(example.get("prefetch") or {}))
     if body.get("fhirAuthorization"):
         assert searches.calls[0].request.headers["authorization"].startswith("Bearer ")

@@ -42,7 +42,7 @@ from tests.fhir_builders import (
 
 # value set -> the suggested orders it must withhold (ingredient names as the suggestions carry them)
 WITHHOLDS: dict[str, set[str]] = {
-    "contra.tuberculosis": {"infliximab", "prednisone"},  # anti-TNF; high-dose glucocorticoid without treatment
+    "contra.tuberculosis": {"infliximab"},  # glucocorticoid stays proposed: latent TB calls for prophylaxis
     "contra.demyelinating": {"infliximab"},
     "contra.heart-failure": {"infliximab"},
     "contra.malignancy": {"infliximab"},

@@ -14,7 +14,8 @@ from cds_service.errors import PreconditionFailed
 from cds_service.sources.fhir_server import FhirServerSource
 from cds_service.sources.origin import OriginGuards
 
-WITHOUT_OPTIONAL = {k: v for k, v in FULL.items() if k not in ("allergies", "medicationAdministrations", "devices")}
+WITHOUT_OPTIONAL = {k: v for k, v in FULL.items()
+                    if k not in ("allergies", "medicationAdministrations", "devices", "encounters")}
 
 
 def test_a_missing_optional_key_with_a_fhir_server_off_the_allow_list_is_a_note_not_a_412():

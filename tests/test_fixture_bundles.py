@@ -64,7 +64,8 @@ def walk_references(node: Any):
     if isinstance(node, dict):
         for k, v in node.items():
             if k == "reference" and isinstance(v, str):
-                yield v
+                if not v.startswith("#"):  # "#m1": a contained resource, checked with the medication
+                    yield v
             else:
                 yield from walk_references(v)
     elif isinstance(node, list):

@@ -106,3 +106,42 @@ def test_docs_pages_load_only_the_services_own_assets(client):
         assert "cdn." not in html and "fonts.googleapis" not in html
         for url in urls:
             assert client.get(url).status_code == 200, url
+
+
+def _validator(doc: dict, schema_name: str):
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator({"$ref": f"#/components/schemas/{schema_name}", "components": doc["components"]})
+
+
+def test_each_service_documents_the_request_it_expects(tmp_path):
+    """The hook-call body is one of the services' requests: hook, context fields and prefetch keys named."""
+    doc = _document(tmp_path, auth=False)
+    body = doc["paths"]["/cds-services/{service_id}"]["post"]["requestBody"]["content"]["application/json"]
+    refs = {r["$ref"].rsplit("/", 1)[1] for r in body["schema"]["oneOf"]}
+    assert refs == {f"Request-{s.id}" for s in registry()}
+    for service in registry():
+        schema = doc["components"]["schemas"][f"Request-{service.id}"]
+        assert schema["properties"]["hook"]["const"] == service.hook
+        assert set(schema["properties"]["prefetch"]["properties"]) == set(service.prefetch)
+    sign = doc["components"]["schemas"]["Request-neurosarcoidosis-order-sign"]["properties"]
+    assert "draftOrders" in sign["context"]["required"] and "selections" not in sign["context"]["properties"]
+    assert sign["prefetch"]["properties"]["patient"]["properties"]["resourceType"]["const"] == "Patient"
+    assert sign["prefetch"]["properties"]["conditions"]["properties"]["resourceType"]["const"] == "Bundle"
+
+
+@pytest.mark.parametrize("example, service_id", [
+    ("sandbox-order-select-request.json", "neurosarcoidosis-order-select"),
+    ("sandbox-order-sign-request.json", "neurosarcoidosis-order-sign"),
+])
+def test_captured_sandbox_requests_match_their_documented_schema(tmp_path, example, service_id):
+    from tests.conftest import CLIENT_EXAMPLES
+
+    doc = _document(tmp_path, auth=False)
+    request = json.loads((CLIENT_EXAMPLES / example).read_text())
+    validator = _validator(doc, f"Request-{service_id}")
+    assert not [e.message for e in validator.iter_errors(request)]
+    # the same request without its draft orders is not what an order service expects
+    broken = json.loads(json.dumps(request))
+    del broken["context"]["draftOrders"]
+    assert any("draftOrders" in e.message for e in validator.iter_errors(broken))

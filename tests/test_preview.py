@@ -204,6 +204,18 @@ def test_body_that_is_not_json_or_too_big(tmp_path):
         assert resp.status_code == 413
 
 
+
+def test_more_draft_orders_than_the_service_evaluates_is_a_413_as_for_a_hook_call(tmp_path):
+    """CDS_MAX_DRAFT_ORDERS holds for the preview's evaluation too: the bundle has two draft orders."""
+    settings = Settings(data_dir=tmp_path, trusted_issuers={}, max_draft_orders=1)
+    with TestClient(create_app(settings)) as client:
+        resp = client.post("/fixtures/evaluate?hook=order-sign", json=make_bundle())
+        assert resp.status_code == 413 and "CDS_MAX_DRAFT_ORDERS" in outcome(resp)
+        assert resp.json()["issue"][0]["code"] == "too-costly"
+        one_order = make_bundle()
+        one_order["entry"] = [e for e in one_order["entry"] if e["resource"]["id"] != "mtx-1"]
+        assert client.post("/fixtures/evaluate?hook=order-sign", json=one_order).status_code == 200
+
 # --------------------------------------------------------------------------- authentication
 ISSUERS = {"https://ehr.example.org": "https://ehr.example.org/jwks.json"}
 

@@ -175,5 +175,10 @@ def test_every_risk_factor_names_a_known_category_and_fact_list():
     for rf in criteria.risk_factors():
         assert set(rf.categories) <= set(CATEGORIES), rf
         assert rf.feeds in fields and (not rf.also or rf.also in fields), rf
+    from cds_service.clinical.terminology import INGREDIENTS
+
+    drugs = {i.key for i in INGREDIENTS if i.drug_class} | {i.drug_class for i in INGREDIENTS if i.drug_class}
     for c in criteria.contraindications():
-        assert c.category in CATEGORIES and set(c.withholds) <= {"methotrexate", "anti-tnf", "glucocorticoid"}, c
+        assert c.category in CATEGORIES and set(c.withholds) <= drugs, c  # ingredient keys or classes
+    for c in criteria.derived_contraindications().values():
+        assert set(c.withholds) <= drugs, c

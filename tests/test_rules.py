@@ -115,13 +115,15 @@ def test_s1_card_suggests_prednisone_with_dose():
     assert suggestion_codes(c) == ["312615"]
     res = c.suggestions[0].actions[0].resource
     assert res["status"] == "draft" and res["subject"] == {"reference": "Patient/p1"}
-    assert res["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 20
+    assert res["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 40  # decision 26
     assert "Condition/ns-1" in cited(c)
 
 
 def test_s1_suppressed_when_prednisone_or_a_higher_tier_ordered():
     assert run(ns_patient(*GOOD_LABS, drafts=[PRED_ORDER])).cards == []
-    assert run(ns_patient(*GOOD_LABS, drafts=[draft("o", INFLIXIMAB, dosage(350))])).cards == []
+    # infliximab for a patient who never had a glucocorticoid: only the skipped-rung note (decision 27)
+    ev = run(ns_patient(*GOOD_LABS, drafts=[draft("o", INFLIXIMAB, dosage(350))]))
+    assert ev.rule_ids == ["ladder.skipped-rung"]
 
 
 def test_draft_prednisone_below_threshold_gets_confirm_regimen():
@@ -221,7 +223,7 @@ def test_mtx_frequency_critical_replaces_stage_cards():
 
 
 def test_possible_ns_gets_conditional_wording():
-    rec = record(patient(), condition("s", cc(SCT, "31541009", "Sarcoidosis")), icd("bell", "G51.0"),
+    rec = record(patient(), condition("s", cc(SCT, "31541009", "Sarcoidosis")), icd("bell", "G51.0", onset_days=None),
                  drafts=[ivig_order()])
     c = card(run(rec), "stage.s1-untreated")
     assert c.summary.startswith("If NS confirmed") and "not confirmed" in c.detail
@@ -265,11 +267,23 @@ def test_sfn_and_conduction_block_indications():
 
 
 def test_immunosuppression_contraindicated_indication_lists_contraindications():
-    ev = run(ns_patient(pred(mg=40, start=5), icd("tb", "Z22.7"), icd("liver", "K74.60"), *GOOD_LABS,
-                        drafts=[ivig_order()]))
+    # S5: the next step is anti-TNF, which latent TB rules out entirely (decision 39)
+    ev = run(ns_patient(pred(mg=40, start=300), mtx(start=200), relapse(10), icd("tb", "Z22.7"),
+                        icd("liver", "K74.60"), *GOOD_LABS, drafts=[ivig_order()]))
     c = card(ev, "ivig.indication.immunosuppression-contraindicated")
     assert {"Condition/tb", "Condition/liver"} <= cited(c)
     assert "Tuberculosis" in c.summary and "Liver" in c.summary
+
+
+def test_immunosuppression_contraindicated_only_when_the_next_step_is_ruled_out():
+    # S2 has no next standard step; in S3R latent TB and liver disease leave azathioprine and mycophenolate
+    s2 = run(ns_patient(pred(mg=40, start=5), icd("tb", "Z22.7"), icd("liver", "K74.60"), *GOOD_LABS,
+                        drafts=[ivig_order()]))
+    s3r = run(ns_patient(pred(mg=40, start=120), relapse(10), icd("tb", "Z22.7"), icd("liver", "K74.60"),
+                         *GOOD_LABS, drafts=[ivig_order()]))
+    assert s3r.stage == "S3R"
+    for ev in (s2, s3r):
+        assert "ivig.indication.immunosuppression-contraindicated" not in ev.rule_ids
 
 
 # ============================================================================ IVIG safety

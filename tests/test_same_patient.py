@@ -43,57 +43,6 @@ PROPERTY = settings(max_examples=6, deadline=None, derandomize=True, database=No
                     suppress_health_check=list(HealthCheck))
 
 
-# Fixtures where a property fails today on a known bug, with the decision that fixes it. Strict: once
-# the fix lands the mark must go (an unexpected pass fails the suite).
-KNOWN_FAILURES: dict[str, tuple[str, set[str]]] = {
-    "unrelated": ("decision 19: an earlier drug for another illness is counted as a failed rung", {
-        "01-s1-untreated-prednisone-ordered",
-        "02-s1-conduction-block-ivig",
-        "03-s2-taper-uses-max-dose",
-        "04-s2-prednisone-20mg-threshold",
-        "05-s2b-prednisone-10mg",
-        "06-s2b-dose-unknown-free-text",
-        "07-s3r-relapse-prednisone-reescalated",
-        "08-s3r-methotrexate-ordered",
-        "09-s3i-steroid-psychosis",
-        "10-s3i-ivig-no-indication",
-        "11-s4-methotrexate-renewal",
-        "12-s5-mtx-refractory-iv-pulse",
-        "13-s5-infliximab-ordered",
-        "14-s6-infliximab-week6",
-        "16-ivig-decompensated-before-cyclophosphamide",
-        "17-ivig-sfn-on-infliximab-baseline-creatinine-missing",
-        "18-ivig-immunosuppression-contraindicated",
-        "19-ivig-renal-egfr-48",
-        "20-ivig-renal-dialysis-critical",
-        "21-ivig-renal-aki-kdigo",
-        "22-ivig-thrombosis-estrogen-hypertension",
-        "23-ivig-thrombosis-prior-pe-high-risk",
-        "24-ivig-hyperviscosity-mgus",
-        "25-ivig-iga-deficiency-warning",
-        "26-ivig-iga-deficiency-anaphylaxis-critical",
-        "28-ivig-dose-bmi40-adjusted-weight",
-        "29-ivig-dose-too-high-single-day",
-        "30-ivig-weight-missing",
-        "31-ivig-units-umol-lb-in",
-        "36-neg-unrelated-antibiotic-in-active-ns",
-        "39-mtx-daily-frequency-error",
-        "60-pregnancy-snomed-only-s3r",
-        "61-pregnancy-z3a-weeks-gestation-s3r",
-        "62-pregnancy-status-loinc-positive-s3r",
-        "63-pregnancy-status-negative-mtx-offered",
-        "64-creatinine-umol-14682-9-s3r",
-        "88-meningeal-ns-ivig-aseptic-meningitis-mimic",
-        "89-ivig-offered-on-one-card-only",
-    }),
-}
-
-
-def stems_for(prop: str) -> list[object]:
-    reason, stems = KNOWN_FAILURES.get(prop, ("", set()))
-    known = pytest.mark.xfail(reason=reason, strict=True, raises=AssertionError)
-    return [pytest.param(s, marks=known) if s in stems else s for s in STEMS]
-
 
 # ------------------------------------------------------------------------------------------ evaluating
 def load(stem: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -311,7 +260,7 @@ def with_unrelated_drug(bundle: dict[str, Any], which: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ the properties
-@pytest.mark.parametrize("stem", stems_for("shuffled"))
+@pytest.mark.parametrize("stem", STEMS)
 @PROPERTY
 @given(data=st.data())
 def test_decision_43_shuffled_bundle_same_answer(stem, data):
@@ -349,7 +298,7 @@ def test_decision_43_result_in_another_unit_same_answer(stem, data):
     assert_same(stem, changed, f"reporting entry {i} as {quantity}")
 
 
-@pytest.mark.parametrize("stem", stems_for("unrelated"))
+@pytest.mark.parametrize("stem", STEMS)
 @PROPERTY
 @given(data=st.data())
 def test_decision_43_unrelated_earlier_drug_same_answer(stem, data):

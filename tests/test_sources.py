@@ -50,7 +50,8 @@ def call(prefetch=None, fhir_server=FHIR, token="secret-access-token"):
 
 FULL = {"patient": {"resourceType": "Patient", "id": "p1"}, "conditions": searchset(condition("c1")),
         "medicationStatements": searchset(), "medicationRequests": searchset(), "observations": searchset(),
-        "allergies": searchset(), "medicationAdministrations": searchset(), "devices": searchset()}
+        "allergies": searchset(), "medicationAdministrations": searchset(), "devices": searchset(),
+        "encounters": searchset()}
 
 
 def run(coro):
@@ -90,7 +91,7 @@ def test_missing_keys_are_fetched_in_parallel_with_the_bearer_token():
     with respx.mock as mock:
         mock.get(url__startswith=FHIR).mock(side_effect=answer)
         record = run(fetch(call(prefetch), http=httpx.AsyncClient(), deadline=1))
-    assert len(seen) == 7  # 4 required searches + 3 optional ones, all at once
+    assert len(seen) == 8  # 4 required searches + 4 optional ones, all at once
     assert all(r.headers["authorization"] == "Bearer secret-access-token" for r in seen)
     assert [c["id"] for c in record.resources["Condition"]] == ["c9"]
 
@@ -179,7 +180,7 @@ def test_anonymous_fetch_when_no_token_like_the_sandbox():
     with respx.mock as mock:
         route = mock.get(url__startswith=FHIR).mock(return_value=httpx.Response(200, json=searchset()))
         run(fetch(call({"patient": FULL["patient"]}, token=None), http=httpx.AsyncClient(), deadline=1))
-    assert route.call_count == 7 and "authorization" not in route.calls[0].request.headers
+    assert route.call_count == 8 and "authorization" not in route.calls[0].request.headers
 
 
 def test_prefetch_value_of_wrong_type_is_400():

@@ -75,7 +75,7 @@ def test_s1_untreated():
 
 
 def test_s1_conditional_when_possible_ns():
-    s = stage_of(record(patient(), sct("s", "31541009"), icd("bell", "G51.0")))
+    s = stage_of(record(patient(), sct("s", "31541009"), icd("bell", "G51.0", onset_days=None)))
     assert s.stage == "S1" and s.conditional
 
 
@@ -152,8 +152,9 @@ def test_s3i_glucocorticoid_dependence():
 
 
 def test_a7_relapse_after_completed_course():
+    # decision 44 (over A7): a relapse after the course ended is not refractoriness; treatment to restart
     s = stage_of(ns_patient(pred(start=300, status="completed", end_days=200), relapse(30)))
-    assert s.stage == "S3R" and s.relapse_after_completed_gc
+    assert s.stage == "S1" and s.prior_therapy and not s.gc.refractory
 
 
 # ------------------------------------------------------------------------------------------ S4 / S5

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from .facts import Exposure, FactRef, Facts, NSCondition, fmt
-from .terminology import ANTI_TNF, GC, LADDER_TIER, RITUXIMAB, SECOND_LINE
+from .terminology import ANTI_TNF, GC, IG, LADDER_TIER, RITUXIMAB, SECOND_LINE
 from .thresholds import Thresholds
+from .trials import acting_until, counts_against, diagnosis_references, ended_before_onset, ns_period_start
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class ClassState:
     drug_class: str
     exposures: list[Exposure] = field(default_factory=list)
     trial_start: datetime | None = None
+    acting_end: datetime | None = None  # until when the class answers for disease activity; None = now (44)
     refractory: list[FactRef] = field(default_factory=list)  # B4 evidence after a complete trial
     all_failed: bool = False  # every agent stopped for intolerance / ineffective
 
@@ -83,6 +85,8 @@ class StageResult:
     mtx_daily: list[FactRef] = field(default_factory=list)  # A9
     mtx_subtherapeutic: list[FactRef] = field(default_factory=list)
     remission: bool = False
+    gc_tried: bool = False  # a glucocorticoid trial for NS took place (decision 21)
+    earlier_exposure: list[FactRef] = field(default_factory=list)  # ended before NS began (decision 19)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -108,8 +112,8 @@ def _ladder_gc(facts: Facts, th: Thresholds) -> list[Exposure]:
                 continue  # A4
         if e.reason_replacement:
             continue
-        if onset is not None and e.end is not None and e.end < onset:
-            continue  # before NS: not a neurosarcoidosis trial
+        if ended_before_onset(e.start, e.end, e.current, onset, e.reason_ns):
+            continue  # decision 19: earlier exposure, not a neurosarcoidosis trial
         end = e.end or (facts.now if e.current else None)
         length = _days(e.start, end)
         if e.reason_sarcoid or e.pulse:
@@ -123,26 +127,70 @@ def _ladder_gc(facts: Facts, th: Thresholds) -> list[Exposure]:
     return out
 
 
-def _evidence_after(facts: Facts, t0: datetime | None, min_days: int, label: str) -> list[FactRef]:
-    """B4 items 1-2: relapse / new manifestation dated at least ``min_days`` after ``t0``."""
+def _evidence_after(facts: Facts, t0: datetime | None, min_days: int, label: str,
+                    acting_end: datetime | None = None) -> list[FactRef]:
+    """B4 items 1-2: relapse / new manifestation dated at least ``min_days`` after ``t0`` (decisions 5 and
+    22) while the drug still acted (decision 44). The Conditions that record the diagnosis are never one
+    (decision 20)."""
     if t0 is None:
         return []
-    limit = t0 + timedelta(days=min_days)
     out: list[FactRef] = []
-    seen: set[str | None] = set()
+    seen: set[str | None] = set(diagnosis_references(facts.ns_conditions))
     cands: list[NSCondition] = list(facts.relapses)
     for c in facts.ns_conditions:
         if c.kind != "sfn" and c.onset is not None:
             cands.append(c)
     for c in cands:
         d = c.relapse_date if c in facts.relapses else c.onset
-        if d is not None and d >= limit and c.reference not in seen:
+        if d is not None and counts_against(d, t0, min_days, acting_end) and c.reference not in seen:
             seen.add(c.reference)
             what = "relapse" if c in facts.relapses else "new manifestation"
             out.append(FactRef(f"Continued disease on {label} ({what})",
                                f"{c.label}, {d.date().isoformat()} ({(d - t0).days} days after start; "
                                f"minimum trial {min_days} days)", c.reference))
     return out
+
+
+def _trial_start(exposures: list[Exposure], onset: datetime | None) -> datetime | None:
+    """Where the class's neurosarcoidosis trial began: each drug counted from the NS onset on unless given
+    for NS (decision 19)."""
+    known = [s for s in (ns_period_start(e.start, onset, e.reason_ns) for e in exposures) if s is not None]
+    return min(known) if known else None
+
+
+def _effect_days(e: Exposure, th: Thresholds) -> int:
+    """Days an infused drug keeps acting after its last infusion (the settings ``infusion_current_days_*``);
+    0 for tablets and injections taken until the day they stop."""
+    if e.route != "iv" and e.resource_type != "MedicationAdministration":
+        return 0
+    if e.ingredient == "cyclophosphamide":
+        return th.infusion_current_days_cyclophosphamide
+    return {ANTI_TNF: th.infusion_current_days_anti_tnf, IG: th.infusion_current_days_ivig,
+            RITUXIMAB: th.infusion_current_days_rituximab}.get(e.drug_class or "", 0)
+
+
+def _acting_end(exposures: list[Exposure], th: Thresholds) -> datetime | None:
+    """Until when a class answers for disease activity (decision 44): None while any of it is given (or a
+    record has no dates); else the last end plus the effect window of an infused drug."""
+    ends = []
+    for e in exposures:
+        last = e.end or e.start
+        if e.current or last is None:
+            return None
+        ends.append(acting_until(last, False, _effect_days(e, th)))
+    return max(d for d in ends if d is not None) if ends else None
+
+
+def _split_earlier(facts: Facts, exposures: list[Exposure]) -> tuple[list[Exposure], list[FactRef]]:
+    """Decision 19: courses over before neurosarcoidosis began, not given for it, are earlier exposure."""
+    kept, earlier = [], []
+    for e in exposures:
+        if ended_before_onset(e.start, e.end, e.current, facts.ns_onset, e.reason_ns):
+            earlier.append(FactRef(f"Earlier exposure, before neurosarcoidosis began: {e.label}", e.fact().value,
+                                   e.reference))
+        else:
+            kept.append(e)
+    return kept, earlier
 
 
 def _ineffective(exposures: list[Exposure], label: str) -> list[FactRef]:
@@ -165,9 +213,10 @@ class _Course:
 
 
 def refractory_to_all(c: _Course) -> list[FactRef] | None:
-    """S7: continued disease on anti-TNF after its minimum trial, or every agent stopped (decision 5)."""
+    """S7: continued disease on anti-TNF after its minimum trial, or every agent stopped (decision 5), once
+    every lower rung was tried (decision 21)."""
     at = c.r.anti_tnf
-    if at.ever and (at.refractory or at.all_failed):
+    if at.ever and (at.refractory or at.all_failed) and c.r.gc_tried and c.r.second_line.ever:
         return at.refractory + [e.fact() for e in at.exposures if e.stop_reason]
     return None
 
@@ -178,9 +227,10 @@ def on_anti_tnf(c: _Course) -> list[FactRef] | None:
 
 
 def refractory_to_second_line(c: _Course) -> list[FactRef] | None:
-    """S5: continued disease on a second-line agent after its minimum trial, or all stopped (decision 5)."""
+    """S5: continued disease on a second-line agent after its minimum trial, or all stopped (decision 5),
+    after a glucocorticoid trial (decision 21)."""
     sl = c.r.second_line
-    if sl.ever and (sl.refractory or sl.all_failed):
+    if sl.ever and (sl.refractory or sl.all_failed) and c.r.gc_tried:
         return sl.refractory + [e.fact() for e in sl.exposures if e.stop_reason in ("intolerance", "ineffective")]
     return None
 
@@ -239,13 +289,14 @@ def compute_stage(facts: Facts, th: Thresholds) -> StageResult:
     high = _glucocorticoid_course(facts, th, r)
     _second_line_course(facts, th, r)
     _anti_tnf_course(facts, th, r)
+    r.gc_tried = r.gc.trial_start is not None or bool(r.gc_intolerance)
     course = _Course(r, high)
     for stage, predicate in LADDER:
         reasons = predicate(course)
         if reasons is not None:
             r.stage = "S2b" if predicate is on_glucocorticoid and not high else stage
             r.prior_therapy = predicate is after_earlier_therapy
-            r.reasons = ns_facts + reasons
+            r.reasons = ns_facts + reasons + r.earlier_exposure
             break
     return r
 
@@ -268,9 +319,14 @@ def _out_of_scope(facts: Facts, th: Thresholds, r: StageResult) -> bool:
     if facts.ns_status == "none":
         r.scope_note = "no active neurosarcoidosis (B1)"
         return True
-    r.anti_tnf = ClassState(ANTI_TNF, [e for e in facts.of_class(ANTI_TNF) if e.exposed])
-    r.second_line = ClassState(SECOND_LINE, [e for e in facts.of_class(SECOND_LINE) if e.exposed])
+    at_kept, at_earlier = _split_earlier(facts, [e for e in facts.of_class(ANTI_TNF) if e.exposed])
+    sl_kept, sl_earlier = _split_earlier(facts, [e for e in facts.of_class(SECOND_LINE) if e.exposed])
+    _, gc_earlier = _split_earlier(facts, [e for e in facts.of_class(GC) if e.exposed and not e.reason_replacement
+                                           and e.ingredient != "hydrocortisone"])
+    r.anti_tnf = ClassState(ANTI_TNF, at_kept)
+    r.second_line = ClassState(SECOND_LINE, sl_kept)
     r.gc = ClassState(GC, _ladder_gc(facts, th))
+    r.earlier_exposure = gc_earlier + sl_earlier + at_earlier
     at, sl = r.anti_tnf, r.second_line
     if facts.ns_status == "history":  # A14
         r.remission = True
@@ -302,8 +358,8 @@ def _glucocorticoid_course(facts: Facts, th: Thresholds, r: StageResult) -> list
     r.gc_dose_known = bool(doses)
     r.gc_pulse = any(e.pulse for e in gc.exposures)
     high = [e for e in gc.exposures if e.pulse or (e.pred_eq_mg is not None and e.pred_eq_mg >= th.gc_high_dose_mg)]
-    starts = [e.start for e in high if e.start]
-    gc.trial_start = min(starts) if starts else None
+    gc.trial_start = _trial_start(high, facts.ns_onset)
+    gc.acting_end = _acting_end(gc.exposures, th)
     all_starts = [e.start for e in gc.exposures if e.start]
     gc_first = min(all_starts) if all_starts else None
     if gc_first:
@@ -319,12 +375,11 @@ def _glucocorticoid_course(facts: Facts, th: Thresholds, r: StageResult) -> list
 
 
 def _continued_disease_on_gc(facts: Facts, th: Thresholds, gc: ClassState, high: list[Exposure]) -> list[FactRef]:
-    """B4 against glucocorticoid: relapse / new manifestation at least the minimum trial after the
-    high-dose start (or after any pulse), a pulse after an oral course, relapse on taper (B4.3)."""
+    """B4 against glucocorticoid: relapse / new manifestation at least the minimum trial after the first
+    high dose, a pulse included (decision 22: a pulse opens the trial), while it acts (decision 44); a pulse
+    after an oral course, relapse on taper (B4.3)."""
     assert gc.trial_start is not None
-    pulse_starts = [e.start for e in high if e.pulse and e.start]
-    t0 = min(pulse_starts) if pulse_starts else gc.trial_start
-    out = _evidence_after(facts, t0, 0 if pulse_starts else th.gc_min_trial_days, "glucocorticoid")
+    out = _evidence_after(facts, gc.trial_start, th.gc_min_trial_days, "glucocorticoid", gc.acting_end)
     oral = [e for e in high if not e.pulse and e.start]
     if oral:
         o0 = min(e.start for e in oral if e.start)
@@ -346,13 +401,14 @@ def _gc_intolerance(facts: Facts, th: Thresholds, r: StageResult, gc_first: date
             continue
         if c.onset is None or gc_first is None or c.onset >= gc_first:
             out.append(FactRef("Glucocorticoid adverse effect", c.label, c.reference))
-    cur = [e for e in gc.exposures if e.current and e.pred_eq_mg is not None]
+    cur = [e for e in gc.exposures if e.current and e.current_pred_eq_mg is not None]
     if cur and gc_first and (facts.now - gc_first).days >= th.gc_dependence_after_days:
         latest = max(cur, key=lambda e: e.start or gc_first)
-        if latest.pred_eq_mg is not None and latest.pred_eq_mg > th.gc_dependence_mg:
+        now_mg = latest.current_pred_eq_mg  # decision 46: the step in force today, not the top of the taper
+        if now_mg is not None and now_mg > th.gc_dependence_mg:
             r.gc_dependence = FactRef(
                 "Glucocorticoid dependence",
-                f"{fmt(latest.pred_eq_mg)} mg/day prednisone-equivalent after {(facts.now - gc_first).days} days "
+                f"{fmt(now_mg)} mg/day prednisone-equivalent now, after {(facts.now - gc_first).days} days "
                 f"(> {fmt(th.gc_dependence_mg)} mg/day after {th.gc_dependence_after_days} days)",
                 latest.reference)
             out.append(r.gc_dependence)
@@ -370,10 +426,12 @@ def _second_line_course(facts: Facts, th: Thresholds, r: StageResult) -> None:
                                                 e.reference))
             continue
         therapeutic.append(e)
-    sl_starts = [e.start for e in therapeutic if e.start]
-    sl.trial_start = min(sl_starts) if sl_starts else None
-    sl.refractory = _evidence_after(facts, sl.trial_start, th.second_line_min_trial_days, "second-line agent")
-    sl.refractory += _pulse_after(r.gc.exposures, sl.trial_start, th.second_line_min_trial_days, "second-line agent")
+    sl.trial_start = _trial_start(therapeutic, facts.ns_onset)
+    sl.acting_end = _acting_end(sl.exposures, th)
+    sl.refractory = _evidence_after(facts, sl.trial_start, th.second_line_min_trial_days, "second-line agent",
+                                    sl.acting_end)
+    sl.refractory += _pulse_after(r.gc.exposures, sl.trial_start, th.second_line_min_trial_days, "second-line agent",
+                                  sl.acting_end)
     sl.refractory += _ineffective(sl.exposures, "Second-line agent")
     stopped = [e for e in sl.exposures if not e.current]
     sl.all_failed = bool(sl.exposures) and not sl.current and all(
@@ -383,25 +441,26 @@ def _second_line_course(facts: Facts, th: Thresholds, r: StageResult) -> None:
 def _anti_tnf_course(facts: Facts, th: Thresholds, r: StageResult) -> None:
     """Trial start, minimum trial (days or infusions), continued disease, all stopped."""
     at = r.anti_tnf
-    at_starts = [e.start for e in at.exposures if e.start]
-    at.trial_start = min(at_starts) if at_starts else None
+    at.trial_start = _trial_start(at.exposures, facts.ns_onset)
+    at.acting_end = _acting_end(at.exposures, th)
     infusions = sorted(e.start for e in at.exposures if e.resource_type == "MedicationAdministration" and e.start)
     min_days = th.anti_tnf_min_trial_days
     if at.trial_start is not None and len(infusions) >= th.anti_tnf_min_infusions:
         min_days = min(min_days, (infusions[th.anti_tnf_min_infusions - 1] - at.trial_start).days)
-    at.refractory = _evidence_after(facts, at.trial_start, min_days, "anti-TNF")
-    at.refractory += _pulse_after(r.gc.exposures, at.trial_start, min_days, "anti-TNF")
+    at.refractory = _evidence_after(facts, at.trial_start, min_days, "anti-TNF", at.acting_end)
+    at.refractory += _pulse_after(r.gc.exposures, at.trial_start, min_days, "anti-TNF", at.acting_end)
     at.refractory += _ineffective(at.exposures, "Anti-TNF")
     at.all_failed = bool(at.exposures) and not at.current and all(
         e.stop_reason in ("intolerance", "ineffective") for e in at.exposures) and r.gc.ever and r.second_line.ever
 
 
-def _pulse_after(gc_exposures: list[Exposure], t0: datetime | None, min_days: int, label: str) -> list[FactRef]:
+def _pulse_after(gc_exposures: list[Exposure], t0: datetime | None, min_days: int, label: str,
+                 acting_end: datetime | None = None) -> list[FactRef]:
     if t0 is None:
         return []
     return [FactRef(f"Escalation: IV glucocorticoid pulse on {label}", f"{e.label}, {e.start.date().isoformat()}",
                     e.reference)
-            for e in gc_exposures if e.pulse and e.start and e.start >= t0 + timedelta(days=min_days)]
+            for e in gc_exposures if e.pulse and e.start and counts_against(e.start, t0, min_days, acting_end)]
 
 
 def _relapse_on_taper(exposures: list[Exposure]) -> list[FactRef]:

@@ -231,6 +231,12 @@ def ingredient(key: str) -> Ingredient:
     return _ING_BY_KEY[key]
 
 
+def ingredient_class(key: str) -> str | None:
+    """The drug class of an ingredient key (None: unknown or a risk drug)."""
+    ing = _ING_BY_KEY.get(key)
+    return ing.drug_class if ing else None
+
+
 # --------------------------------------------------------------------------------------------- registry
 @dataclass(frozen=True, slots=True)
 class Entry:

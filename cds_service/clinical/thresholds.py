@@ -68,8 +68,9 @@ class Thresholds(BaseSettings):
                                                         "dose is physiological replacement and ignored (A4).")
     gc_other_indication_min_days: int = Field(14, description="A GC course without a sarcoidosis reason counts "
                                               "for the ladder only if it lasted at least this many days (A3).")
-    prednisone_suggested_mg_day: float = Field(20, description="Prednisone dose proposed on the 'untreated' "
-                                               "card (ERS 2021 dose table).")
+    prednisone_suggested_mg_day: float = Field(40, description="Prednisone dose proposed on the 'untreated' "
+                                               "card (decision 26: 0.5-1 mg/kg in neurosarcoidosis reviews; "
+                                               "the first-line trial bar stays gc_high_dose_mg).")
 
     # ----------------------------------------------------------------- second line / anti-TNF
     second_line_min_trial_days: int = Field(84, description="Minimum days (12 weeks) of a second-line agent "

@@ -2,6 +2,7 @@
 
 ``risk_factors.yaml``      value-set category -> risk factor (which fact list, inactive records or not)
 ``contraindications.yaml`` condition -> ladder drugs withheld
+``ladder_steps.yaml``      stage -> its next standard step and that step's options
 ``value_sets.yaml``        the value-set categories (codes and code prefixes) the readers match
 ``immune_globulin.yaml``   immune globulin products (strengths, routes), reaction severity, anticoagulants,
                            local estrogen, thrombosis history codes (decisions 34-38)
@@ -94,10 +95,18 @@ def derived_contraindications() -> dict[str, Contraindication]:
             for name, e in _load("contraindications.yaml")["derived"].items()}
 
 
-def withholding(drug: str) -> frozenset[str]:
-    """Keys of the contraindications that withhold the ladder proposal ``drug`` (methotrexate, anti-tnf)."""
+def withholding(names: frozenset[str]) -> frozenset[str]:
+    """Keys of the contraindications whose ``withholds`` name any of ``names`` (a drug and its class),
+    decision 39."""
     every = (*contraindications(), *derived_contraindications().values())
-    return frozenset(c.key for c in every if drug in c.withholds)
+    return frozenset(c.key for c in every if names & set(c.withholds))
+
+
+@functools.cache
+def ladder_steps() -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """(stage -> class of its next standard step, class -> the options of that step), decision 39."""
+    data = _load("ladder_steps.yaml")
+    return dict(data["next_step"]), {k: tuple(v) for k, v in data["step_options"].items()}
 
 
 @functools.cache

@@ -10,6 +10,8 @@ from datetime import datetime
 from typing import Any
 
 from .. import criteria
+from ..condition_dates import condition_date
+from ..negation import affirmed
 from ..record import PatientRecord
 from ..terminology import ConceptMatch, Terminology, concept_codes, concept_text
 from ..text_findings import FROM_TEXT, condition_text, text_findings
@@ -17,12 +19,14 @@ from ..thresholds import Thresholds
 from ..thrombosis import thrombosis_is_active
 from .fhir import code_of, label_of, listify, parse_dt, ref_of
 from .model import Factor, FactRef, NSCondition
+from .patient import birth_date_of
 from .validation import Validator
 
 _SFN_EVIDENCE_RE = re.compile(r"small[- ]?fib(er|re)|\bsfn\b|ienfd|intra-?epidermal nerve|skin biops",
                               re.IGNORECASE)
 _NEURO_SITE_RE = re.compile(r"brain|cerebr|spinal|mening|cranial|nerve|neur|optic|pituitar|hypothalam|"
                             r"nervous|myel|leptomening", re.IGNORECASE)
+_SARCOID_WORD_RE = re.compile(r"sarcoid", re.IGNORECASE)
 _ACTIVE = ("active", "recurrence", "relapse")
 _SUSPECTED = ("provisional", "differential", "unconfirmed")
 _INTOLERANCE_OR_ANAPHYLAXIS = frozenset({"drug.anaphylaxis", "gc.intolerance", "is.intolerance"})
@@ -70,6 +74,12 @@ class _Read:
     m: ConceptMatch
     clin: str
     verification: str
+    birth: datetime | None = None
+
+    @property
+    def when(self) -> datetime | None:
+        """The Condition's date by decision 24 (onsetDateTime, onsetPeriod, onsetAge, onsetString, recordedDate)."""
+        return condition_date(self.res, self.birth).when
 
     @property
     def active(self) -> bool:
@@ -79,12 +89,13 @@ class _Read:
 def read_conditions(record: PatientRecord, term: Terminology, th: Thresholds) -> ConditionsPart:
     part = ConditionsPart()
     v = Validator()
+    birth = birth_date_of(record)
     read: list[_Read] = []
     for res in record.of_type("Condition"):
-        c = _read_one(res, term, v)
+        c = _read_one(res, term, v, birth)
         if c is not None:
             read.append(c)
-        elif (t := _read_text_only(res, term, v)) is not None:
+        elif (t := _read_text_only(res, term, v, birth)) is not None:
             _add_risk_factors(part, t, ref_of(t.res), from_text=True)  # safety only, never the ladder
     for c in read:
         ref = ref_of(c.res)
@@ -98,7 +109,8 @@ def read_conditions(record: PatientRecord, term: Terminology, th: Thresholds) ->
     return part
 
 
-def _read_one(res: Any, term: Terminology, v: Validator, m: ConceptMatch | None = None) -> _Read | None:
+def _read_one(res: Any, term: Terminology, v: Validator, birth: datetime | None,
+              m: ConceptMatch | None = None) -> _Read | None:
     if not isinstance(res, dict):
         return None
     m = m or term.match(res.get("code"))
@@ -112,10 +124,10 @@ def _read_one(res: Any, term: Terminology, v: Validator, m: ConceptMatch | None 
         clin = "resolved" if (res.get("abatementDateTime") or res.get("abatementPeriod")) else "active"
     if not v.valid(res):
         return None
-    return _Read(res, m, clin, "suspected" if ver in _SUSPECTED else "confirmed")
+    return _Read(res, m, clin, "suspected" if ver in _SUSPECTED else "confirmed", birth)
 
 
-def _read_text_only(res: Any, term: Terminology, v: Validator) -> _Read | None:
+def _read_text_only(res: Any, term: Terminology, v: Validator, birth: datetime | None) -> _Read | None:
     """A Condition whose codes name no value set, read by its words (decision 29): the risk-factor and
     contraindication value sets its text affirms (``data/text_findings.yaml``, negation-aware)."""
     if not isinstance(res, dict) or term.match(res.get("code")).names:
@@ -124,7 +136,7 @@ def _read_text_only(res: Any, term: Terminology, v: Validator) -> _Read | None:
     found = text_findings(text)
     if not found:
         return None
-    return _read_one(res, term, v, ConceptMatch(frozenset(found), (), None, text))
+    return _read_one(res, term, v, birth, ConceptMatch(frozenset(found), (), None, text))
 
 
 # ------------------------------------------------------------------------------ neurosarcoidosis (B1)
@@ -141,9 +153,25 @@ def ns_kind(c: _Read) -> str | None:
     if "ns.manifestation" in names:
         return ("myelopathy" if "ns.myelopathy" in names else "cranial" if "ns.cranial" in names
                 else "neuropathy" if "G63" in _icd_families(c.res) else "manifestation")
-    if "sarcoidosis" in names and (_neuro_site(c.res) or _NEURO_SITE_RE.search(c.m.text or "")):
-        return "ns"
+    if "sarcoidosis" in names and _neuro_site(c.res):
+        return "ns"  # a coded nervous-system body site (B1); text alone is at most possible NS (decision 47)
     return None
+
+
+def named_in_text_only(c: _Read) -> bool:
+    """Decision 47: a sarcoidosis Condition whose text affirms (does not deny) nervous-system involvement."""
+    return "sarcoidosis" in c.m.names and affirmed(c.m.text or "", _NEURO_SITE_RE)
+
+
+def late_manifestation(c: _Read, sarcoid_onset: datetime | None) -> str:
+    """Decision 48: "ns" when the finding began on or after the sarcoidosis onset or its text links it to
+    sarcoidosis; "possible" when it has no date (A16); "" when it predates the sarcoidosis."""
+    if affirmed(c.m.text or "", _SARCOID_WORD_RE):
+        return "ns"
+    when = c.when
+    if when is None or sarcoid_onset is None:
+        return "possible"
+    return "ns" if when >= sarcoid_onset else ""
 
 
 def needs_sarcoidosis(kind: str, m: ConceptMatch) -> bool:
@@ -158,14 +186,27 @@ def _is_bulbar(names: frozenset[str] | set[str]) -> bool:
 
 def _add_neurosarcoidosis(part: ConditionsPart, read: list[_Read], term: Terminology) -> None:
     sarcoid_any = any("sarcoidosis" in c.m.names and c.active for c in read)
+    sarcoid_dates = [d for d in (c.when for c in read if "sarcoidosis" in c.m.names) if d is not None]
+    sarcoid_onset = min(sarcoid_dates) if sarcoid_dates else None
     neuro_other: list[_Read] = []
+    text_only: list[_Read] = []
     for c in read:
         names = c.m.names
         kind = ns_kind(c)
-        if kind is not None:
+        late = kind is None and "ns.late-manifestation" in names and sarcoid_any
+        if late:
+            placed = late_manifestation(c, sarcoid_onset)
+            kind = ("myelopathy" if "ns.myelopathy" in names else "manifestation") if placed == "ns" else None
+            if placed == "possible":
+                neuro_other.append(c)
+        elif kind is None and named_in_text_only(c):
+            text_only.append(c)
+        if late and kind is None:
+            pass  # decision 48: began before the sarcoidosis (unrelated) or undated (possible, above)
+        elif kind is not None:
             if needs_sarcoidosis(kind, c.m) and not sarcoid_any:
                 continue
-            nc = ns_condition(kind, c.res, c.clin, c.verification, c.m, term)
+            nc = ns_condition(kind, c.res, c.clin, c.verification, c.m, term, c.birth)
             part.ns_conditions.append(nc)
             if nc.reference:
                 part.ns_references.add(nc.reference)
@@ -177,14 +218,20 @@ def _add_neurosarcoidosis(part: ConditionsPart, read: list[_Read], term: Termino
                 or _is_bulbar(names):
             neuro_other.append(c)
         if sarcoid_any and "neuro.conduction-block" in names:
-            part.conduction_block.append(ns_condition("conduction-block", c.res, c.clin, c.verification, c.m, term))
+            part.conduction_block.append(ns_condition("conduction-block", c.res, c.clin, c.verification, c.m, term,
+                                                      c.birth))
         if sarcoid_any and _is_bulbar(names):
-            part.bulbar.append(ns_condition("bulbar", c.res, c.clin, c.verification, c.m, term))
+            part.bulbar.append(ns_condition("bulbar", c.res, c.clin, c.verification, c.m, term, c.birth))
     if sarcoid_any:
         for c in neuro_other:
-            nc = ns_condition("possible", c.res, c.clin, c.verification, c.m, term)
+            nc = ns_condition("possible", c.res, c.clin, c.verification, c.m, term, c.birth)
             if nc.active:
                 part.possible_ns.append(nc)
+    for c in text_only:
+        nc = ns_condition("possible", c.res, c.clin, c.verification, c.m, term, c.birth)
+        nc.from_text = True
+        if nc.active:
+            part.possible_ns.append(nc)
     part.ns_status, part.ns_in_remission = ns_status(part.ns_conditions, part.possible_ns)
     dates = [c.date for c in part.ns_conditions if c.date]
     part.ns_onset = min(dates) if dates else None
@@ -205,17 +252,17 @@ def ns_status(ns_conditions: list[NSCondition], possible: list[NSCondition]) -> 
 
 
 def ns_condition(kind: str, res: dict[str, Any], clin: str, verification: str, m: ConceptMatch | None,
-                 term: Terminology) -> NSCondition:
+                 term: Terminology, birth: datetime | None = None) -> NSCondition:
     code = res.get("code")
-    onset_period = res.get("onsetPeriod")
+    dated = condition_date(res, birth)  # decision 24
     return NSCondition(kind, label_of(code, m or term.match(code)), ref_of(res), clin, verification,
-                       parse_dt(res.get("onsetDateTime")) or parse_dt(
-                           onset_period.get("start") if isinstance(onset_period, dict) else None),
-                       parse_dt(res.get("recordedDate")))
+                       dated.when, parse_dt(res.get("recordedDate")),
+                       "" if dated.source == "onsetDateTime" else dated.source)
 
 
 def _neuro_site(res: dict[str, Any]) -> bool:
-    return any(isinstance(site, dict) and _NEURO_SITE_RE.search(concept_text(site))
+    """A coded body site in the nervous system, its text not denying it (decision 47)."""
+    return any(isinstance(site, dict) and site.get("coding") and affirmed(concept_text(site), _NEURO_SITE_RE)
                for site in listify(res.get("bodySite")))
 
 
@@ -251,7 +298,7 @@ def _add_risk_factors(part: ConditionsPart, c: _Read, ref: str | None, *, from_t
         return
     said = f" {FROM_TEXT}" if from_text else ""  # decision 29: a factor read from text says so
     label = label_of(c.res.get("code"), c.m) + said
-    onset = parse_dt(c.res.get("onsetDateTime")) or parse_dt(c.res.get("recordedDate"))
+    onset = c.when  # decision 24
     when = f" since {onset.date().isoformat()}" if onset else ""
     detail = f"{label} ({c.clin}{when})"
     if "drug.anaphylaxis" in n:

@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from .. import units
+from .. import sig, units
 from ..memo import Memo, lru
 from ..terminology import MEMO_MAX_ENTRIES, MEMO_MAX_TEXT, ConceptMatch, concept_key, concept_label, concept_text
 
@@ -176,10 +176,32 @@ def per_day_of(dosage: dict[str, Any]) -> float | None:
         str(x) for x in (dosage.get("text"), dosage.get("patientInstruction"), concept_text(dosage.get("timing", {}).get("code") if isinstance(dosage.get("timing"), dict) else None)) if x  # noqa: E501
     ).lower()
     if text:
+        steps = sig.parse_sig(text)  # the first step is the phrase that carries the dose (decision 25)
+        if steps and steps[0].per_day is not None:
+            return steps[0].per_day
         for rx, val in _TEXT_FREQ:
             if rx.search(text):
                 return val
     return None
+
+
+def dosage_text(dosage: dict[str, Any]) -> str:
+    """The instructions of one dosage line as written (text and patient instruction)."""
+    return " ".join(str(x) for x in (dosage.get("text"), dosage.get("patientInstruction")) if isinstance(x, str))
+
+
+def dosage_bounds(dosage: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
+    """The dates one dosage line applies to (timing.repeat.boundsPeriod), as a taper's steps carry them."""
+    t = dosage.get("timing") if isinstance(dosage.get("timing"), dict) else {}
+    rep = t.get("repeat") if isinstance(t.get("repeat"), dict) else {}
+    bp = rep.get("boundsPeriod") if isinstance(rep.get("boundsPeriod"), dict) else {}
+    return parse_dt(bp.get("start")), parse_dt(bp.get("end"))
+
+
+def strength_mg(product_text: str) -> float | None:
+    """The one strength in mg a product name states ("prednisoLONE 5 mg tablet"), else None."""
+    strengths = {float(m) for m in _STRENGTH_RE.findall(product_text or "")}
+    return strengths.pop() if len(strengths) == 1 else None
 
 
 _STRENGTH_RE = re.compile(r"(\d+(?:\.\d+)?)\s*mg\b(?!\s*/\s*m?l)", re.IGNORECASE)

@@ -4,10 +4,11 @@ to ladder drugs and immune globulin (B2-B3, A3-A5, A8-A9), and current drugs tha
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from .. import sig
 from ..immune_globulin import administration_kind
 from ..record import PatientRecord
 from ..terminology import (
@@ -24,7 +25,19 @@ from ..terminology import (
 )
 from ..thresholds import Thresholds
 from ..thrombosis import anticoagulant_in, estrogen_is_local, treatment_dose
-from .fhir import PERIOD_DAYS, classify_stop_reason, dose_mg_of, listify, parse_dt, per_day_of, ref_of, route_kind
+from .fhir import (
+    PERIOD_DAYS,
+    classify_stop_reason,
+    dosage_bounds,
+    dosage_text,
+    dose_mg_of,
+    listify,
+    parse_dt,
+    per_day_of,
+    ref_of,
+    route_kind,
+    strength_mg,
+)
 from .model import NON_SYSTEMIC, Exposure, FactRef, fmt
 from .patient import now_of
 from .validation import Validator
@@ -38,6 +51,8 @@ _REQUEST_STATUS = {"active": "current", "on-hold": "current", "completed": "past
 _NOT_GIVEN = ("entered-in-error", "cancelled", "not-taken", "not-done")
 _TOPICAL_ATC = ("D07", "R01AD", "R03BA", "S01BA", "S01CA", "S02B", "S03B", "A07EA", "C05AA", "A01AC")
 _DAILY_TEXT_RE = re.compile(r"\bdaily\b|every day|once a day")
+_ORDERING_INTENTS = ("order", "original-order", "reflex-order", "filler-order", "instance-order", "")
+_NS_REASON = frozenset({"ns.specific", "ns.neuromuscular", "ns.manifestation"})
 
 
 @dataclass
@@ -88,8 +103,10 @@ def medication_concept(res: dict[str, Any], medications: dict[str, dict[str, Any
 
 
 def read_medications(record: PatientRecord, term: Terminology, th: Thresholds,
-                     conditions_by_reference: dict[str, ConceptMatch]) -> MedicationsPart:
-    """``conditions_by_reference``: the value sets of the read Conditions, for reasonReference (A3, A4)."""
+                     conditions_by_reference: dict[str, ConceptMatch],
+                     ns_references: frozenset[str] | set[str] = frozenset()) -> MedicationsPart:
+    """``conditions_by_reference``: the value sets of the read Conditions, for reasonReference (A3, A4);
+    ``ns_references``: the Conditions read as neurosarcoidosis (a reason naming NS itself, decision 19)."""
     part = MedicationsPart()
     v = Validator()
     now = now_of(record)
@@ -109,7 +126,8 @@ def read_medications(record: PatientRecord, term: Terminology, th: Thresholds,
                 continue
             if status_raw in _NOT_GIVEN:
                 continue
-            exp = exposure(res, rtype, concept, m, status_raw, now, th, term, conditions_by_reference)
+            exp = exposure(res, rtype, concept, m, status_raw, now, th, term, conditions_by_reference,
+                           ns_references)
             if exp is None:
                 continue
             if exp.status == "unknown":
@@ -185,11 +203,14 @@ def _request_period(res: dict[str, Any], status_raw: str, now: datetime) -> _Per
     vp = _dict(disp.get("validityPeriod"))
     p.start = parse_dt(vp.get("start")) or p.start
     p.end = parse_dt(vp.get("end"))
+    bounds = [dosage_bounds(d) for d in p.dosages]
+    starts = [b for b, _ in bounds if b]
+    if starts:
+        p.start = min(starts)  # a taper in several lines starts with its first line (decision 46)
+    if bounds and all(e for _, e in bounds):
+        p.end = max(e for _, e in bounds if e)
     for d in p.dosages:
         rep = _dict(_dict(d.get("timing")).get("repeat"))
-        bp = _dict(rep.get("boundsPeriod"))
-        p.start = parse_dt(bp.get("start")) or p.start
-        p.end = parse_dt(bp.get("end")) or p.end
         bd = rep.get("boundsDuration")
         if p.end is None and p.start and isinstance(bd, dict) and isinstance(bd.get("value"), int | float):
             p.end = p.start + timedelta(days=bd["value"] * PERIOD_DAYS.get(str(bd.get("code") or bd.get("unit")
@@ -198,8 +219,8 @@ def _request_period(res: dict[str, Any], status_raw: str, now: datetime) -> _Per
     if p.end is None and p.start and isinstance(esd, dict) and isinstance(esd.get("value"), int | float):
         repeats = disp.get("numberOfRepeatsAllowed") if isinstance(disp.get("numberOfRepeatsAllowed"), int) else 0
         p.end = p.start + timedelta(days=esd["value"] * (1 + repeats))
-    if str(res.get("intent") or "").lower() == "proposal":
-        p.status = "planned"
+    if str(res.get("intent") or "").lower() not in _ORDERING_INTENTS:
+        p.status = "planned"  # plan, proposal, directive, option: an intention, not exposure (decision 45)
     if p.status == "current" and p.end is not None and p.end < now:
         p.status = "past"
     return p
@@ -233,7 +254,8 @@ _PERIOD_OF = {"MedicationStatement": _statement_period, "MedicationRequest": _re
 
 
 def exposure(res: dict[str, Any], rtype: str, concept: Any, m: ConceptMatch, status_raw: str, now: datetime,
-             th: Thresholds, term: Terminology, conditions_by_reference: dict[str, ConceptMatch]) -> Exposure | None:
+             th: Thresholds, term: Terminology, conditions_by_reference: dict[str, ConceptMatch],
+             ns_references: frozenset[str] | set[str] = frozenset()) -> Exposure | None:
     """One medication record as an exposure; None when it is no exposure (a topical glucocorticoid, A5)."""
     p = _PERIOD_OF[rtype](res, status_raw, now)
     if p is None:
@@ -242,7 +264,7 @@ def exposure(res: dict[str, Any], rtype: str, concept: Any, m: ConceptMatch, sta
     ing, cls = m.ingredient, m.drug_class
     exp = Exposure(ref_of(res), rtype, concept_label(concept), ing.key if ing else None, cls, p.status, status_raw,
                    p.start, p.end, route=route, administrations=p.administrations)
-    _add_dose(exp, p.dosages, m.text, rtype)
+    now_step = _add_dose(exp, p.dosages, m.text, rtype, now)
     if exp.ingredient == "methotrexate":
         _methotrexate_schedule(exp, p.dosages)
     if cls == GC and ing is not None:
@@ -251,7 +273,10 @@ def exposure(res: dict[str, Any], rtype: str, concept: Any, m: ConceptMatch, sta
         if exp.daily_mg is not None and ing.pred_equiv:
             exp.pred_eq_mg = exp.daily_mg * ing.pred_equiv
             exp.pulse = route == "iv" and exp.pred_eq_mg >= th.gc_pulse_mg
-        exp.reason_sarcoid, exp.reason_replacement = treatment_reasons(res, term, conditions_by_reference)
+            if now_step is not None and now_step.daily_mg is not None:
+                exp.current_pred_eq_mg = now_step.daily_mg * ing.pred_equiv
+    exp.reason_sarcoid, exp.reason_replacement, exp.reason_ns = treatment_reasons(
+        res, term, conditions_by_reference, ns_references)
     if rtype == "MedicationAdministration" and p.start is not None:
         window = infusion_window(exp, th)
         if window is not None and p.start >= now - timedelta(days=window):
@@ -266,24 +291,37 @@ def exposure(res: dict[str, Any], rtype: str, concept: Any, m: ConceptMatch, sta
     return exp
 
 
-def _add_dose(exp: Exposure, dosages: list[dict[str, Any]], text: str, rtype: str) -> None:
-    """Dose per administration, administrations per day and the daily dose (the highest recorded)."""
+def _add_dose(exp: Exposure, dosages: list[dict[str, Any]], text: str, rtype: str,
+              now: datetime) -> sig.DoseStep | None:
+    """Dose per administration, administrations per day and the daily dose of the highest step; returns the
+    step in force at ``now`` (None: unknown). Each dosage line is a step dated by its bounds; a
+    glucocorticoid line without a structured dose is read from its instructions text (decisions 25, 46).
+    Nothing readable leaves the dose unknown: a frequency is never assumed."""
+    steps: list[sig.DoseStep] = []
     for d in dosages:
         mg = dose_mg_of(d, text)
         pdays = per_day_of(d)
         if rtype == "MedicationAdministration" and pdays is None:
             pdays = 1.0
+        line_start, line_end = dosage_bounds(d)
+        if mg is None and exp.drug_class == GC:
+            parsed = sig.parse_sig(dosage_text(d), strength_mg(text))
+            if pdays is not None:  # structured timing with the dose only in words ("take 2 tablets", BID)
+                parsed = [replace(st, per_day=pdays) if st.per_day is None else st for st in parsed]
+            steps += sig.schedule(parsed, line_start or exp.start)
+            continue
         if mg is not None:
             exp.dose_mg = mg if exp.dose_mg is None else max(exp.dose_mg, mg)
-            if pdays is None and exp.drug_class == GC:
-                pdays = 1.0  # GC without timing: assumed once daily
         if pdays is not None:
             exp.per_day = pdays
         if mg is not None and pdays is not None:
-            daily = mg * pdays
-            exp.daily_mg = daily if exp.daily_mg is None else max(exp.daily_mg, daily)
+            steps.append(sig.DoseStep(mg * pdays, line_start or exp.start, line_end))
         if pdays is not None and pdays >= 1 and exp.ingredient == "methotrexate":
             exp.daily_frequency = True
+    top = sig.highest(steps)
+    if top is not None:
+        exp.daily_mg = top.daily_mg
+    return sig.current(steps, now) if len(steps) > 1 else top
 
 
 def _methotrexate_schedule(exp: Exposure, dosages: list[dict[str, Any]]) -> None:
@@ -311,10 +349,12 @@ def non_systemic_atc(concept: Any) -> bool:
     return any(c.startswith(_TOPICAL_ATC) for c in concept_codes(concept, ATC))
 
 
-def treatment_reasons(res: dict[str, Any], term: Terminology,
-                      conditions_by_reference: dict[str, ConceptMatch]) -> tuple[bool | None, bool]:
-    """(reason points to sarcoidosis/NS, reason is adrenal replacement); None = no reason recorded (A3, A4)."""
-    found = sarcoid = replacement = False
+def treatment_reasons(res: dict[str, Any], term: Terminology, conditions_by_reference: dict[str, ConceptMatch],
+                      ns_references: frozenset[str] | set[str] = frozenset()) -> tuple[bool | None, bool, bool]:
+    """(reason points to sarcoidosis/NS, reason is adrenal replacement, reason is neurosarcoidosis itself);
+    None = no reason recorded (A3, A4). Neurosarcoidosis itself (decision 19): a neurosarcoidosis code, or
+    a reference to a Condition read as neurosarcoidosis."""
+    found = sarcoid = replacement = ns = False
     names_seen = []
     for rc in listify(res.get("reasonCode")):
         found = True
@@ -322,10 +362,13 @@ def treatment_reasons(res: dict[str, Any], term: Terminology,
     for rr in listify(res.get("reasonReference")):
         if isinstance(rr, dict) and isinstance(rr.get("reference"), str):
             found = True
-            m = conditions_by_reference.get(rr["reference"].split("/_history")[0])
+            target = rr["reference"].split("/_history")[0]
+            ns = ns or target in ns_references
+            m = conditions_by_reference.get(target)
             if m is not None:
                 names_seen.append(m.names)
     for n in names_seen:
         sarcoid = sarcoid or "sarcoidosis" in n or "ns.manifestation" in n
         replacement = replacement or "adrenal-insufficiency" in n
-    return (sarcoid if found else None), replacement
+        ns = ns or bool(n & _NS_REASON)
+    return (sarcoid if found else None), replacement, ns

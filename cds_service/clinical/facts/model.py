@@ -9,6 +9,7 @@ import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ..condition_dates import ConditionDate
 from ..immune_globulin import IgOrder
 from ..memo import memoised
 from ..terminology import ANTI_TNF, GC, IG, RITUXIMAB, SECOND_LINE
@@ -85,6 +86,8 @@ class NSCondition:
     verification: str  # confirmed | suspected
     onset: datetime | None
     recorded: datetime | None
+    date_source: str = ""  # the Condition field the onset came from (decision 24); "" = onsetDateTime
+    from_text: bool = False  # found only in uncoded text: at most "possible NS", never an order (decision 47)
 
     @property
     def active(self) -> bool:
@@ -101,6 +104,11 @@ class NSCondition:
 
     def fact(self) -> FactRef:
         when = self.date.date().isoformat() if self.date else "date unknown"
+        note = ConditionDate(None, self.date_source).note  # decision 24: say where a date came from
+        if note:
+            when += f", {note}"
+        if self.from_text:
+            when += ", named only in text"
         return FactRef("Neurological condition", f"{self.label} ({self.clinical_status}, {when})", self.reference)
 
 
@@ -129,6 +137,8 @@ class Exposure:
     stop_text: str = ""
     reason_sarcoid: bool | None = None  # reasonCode/reasonReference points to sarcoidosis (A3)
     reason_replacement: bool = False  # adrenal insufficiency / hypopituitarism (A4)
+    reason_ns: bool = False  # reasonCode/reasonReference names neurosarcoidosis itself (decision 19)
+    current_pred_eq_mg: float | None = None  # GC: the step in force today (decision 46); None = unknown
     administrations: int = 0
     ig_kind: str | None = None  # ivig | scig | imig (decision 36)
     groups: frozenset[str] = frozenset()
@@ -254,6 +264,11 @@ class Facts:
     # convenience -------------------------------------------------------------------------------
     def of_class(self, drug_class: str) -> list[Exposure]:
         return self.exposures.get(drug_class, [])
+
+    @property
+    def ns_text_only(self) -> bool:
+        """Possible NS read only from uncoded text: conditional wording, never a suggested order (decision 47)."""
+        return self.ns_status == "possible" and bool(self.possible_ns) and all(c.from_text for c in self.possible_ns)
 
     @property
     def has_sarcoidosis(self) -> bool:

@@ -44,6 +44,12 @@ def read_patient(record: PatientRecord, term: Terminology, th: Thresholds) -> Pa
     return part
 
 
+def birth_date_of(record: PatientRecord) -> datetime | None:
+    """The patient's birth date (for a Condition dated by the age at onset, decision 24)."""
+    p = record.patient
+    return parse_dt(p.get("birthDate")) if isinstance(p, dict) else None
+
+
 def now_of(record: PatientRecord) -> datetime:
     """The evaluation time of the record, made timezone-aware (UTC when none was given)."""
     return record.now if record.now.tzinfo else record.now.replace(tzinfo=UTC)

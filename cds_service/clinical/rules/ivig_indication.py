@@ -12,6 +12,7 @@ from ..stages import StageResult
 from ..terminology import SECOND_LINE
 from ..thresholds import Thresholds
 from .context import Context, Fired, ivig_values, phrase, weight_facts
+from .ladder import next_step_ruled_out
 
 G = "ivig.indication"
 
@@ -34,7 +35,7 @@ def best_candidate_features(f: Facts, s: StageResult, th: Thresholds) -> list[st
     feats = []
     if rapid_progression(f, s, th):
         feats.append(phrase(G, "rapid_progression"))
-    if f.contraindications:
+    if f.contraindications and next_step_ruled_out(f, s):  # decision 39
         feats.append(phrase(G, "contraindication"))
     if f.sfn or f.conduction_block or any(c.kind == "neuropathy" for c in f.ns_conditions):
         feats.append(phrase(G, "peripheral"))
@@ -53,8 +54,11 @@ def _indication_shown(ctx: Context) -> bool:
     return ctx.ladder_trigger and (s.in_scope or s.sfn_pathway) and not ctx.facts.current_ig()
 
 
-def _fire(ctx: Context, rule_id: str, facts: list[FactRef], **values: Any) -> Fired:
-    """The indication card with the IVIG dose plan (and its order) when a weight is known."""
+def _fire(ctx: Context, rule_id: str, facts: list[FactRef], conditional: bool | None = None,
+          **values: Any) -> Fired:
+    """The indication card with the IVIG dose plan (and its order) when a weight is known; never an order
+    when neurosarcoidosis is named only in text (decision 47). ``conditional``: the stage's "if NS
+    confirmed" wording unless the card says otherwise."""
     f, s = ctx.facts, ctx.stage
     base = ctx.once("ivig-values", lambda c: ivig_values(c.facts, c.th))
     feats = ctx.once("best-candidate", lambda c: best_candidate_features(c.facts, c.stage, c.th))
@@ -63,12 +67,12 @@ def _fire(ctx: Context, rule_id: str, facts: list[FactRef], **values: Any) -> Fi
     if against:
         best += " " + phrase(G, "offer_withheld")
         facts = facts + against
-    offer = ["ivig"] if base and not ctx.ivig_planned and not against else []
+    offer = ["ivig"] if base and not ctx.ivig_planned and not against and not f.ns_text_only else []
     v = dict(base)
     v.update(values)
     v["best_candidate"] = best
     return Fired(rule_id, facts=facts + weight_facts(f) if offer else facts, values=v, suggestions=list(offer),
-                 conditional=s.conditional)
+                 conditional=s.conditional if conditional is None else conditional)
 
 
 def ivig_contraindicated(f: Facts) -> list[FactRef]:
@@ -103,26 +107,28 @@ def decompensated(ctx: Context) -> Fired | None:
 
 
 def small_fiber(ctx: Context) -> Fired | None:
-    """Small-fiber neuropathy with sarcoidosis."""
+    """Small-fiber neuropathy with sarcoidosis; rests on sarcoidosis plus this finding, not on a confirmed
+    NS diagnosis, so never the conditional wording (decision 49)."""
     f = ctx.facts
     if _shown(ctx) and f.sfn and f.has_sarcoidosis:
-        return _fire(ctx, "ivig.indication.sfn", [c.fact() for c in f.sfn] + f.sarcoidosis[:1])
+        return _fire(ctx, "ivig.indication.sfn", [c.fact() for c in f.sfn] + f.sarcoidosis[:1], conditional=False)
     return None
 
 
 def conduction_block(ctx: Context) -> Fired | None:
-    """Conduction block with sarcoidosis."""
+    """Conduction block with sarcoidosis; not conditional on an NS diagnosis (decision 49)."""
     f = ctx.facts
     if _shown(ctx) and f.conduction_block and f.has_sarcoidosis:
         return _fire(ctx, "ivig.indication.conduction-block",
-                     [c.fact() for c in f.conduction_block] + f.sarcoidosis[:1])
+                     [c.fact() for c in f.conduction_block] + f.sarcoidosis[:1], conditional=False)
     return None
 
 
 def immunosuppression_contraindicated(ctx: Context) -> Fired | None:
-    """A contraindication to standard immunosuppression recorded (criteria/contraindications.yaml)."""
+    """Every option of the patient's next standard step ruled out (decision 39, criteria/ladder_steps.yaml
+    and contraindications.yaml); the card names each contraindication and what it affects."""
     f = ctx.facts
-    if _shown(ctx) and f.contraindications and ctx.stage.in_scope:
+    if _shown(ctx) and f.contraindications and ctx.stage.in_scope and next_step_ruled_out(f, ctx.stage):
         labels = list(dict.fromkeys(c.label for c in f.contraindications))
         return _fire(ctx, "ivig.indication.immunosuppression-contraindicated",
                      [c.fact("Contraindication: ") for c in f.contraindications], contra_list=labels)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import criteria
-from ..facts import Factor, fmt
-from ..stages import RUNG_OF
+from .. import ladder_steps
+from ..facts import Factor, Facts, PlannedOrder, fmt
+from ..stages import RUNG_OF, StageResult
 from ..terminology import GC
 from .context import PATIENT_VIEW, Context, Fired, phrase
 
@@ -79,12 +79,11 @@ def _untreated(ctx: Context, fired: Fired) -> None:
     fired.variant = "prior_therapy" if s.prior_therapy else None
     v["prednisone_mg"] = fmt(ctx.th.prednisone_suggested_mg_day)
     v["prior_note"] = phrase(fired.rule_id, "prior_note") if s.prior_therapy else ""
-    blockers = withheld_by(ctx.facts.contraindications, "glucocorticoid")  # decision 39
+    blockers = withheld_by(ctx.facts.contraindications, "prednisone")  # decision 39
     if blockers:
         v["prior_note"] += " " + phrase(fired.rule_id, "gc_withheld", blockers="; ".join(c.label for c in blockers))
         fired.facts += [c.fact("Contraindication: ") for c in blockers]
-    else:
-        fired.suggestions = ["prednisone"]
+    fired.suggestions = [] if ctx.facts.ns_text_only or blockers else ["prednisone"]  # decision 47: not from text
 
 
 def _on_gc(ctx: Context, fired: Fired) -> None:
@@ -102,8 +101,19 @@ def _gc_subthreshold(ctx: Context, fired: Fired) -> None:
 
 def withheld_by(contraindications: list[Factor], drug: str) -> list[Factor]:
     """Decision 39: the recorded contraindications that withhold ``drug`` (criteria/contraindications.yaml)."""
-    keys = criteria.withholding(drug)
-    return [c for c in contraindications if c.key in keys]
+    return [c for c in contraindications if ladder_steps.withholds_drug(c.key, drug)]
+
+
+def not_tolerated(f: Facts, s: StageResult) -> set[str]:
+    """Ingredients stopped for intolerance or recorded as an allergy: ruled out like a contraindication."""
+    stopped = {e.ingredient for st in (s.gc, s.second_line, s.anti_tnf) for e in st.exposures
+               if e.ingredient and e.stop_reason == "intolerance"}
+    return stopped | set(f.drug_allergies)
+
+
+def next_step_ruled_out(f: Facts, s: StageResult) -> bool:
+    """Decision 39: every option of the patient's next standard step is contraindicated or not tolerated."""
+    return ladder_steps.next_step_ruled_out(s.stage, {c.key for c in f.contraindications}, not_tolerated(f, s))
 
 
 def _gc_failed(ctx: Context, fired: Fired) -> None:
@@ -121,7 +131,7 @@ def _gc_failed(ctx: Context, fired: Fired) -> None:
         fired.facts += [c.fact("Contraindication: ") for c in blockers]
     else:
         v["mtx_withheld"] = ""
-        fired.suggestions = ["methotrexate"]
+        fired.suggestions = [] if ctx.facts.ns_text_only else ["methotrexate"]
 
 
 def _on_second_line(ctx: Context, fired: Fired) -> None:
@@ -131,6 +141,7 @@ def _on_second_line(ctx: Context, fired: Fired) -> None:
     v["trial_weeks"] = fmt(th.second_line_min_trial_days / 7)
     v["mmf_note"] = phrase(fired.rule_id, "mmf_note") + " " if "mycophenolate" in agents else ""
     v["subtherapeutic_note"] = phrase(fired.rule_id, "subtherapeutic_note") + " " if s.mtx_subtherapeutic else ""
+    v["monitoring_short"], v["monitoring_detail"] = monitoring_for(agents)
     if agents == ["mycophenolate"]:
         fired.variant = "mmf"
 
@@ -139,12 +150,14 @@ def _second_line_failed(ctx: Context, fired: Fired) -> None:
     """S5: infliximab proposed (per kg without a weight), unless a contraindication withholds anti-TNF."""
     f, v, th = ctx.facts, fired.values, ctx.th
     v["trial_weeks"] = fmt(th.second_line_min_trial_days / 7)
-    blockers = withheld_by(f.contraindications, "anti-tnf")
+    blockers = withheld_by(f.contraindications, "infliximab")
     v["contra_note"] = (phrase(fired.rule_id, "contra_note", blockers="; ".join(c.label for c in blockers)) + " "
                         if blockers else "")
     fired.facts += [c.fact("Contraindication: ") for c in blockers]
     if blockers:
         v["ifx_note"] = phrase(fired.rule_id, "ifx_withheld")
+    elif f.ns_text_only:  # decision 47: neurosarcoidosis named only in text never leads to an order
+        v["ifx_note"] = phrase(fired.rule_id, "ifx_text_only")
     elif f.weight is None:
         v["ifx_note"] = phrase(fired.rule_id, "ifx_no_weight", days=th.weight_recency_days)
         v["ifx_per_kg"] = fmt(th.infliximab_mg_per_kg)
@@ -155,6 +168,36 @@ def _second_line_failed(ctx: Context, fired: Fired) -> None:
         v["ifx_mg"] = fmt(round(th.infliximab_mg_per_kg * f.weight.value))
         fired.suggestions = ["infliximab"]
         fired.facts.append(f.weight.fact())
+
+
+def monitoring_for(agents: list[str]) -> tuple[str, str]:
+    """(summary words, detail sentences) of the monitoring each second-line agent needs (decision 49),
+    from ``_phrases.stage.s4-on-second-line.monitoring`` (an agent not listed gets ``default``)."""
+    from ..cards import card_library  # the card texts, loaded once (cards imports the rules)
+
+    table = card_library()["_phrases"]["stage.s4-on-second-line"]["monitoring"]
+    picked = [table.get(a) or table["default"] for a in agents] or [table["default"]]
+    short = "; ".join(dict.fromkeys(p["short"] for p in picked))
+    detail = " ".join(dict.fromkeys(p["detail"] for p in picked))
+    return short, detail
+
+
+def skipped_rung(ctx: Context) -> Fired | None:
+    """ladder.skipped-rung (decision 27): a second-line or later order for neurosarcoidosis that never had a
+    glucocorticoid trial, with none being ordered, names the glucocorticoid rung. Skipping methotrexate for
+    an anti-TNF agent is accepted practice (A13) and gets no card."""
+    f, s = ctx.facts, ctx.stage
+    if ctx.hook == PATIENT_VIEW or not s.in_scope or s.mtx_daily or s.gc.ever or s.gc_tried:
+        return None
+    skipping = [o for o in ctx.orders if o.is_ladder and (o.tier or 0) >= 2]
+    if not skipping or any(o.drug_class == GC and o.is_ladder for o in f.planned_orders):
+        return None
+    return Fired("ladder.skipped-rung", facts=s.reasons + [skipping[0].fact()],
+                 values={"order_label": _drug_name(skipping[0])}, conditional=s.conditional)
+
+
+def _drug_name(o: PlannedOrder) -> str:
+    return (o.ingredient or o.label).capitalize()
 
 
 def _on_anti_tnf(ctx: Context, fired: Fired) -> None:

@@ -45,11 +45,12 @@ def _stage_rule(rule_id: str, ctx: Context) -> Fired | None:
 RULES: tuple[Rule, ...] = (
     Rule("ladder.mtx-frequency", LADDER, "A9", ladder.methotrexate_daily),
     *(Rule(r.rule_id, LADDER, "decisions 4-6", partial(_stage_rule, r.rule_id)) for r in RUNGS if r.rule_id),
+    Rule("ladder.skipped-rung", LADDER, "decision 27", ladder.skipped_rung),
     Rule("ivig.indication.steroid-resistant", IVIG_INDICATION, "decision 7", ivig_indication.steroid_resistant),
     Rule("ivig.indication.decompensated", IVIG_INDICATION, "decision 7", ivig_indication.decompensated),
     Rule("ivig.indication.sfn", IVIG_INDICATION, "decision 7", ivig_indication.small_fiber),
     Rule("ivig.indication.conduction-block", IVIG_INDICATION, "decisions 7 and 42", ivig_indication.conduction_block),
-    Rule("ivig.indication.immunosuppression-contraindicated", IVIG_INDICATION, "decision 7",
+    Rule("ivig.indication.immunosuppression-contraindicated", IVIG_INDICATION, "decisions 7 and 39",
          ivig_indication.immunosuppression_contraindicated),
     Rule("ivig.safety.renal", IVIG_SAFETY, "decisions 8 and 36", ivig_safety.renal),
     Rule("ivig.safety.renal-baseline-missing", IVIG_SAFETY, "decisions 8 and 36", ivig_safety.renal_baseline_missing),

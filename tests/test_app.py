@@ -169,7 +169,9 @@ def test_health_and_openapi(client):
     assert client.get("/health").json()["status"] == "ok"
     spec = client.get("/openapi.json").json()
     post = spec["paths"]["/cds-services/{service_id}"]["post"]
-    assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("HookRequestBody")
+    schemas = post["requestBody"]["content"]["application/json"]["schema"]["oneOf"]  # one per service
+    assert {s["$ref"].rsplit("/", 1)[1] for s in schemas} >= {"Request-neurosarcoidosis-order-select",
+                                                             "Request-neurosarcoidosis-order-sign"}
     assert client.get("/docs").status_code == 200
 
 

@@ -22,12 +22,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cds_service import __version__, logs, openapi
+from cds_service.audit import CallFacts
 from cds_service.auth import authenticate
 from cds_service.body import read_json
 from cds_service.config import Settings, get_settings
 from cds_service.discovery import discovery_document
 from cds_service.errors import NotFound, ServiceError, outcome_response
 from cds_service.feedback import parse_feedback
+from cds_service.governance.modes import RuleModes
 from cds_service.hooks import evaluation_time, parse_call
 from cds_service.models import CDSResponse, DiscoveryResponse, dump
 from cds_service.response import answer
@@ -94,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.services = registry(settings)
+    _install_governance(app, settings)
     app.state.gather_policy = GatherPolicy.from_settings(settings)
     app.state.log_limited = logs.RateLimited(every=10.0)
     app.state.startup_hooks = []
@@ -122,6 +125,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_age=600,
     )
     return app
+
+
+def _install_governance(app: FastAPI, settings: Settings) -> None:
+    """Site rule modes (``CDS_RULES_FILE``) and the current version of every rule (cds_service/governance)."""
+    from cds_service.config import ConfigurationError
+    from cds_service.governance.modes import RuleModesError, load_rule_modes
+    from cds_service.governance.versions import current_versions
+
+    try:
+        app.state.rule_modes = load_rule_modes(settings.rules_file)
+    except RuleModesError as exc:  # `cds-service serve` reports it before this; an embedding caller gets it here
+        raise ConfigurationError([f"Configuration error in CDS_RULES_FILE: expected a YAML file of rule modes "
+                                  f"(on, shadow, off) ({exc})."]) from None
+    app.state.rule_versions = current_versions()
+    off, shadow = sorted(app.state.rule_modes.off), sorted(app.state.rule_modes.shadow)
+    if off or shadow:
+        log.info("rule_modes", file=str(settings.rules_file), off=off, shadow=shadow)
 
 
 async def _close_workload(app: FastAPI) -> None:
@@ -181,7 +201,7 @@ def _install_routes(app: FastAPI) -> None:
              summary="Discovery: the services offered and their prefetch templates")
     async def discovery(request: Request) -> Response:
         await authenticate(request, "/cds-services")
-        return _json(dump(discovery_document(request.app.state.services)))
+        return _json(dump(discovery_document(request.app.state.services, request.app.state.rule_modes)))
 
     async def call_service(request: Request) -> Response:
         started = time.perf_counter()
@@ -190,6 +210,17 @@ def _install_routes(app: FastAPI) -> None:
         service = request.app.state.services.get(service_id)
         if service is None:
             raise NotFound(f"There is no CDS service with id '{service_id}'.")
+        try:
+            return await answer_call(request, service, client, started)
+        except ServiceError as exc:  # a refused call is a call too: its row keeps the denominators honest
+            audit = request.app.state.audit
+            if audit is not None:
+                audit.cards_issued(service=service.id, hook=service.hook, hook_instance="", patient_id=None,
+                                   cards=(), call=CallFacts(status=exc.status,
+                                                            duration_s=time.perf_counter() - started))
+            raise
+
+    async def answer_call(request: Request, service, client, started: float) -> Response:
         workload: Workload = request.app.state.workload  # large calls work off the event loop
         data = await read_json(request, limit=settings.max_body_bytes, max_depth=settings.max_json_depth,
                                max_array=settings.max_array_length, workload=workload)
@@ -211,23 +242,26 @@ def _install_routes(app: FastAPI) -> None:
 
             issuer = getattr(client, "issuer", None)
             links = functools.partial(for_call, settings=settings, issuer=issuer, request_base=str(request.base_url))
+        modes: RuleModes = request.app.state.rule_modes
         if workload.large_record(record):
-            cards, body = await workload.run(answer, record, service, call.hook_instance, links)
+            result = await workload.run(answer, record, service, call.hook_instance, links, modes)
         else:
-            cards, body = answer(record, service, call.hook_instance, links)
+            result = answer(record, service, call.hook_instance, links, modes)
         elapsed = time.perf_counter() - started
         audit = request.app.state.audit
         if audit is not None:  # queued; written after the response, in batches
             audit.cards_issued(service=service.id, hook=call.hook, hook_instance=call.hook_instance,
-                               patient_id=call.patient_id, cards=cards)
+                               patient_id=call.patient_id, cards=result.cards, shadow_cards=result.shadow,
+                               call=CallFacts(duration_s=elapsed, ladder_orders=result.ladder_orders,
+                                              ig_orders=result.ig_orders))
         metrics = getattr(request.app.state, "metrics", None)
         if metrics is not None:
-            metrics.hook_answered(call.hook, elapsed, cards, stats)
+            metrics.hook_answered(call.hook, elapsed, result.cards, stats, shadow=result.shadow)
         log.info("hook_answered", service=service.id, hook=call.hook, hookInstance=call.hook_instance,
-                 cards=len(cards), prefetched=stats.prefetched, fetched=stats.fetched,
-                 fhir_ms=round(stats.fhir_seconds * 1000, 1), ms=round(elapsed * 1000, 2),
+                 cards=len(result.cards), shadow=len(result.shadow), prefetched=stats.prefetched,
+                 fetched=stats.fetched, fhir_ms=round(stats.fhir_seconds * 1000, 1), ms=round(elapsed * 1000, 2),
                  notes=len(record.notes))
-        return Response(body, media_type=JSON)
+        return Response(result.body, media_type=JSON)
 
     # The hook call is the hot path and reads its body as raw bytes, so FastAPI's per-request dependency
     # and parameter machinery would have nothing to do but still cost time on every call: it is served by a

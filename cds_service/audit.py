@@ -1,6 +1,10 @@
-"""Audit trail of issued cards and clinician feedback, written off the card path.
+"""Audit trail of hook calls, issued cards and clinician feedback, written off the card path.
 
-* ``cards_issued`` (called by the hook handler) builds plain rows and appends them to an in-memory,
+* ``cards_issued`` (called by the hook handler) queues one entry per hook call: the call's row (the
+  denominator of the alert-burden report: status, cards by indicator, shadow cards, order counts; no
+  patient), its cards and the cards of rules in shadow mode (flagged, never returned). Rows are built by
+  the writer, stamped with each rule's version (:mod:`cds_service.governance.versions`).
+* ``cards_issued`` appends to an in-memory,
   bounded queue: no I/O, about a microsecond. One background task per process writes them in batches: at
   most ``INTERVAL`` s after the first row arrives, at once when ``BATCH_SIZE`` rows are waiting, and up to
   ``MAX_BATCH`` rows per transaction when it has fallen behind (a saturated event loop delays each of the
@@ -25,7 +29,9 @@ import collections
 import hashlib
 import hmac
 import time
+import uuid as uuid_mod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,7 +39,7 @@ from cds_service import logs
 from cds_service.errors import ServiceError
 from cds_service.models import RULE_ID_EXTENSION
 from cds_service.rfc3339 import parse_instant
-from cds_service.store.base import CardRow, FeedbackRow, Store, StoreError, run_to_end
+from cds_service.store.base import CallRow, CardRow, FeedbackRow, RuleVersionRow, Store, StoreError, run_to_end
 from cds_service.store.pseudonym import load_secret
 
 log = logs.get_logger("cds_service.audit")
@@ -83,19 +89,35 @@ def feedback_rows(service: str, items: Sequence[Any], received_at: datetime | No
     return rows
 
 
+@dataclass(frozen=True, slots=True)
+class CallFacts:
+    """What a hook call's audit row records besides its cards (no patient, no user)."""
+
+    status: int = 200  # HTTP status of the answer
+    duration_s: float = 0.0
+    ladder_orders: int = 0  # "the orders" of the call that are ladder drugs
+    ig_orders: int = 0  # ... and immune globulin
+
+
 class AuditWriter:
     def __init__(self, store: Store, secret: bytes, *, metrics: Callable[[], Any] = lambda: None,
                  batch_size: int = BATCH_SIZE, max_batch: int = MAX_BATCH, interval: float = INTERVAL,
                  max_queue: int = MAX_QUEUE,
-                 retention_days: int = 0) -> None:
+                 retention_days: int = 0, rule_versions: Sequence[Any] = ()) -> None:
         self.store = store
+        # cds_service.governance.versions.RuleVersion of every rule: stamped on each card row, and recorded
+        # in the store once (the first time this service runs with a version).
+        self.rule_versions = list(rule_versions)
+        self.versions = {v.rule_id: v.version for v in self.rule_versions}
+        self._versions_recorded = not self.rule_versions
         self._metrics = metrics
         self.batch_size = batch_size
         self.max_batch = max(max_batch, batch_size)
         self.interval = interval
         self.max_queue = max_queue
         self.retention_days = retention_days
-        # One entry per hook call: (time, service, hook, hookInstance, patient id, [(uuid, rule, indicator)]).
+        # One entry per hook call: (time, service, hook, hookInstance, patient id,
+        # [(uuid, rule, indicator, shadow)], (status, ms, ladder orders, ig orders) or None, rows).
         # Rows (and the patient key HMAC) are built by the writer, not on the request path.
         self._pending: collections.deque[tuple] = collections.deque()
         self._queued_rows = 0
@@ -111,22 +133,42 @@ class AuditWriter:
         self._log_limited = logs.RateLimited(every=10.0)
         self._next_purge = 0.0
         self._quarantined_now = 0
+        self._quarantined_calls = 0
 
     # ------------------------------------------------------------------ request path
     def cards_issued(self, *, service: str, hook: str, hook_instance: str, patient_id: str | None,
-                     cards: Sequence[Any]) -> None:
-        """Queue the call's cards. Never raises, never waits, does no I/O."""
+                     cards: Sequence[Any], shadow_cards: Sequence[Any] = (), call: CallFacts | None = None) -> None:
+        """Queue a hook call's cards; with ``call``, also the call's own row (the denominator of the alert
+        rates) and the cards of rules in shadow mode (flagged, never shown). Never raises, never waits, does
+        no I/O. Without ``call``, cards beyond the queue's room are dropped; with it, the call is kept whole or
+        dropped whole (a call without its cards, or cards without their call, would bias the rates)."""
+        def entries(items, shadow: bool) -> list[tuple]:
+            return [(c.uuid, (c.extension or {}).get(RULE_ID_EXTENSION), c.indicator, shadow) for c in items]
+
+        room = self.max_queue - self._queued_rows
+        if call is not None:
+            rows = 1 + len(cards) + len(shadow_cards)
+            if rows > room:
+                self._count("audit_dropped", "queue_full", rows)
+                return
+            self._enqueue((time.time(), service, hook, hook_instance, patient_id,
+                           entries(cards, False) + entries(shadow_cards, True),
+                           (int(call.status), call.duration_s * 1000.0, int(call.ladder_orders),
+                            int(call.ig_orders)), rows))
+            return
         if not cards:
             return
-        room = self.max_queue - self._queued_rows
         if len(cards) > room:
             self._count("audit_dropped", "queue_full", len(cards) - max(room, 0))
             if room <= 0:
                 return
             cards = cards[:room]
-        self._pending.append((time.time(), service, hook, hook_instance, patient_id,
-                              [(c.uuid, (c.extension or {}).get(RULE_ID_EXTENSION), c.indicator) for c in cards]))
-        self._queued_rows += len(cards)
+        self._enqueue((time.time(), service, hook, hook_instance, patient_id, entries(cards, False), None,
+                       len(cards)))
+
+    def _enqueue(self, entry: tuple) -> None:
+        self._pending.append(entry)
+        self._queued_rows += entry[7]
         self._gauge_queue()
         if not self._wakeup.is_set():
             self._wakeup.set()
@@ -138,15 +180,29 @@ class AuditWriter:
         h.update(patient_id.encode("utf-8"))
         return h.hexdigest()
 
-    def _rows(self, entries: list[tuple]) -> list[CardRow]:
-        rows = []
-        for at, service, hook, hook_instance, patient_id, cards in entries:
+    def _rows(self, entries: list[tuple]) -> list[CardRow | CallRow]:
+        rows: list[CardRow | CallRow] = []
+        versions = self.versions
+        for at, service, hook, hook_instance, patient_id, cards, call, _n in entries:
             issued_at = datetime.fromtimestamp(at, UTC)
-            key = self._key(patient_id)
-            for uuid, rule, indicator in cards:
-                rows.append(CardRow(card_uuid=uuid, service=service, hook=hook, rule_id=str(rule or UNLABELLED_RULE),
+            key = self._key(patient_id) if cards else None
+            shown = {"critical": 0, "warning": 0, "info": 0}
+            shadow_n = 0
+            for uuid, rule, indicator, shadow in cards:
+                rule_id = str(rule or UNLABELLED_RULE)
+                rows.append(CardRow(card_uuid=uuid, service=service, hook=hook, rule_id=rule_id,
                                     indicator=indicator, hook_instance=hook_instance, issued_at=issued_at,
-                                    patient_key=key))
+                                    patient_key=key, shadow=shadow, rule_version=versions.get(rule_id)))
+                if shadow:
+                    shadow_n += 1
+                elif indicator in shown:
+                    shown[indicator] += 1
+            if call is not None:
+                status, duration_ms, ladder, ig = call
+                rows.append(CallRow(call_id=uuid_mod.uuid4().hex, service=service, hook=hook, called_at=issued_at,
+                                    status=status, cards_critical=shown["critical"], cards_warning=shown["warning"],
+                                    cards_info=shown["info"], shadow_cards=shadow_n,
+                                    duration_ms=round(duration_ms, 3), ladder_orders=ladder, ig_orders=ig))
         return rows
 
     async def feedback_received(self, *, service: str, items: Sequence[Any]) -> int:
@@ -221,6 +277,25 @@ class AuditWriter:
         if not self._ready:
             await self.store.upgrade()
             self._ready = True
+        if not self._versions_recorded:
+            await self._record_versions()
+
+    async def _record_versions(self) -> None:
+        record = getattr(self.store, "record_rule_versions", None)
+        self._versions_recorded = True
+        if record is None:
+            return
+        now = datetime.now(UTC)
+        rows = [RuleVersionRow(rule_id=v.rule_id, version=v.version, first_seen=now, inputs=v.inputs)
+                for v in self.rule_versions]
+        try:
+            added = await record(rows)
+        except StoreError as exc:
+            self._versions_recorded = False  # tried again with the next write
+            log.warning("rule_versions_not_recorded", error=str(exc))
+            return
+        if added:
+            log.info("rule_versions_recorded", new=added)
 
     async def _run(self) -> None:
         backoff = 0.0
@@ -267,15 +342,17 @@ class AuditWriter:
             while self._pending and n < self.max_batch:
                 entry = self._pending.popleft()
                 entries.append(entry)
-                n += len(entry[5])
+                n += entry[7]
             if not entries:
                 return True
             rows = self._rows(entries)
+            n_calls = sum(1 for r in rows if isinstance(r, CallRow))
             try:
                 await self._ensure_ready()
-                await self.store.record_cards(rows)
+                await self.store.record_audit(rows)
             except Exception as exc:  # noqa: BLE001 - whatever the database does, the writer must survive
-                self._count("audit_failed", "cards", n)
+                self._count("audit_failed", "cards", n - n_calls)
+                self._count("audit_failed", "calls", n_calls)
                 if not await self._store_answers():
                     # An outage: keep the calls (in order, at the front) for the next attempt; they still
                     # count against the queue bound, so new calls are dropped rather than memory growing.
@@ -286,8 +363,9 @@ class AuditWriter:
                 await self._write_isolating(rows)
             self._queued_rows -= n
             self._gauge_queue()
-        self._count("audit_written", "cards", n - self._quarantined_now)
-        self._quarantined_now = 0
+        self._count("audit_written", "cards", n - n_calls - self._quarantined_now)
+        self._count("audit_written", "calls", n_calls - self._quarantined_calls)
+        self._quarantined_now = self._quarantined_calls = 0
         await self._maybe_purge()
         if self._failing_since is not None:
             log.info("audit_store_recovered", after_s=round(time.monotonic() - self._failing_since, 1))
@@ -302,13 +380,13 @@ class AuditWriter:
             return False
         return True
 
-    async def _write_isolating(self, rows: list[CardRow]) -> None:
+    async def _write_isolating(self, rows: list[CardRow | CallRow]) -> None:
         """Write ``rows`` in halves until every row is written or, alone, refused POISON_ATTEMPTS times."""
         if len(rows) > 1:
             mid = len(rows) // 2
             for part in (rows[:mid], rows[mid:]):
                 try:
-                    await self.store.record_cards(part)
+                    await self.store.record_audit(part)
                 except Exception:  # noqa: BLE001 - narrowed down below
                     await self._write_isolating(part)
             return
@@ -316,15 +394,19 @@ class AuditWriter:
         error: Exception | None = None
         for _ in range(POISON_ATTEMPTS):
             try:
-                await self.store.record_cards(rows)
+                await self.store.record_audit(rows)
                 return
             except Exception as exc:  # noqa: BLE001
                 error = exc
                 await asyncio.sleep(0.05)
-        self._quarantined_now += 1
         self._count("audit_dropped", "quarantined", 1)
-        log.error("audit_row_quarantined", card=row.card_uuid, rule=row.rule_id,
-                  error=str(error) if isinstance(error, StoreError) else type(error).__name__)
+        reason = str(error) if isinstance(error, StoreError) else type(error).__name__
+        if isinstance(row, CallRow):
+            self._quarantined_calls += 1
+            log.error("audit_row_quarantined", call=row.call_id, hook=row.hook, error=reason)
+        else:
+            self._quarantined_now += 1
+            log.error("audit_row_quarantined", card=row.card_uuid, rule=row.rule_id, error=reason)
 
     async def _maybe_purge(self) -> None:
         if self.retention_days <= 0 or time.monotonic() < self._next_purge:
@@ -373,7 +455,8 @@ def install(app, settings) -> None:
         log.warning("patient_key_secret_not_shared",
                     hint="set CDS_PATIENT_KEY_SECRET to the same value on every instance sharing the database")
     writer = AuditWriter(store, secret, metrics=lambda: getattr(app.state, "metrics", None),
-                         retention_days=settings.audit_retention_days)
+                         retention_days=settings.audit_retention_days,
+                         rule_versions=list(app.state.rule_versions.values()))
     app.state.audit = writer
     app.state.startup_hooks.append(writer.start)
     app.state.shutdown_hooks.append(writer.stop)

@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     # data_dir when not given, so it survives restarts of a single instance.
     patient_key_secret: str | None = None
 
+    # --- rule governance (cds_service/governance): per-rule on | shadow | off, YAML; unset = every rule on
+    rules_file: Path | None = None
+
     # --- logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_json: bool = True
@@ -437,6 +440,24 @@ def _check_site_codes() -> None:
                                   f"of site codes ({reason[:300]})."]) from None
 
 
+def _check_rule_modes() -> None:
+    """The site rule-mode file (``CDS_RULES_FILE``), when set, names existing rules and modes."""
+    from cds_service.governance.modes import RuleModesError, load_rule_modes
+
+    try:
+        path = _load(Settings).rules_file
+    except ConfigurationError:
+        return  # reported with the other settings
+    if not path:
+        return
+    try:
+        load_rule_modes(path)
+    except RuleModesError as exc:
+        where = _where("CDS_RULES_FILE", _dotenv_vars())
+        raise ConfigurationError([f"Configuration error in CDS_RULES_FILE{where}: expected a YAML file of rule "
+                                  f"modes (on, shadow, off) ({str(exc)[:300]})."]) from None
+
+
 def load_configuration() -> Settings:
     """Every setting checked (service, clinical thresholds, site codes); :class:`ConfigurationError` if any
     is wrong. The checked objects are the ones the service then uses (the getters' caches)."""
@@ -446,7 +467,8 @@ def load_configuration() -> Settings:
     thresholds.get_thresholds.cache_clear()
     lines: list[str] = []
     settings = None
-    for load in (lambda: _load(Settings), lambda: _load(thresholds.Thresholds), _check_site_codes):
+    for load in (lambda: _load(Settings), lambda: _load(thresholds.Thresholds), _check_site_codes,
+                 _check_rule_modes):
         try:
             result = load()
         except ConfigurationError as exc:

@@ -7,6 +7,7 @@ from typing import Any
 
 from cds_service.config import Settings, get_settings
 from cds_service.errors import BadRequest
+from cds_service.governance.modes import cached_rule_modes
 from cds_service.hooks import evaluation_time, parse_call
 from cds_service.models import EVALUATION_TIME_EXTENSION, CDSResponse, dump
 from cds_service.response import evaluate_cards
@@ -39,7 +40,8 @@ def build_request(bundle: dict[str, Any], hook: str, order: str | None = None,
 async def evaluate_request_async(request: dict[str, Any], hook: str, base_url: str | None = None,
                                  settings: Settings | None = None) -> dict[str, Any]:
     """The CDS Hooks response for ``request``; cards carry the timeline link when development links are on
-    (``CDS_SMART_LINKS_UNAUTHENTICATED``), pointing at ``base_url`` (else the configured host and port)."""
+    (``CDS_SMART_LINKS_UNAUTHENTICATED``), pointing at ``base_url`` (else the configured host and port).
+    The site's rule modes apply as in a hook call: ``off`` rules are not run, ``shadow`` cards left out."""
     settings = settings or get_settings()
     call = parse_call(service_for(hook, settings), request)
     Workload(WorkloadPolicy.from_settings(settings)).check(call)  # CDS_MAX_DRAFT_ORDERS, as for hook calls
@@ -48,7 +50,9 @@ async def evaluate_request_async(request: dict[str, Any], hook: str, base_url: s
     record = await gather(call, prefetch_only(call), policy)  # the bundle's data is all in prefetch
     if now is not None:
         record.now = now
-    cards = evaluate_cards(record, call.service.engine_hook, call.hook_instance, call.service.rule_groups)
+    modes = cached_rule_modes(settings.rules_file)
+    cards, _shadow = modes.split(evaluate_cards(record, call.service.engine_hook, call.hook_instance,
+                                                call.service.rule_groups, modes.off))
     if not settings.auth_enabled:
         for_call(cards, settings, None, base_url)
     return dump(CDSResponse(cards=cards))

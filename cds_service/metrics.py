@@ -6,6 +6,8 @@ What is measured (all names prefixed ``cds_``):
 * ``fhir_fetch_duration_seconds`` / ``fhir_requests_total`` / ``fhir_fetch_failures_total``: the FHIR
   server fallback when prefetch is incomplete, failures included (they end in a 412).
 * ``cards_total{rule,indicator}``: cards returned, by rule id and indicator.
+* ``shadow_cards_total{rule,indicator}``: cards of rules in shadow mode (audited, never returned);
+  ``rule_mode{rule,mode}``: 1 for each rule's configured mode (``CDS_RULES_FILE``).
 * ``http_responses_total{endpoint,status}``: every response, 4xx and 5xx included.
 * ``auth_failures_total{reason}``: refused JWTs, by reason (called by the auth module).
 * ``audit_rows_written_total{kind}``, ``audit_write_failures_total{kind}``, ``audit_rows_dropped_total{reason}``
@@ -122,8 +124,13 @@ class Metrics:
                                       registry=reg)
         self.audit_drops = Counter("cds_audit_rows_dropped_total", "Audit rows given up on, by reason.",
                                    ["reason"], registry=reg)
-        self.audit_queue = Gauge("cds_audit_queue_depth", "Card rows waiting to be written.", registry=reg,
-                                 multiprocess_mode="livesum")
+        self.audit_queue = Gauge("cds_audit_queue_depth", "Card and hook-call rows waiting to be written.",
+                                 registry=reg, multiprocess_mode="livesum")
+        self.shadow_cards = Counter("cds_shadow_cards_total", "Cards of rules in shadow mode: computed and "
+                                    "audited, never returned; by rule and indicator.", ["rule", "indicator"],
+                                    registry=reg)
+        self.rule_mode = Gauge("cds_rule_mode", "1 for each rule's configured mode (on, shadow, off; "
+                               "CDS_RULES_FILE).", ["rule", "mode"], registry=reg, multiprocess_mode="max")
         self._children: dict[tuple, Any] = {}
 
     def _child(self, metric, *labels: str):
@@ -136,11 +143,22 @@ class Metrics:
         return child
 
     # ---- called by the application
-    def hook_answered(self, hook: str, seconds: float, cards, stats=None) -> None:
+    def hook_answered(self, hook: str, seconds: float, cards, stats=None, shadow=()) -> None:
         self._child(self.hook_seconds, hook).observe(seconds)
         for card in cards:
             rule = (card.extension or {}).get(RULE_ID_EXTENSION) or "unlabelled"
             self._child(self.cards, rule, card.indicator).inc()
+        for card in shadow:
+            rule = (card.extension or {}).get(RULE_ID_EXTENSION) or "unlabelled"
+            self._child(self.shadow_cards, rule, card.indicator).inc()
+
+    def rule_modes(self, modes) -> None:
+        """Publish each rule's mode (one series per rule and mode, 1 for the configured one)."""
+        from cds_service.governance.modes import MODES
+
+        for rule, mode in modes.modes.items():
+            for m in MODES:
+                self._child(self.rule_mode, rule, m).set(1 if m == mode else 0)
 
     def fhir_fetch(self, stats) -> None:
         if stats.fhir_requests:
@@ -238,6 +256,7 @@ def install(app, settings) -> None:
 
     metrics = get_metrics()
     app.state.metrics = metrics
+    metrics.rule_modes(app.state.rule_modes)
 
     def metrics_endpoint() -> Response:  # sync: FastAPI runs it in a thread (multiprocess mode reads files)
         body, content_type = exposition()

@@ -7,6 +7,7 @@ the web application to reach the engine.
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 
 import orjson
 
@@ -14,6 +15,7 @@ from cds_service import logs
 from cds_service.clinical import engine
 from cds_service.clinical.cards import card_library
 from cds_service.clinical.record import PatientRecord
+from cds_service.governance.modes import ALL_ON, RuleModes
 from cds_service.models import RULE_ID_EXTENSION, Card, CDSResponse, Source, dump
 from cds_service.services import Service
 
@@ -45,20 +47,48 @@ def _acknowledged() -> list[dict[str, str]] | None:
 
 
 def evaluate_cards(record: PatientRecord, hook: str, hook_instance: str,
-                   rule_groups: Collection[str] | None = None) -> list[Card]:
-    """Run the rules (of ``rule_groups``; None: every group the hook reads); a bug in a rule becomes an honest
-    card, never a 500 or a silent empty answer."""
+                   rule_groups: Collection[str] | None = None, rules_off: Collection[str] = frozenset()) -> list[Card]:
+    """Run the rules (of ``rule_groups``; None: every group the hook reads; never those in ``rules_off``); a bug
+    in a rule becomes an honest card, never a 500 or a silent empty answer."""
+    evaluation = _evaluate(record, hook, hook_instance, rule_groups, rules_off)
+    return evaluation.cards if evaluation is not None else [evaluation_failed_card()]
+
+
+def _evaluate(record: PatientRecord, hook: str, hook_instance: str, rule_groups: Collection[str] | None,
+              rules_off: Collection[str]):
+    """The engine's evaluation, or None when a rule failed (logged)."""
     try:
-        return engine.evaluate(record, hook, rule_groups=rule_groups).cards
+        return engine.evaluate(record, hook, rule_groups=rule_groups, rules_off=rules_off)
     except Exception as exc:  # noqa: BLE001 - the clinician must still get an answer
         log.error("rules_failed", hookInstance=hook_instance, error=type(exc).__name__, exc_info=True)
-        return [evaluation_failed_card()]
+        return None
 
 
-def answer(record: PatientRecord, service: Service, hook_instance: str, links=None) -> tuple[list[Card], bytes]:
-    """The cards of ``service``'s rule groups (with the links ``links(cards)`` adds, when given) and the encoded
-    CDS Hooks response."""
-    cards = evaluate_cards(record, service.engine_hook, hook_instance, service.rule_groups)
+@dataclass
+class Answer:
+    """What one hook call answered, and what only the audit sees."""
+
+    cards: list[Card]  # returned to the EHR
+    shadow: list[Card]  # cards of rules in shadow mode: audited, never returned
+    body: bytes  # the encoded CDS Hooks response
+    ladder_orders: int = 0  # "the orders" of the call that are ladder drugs
+    ig_orders: int = 0  # ... and immune globulin
+
+
+def answer(record: PatientRecord, service: Service, hook_instance: str, links=None,
+           modes: RuleModes = ALL_ON) -> Answer:
+    """The cards of ``service``'s rule groups (with the links ``links(cards)`` adds, when given), the encoded
+    CDS Hooks response, and what the audit keeps: the site's ``off`` rules are not evaluated, the cards of
+    its ``shadow`` rules are split off before the response, and the call's orders are counted."""
+    evaluation = _evaluate(record, service.engine_hook, hook_instance, service.rule_groups, modes.off)
+    if evaluation is None:
+        cards, ladder, ig = [evaluation_failed_card()], 0, 0
+    else:
+        orders = evaluation.facts.the_orders
+        cards = evaluation.cards
+        ig = sum(1 for o in orders if o.is_ig)
+        ladder = sum(1 for o in orders if o.is_ladder and not o.is_ig)
+    shown, shadow = modes.split(cards)
     if links is not None:
-        links(cards)
-    return cards, orjson.dumps(dump(CDSResponse(cards=cards)))
+        links(shown)
+    return Answer(shown, shadow, orjson.dumps(dump(CDSResponse(cards=shown))), ladder, ig)

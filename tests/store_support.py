@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from functools import lru_cache
+from types import SimpleNamespace
 
 import pytest
 
@@ -82,8 +83,9 @@ def make_card(rule: str, indicator: str = "warning", with_suggestion: bool = Tru
 
 
 class StubEvaluation:
-    def __init__(self, cards):
+    def __init__(self, cards, orders=()):
         self.cards = cards
+        self.facts = SimpleNamespace(the_orders=list(orders))  # the call's orders, for the hook-call row
 
 
 def stub_engine(monkeypatch, rules=(("test.rule-a", "warning"), ("test.rule-b", "info"))):

@@ -169,8 +169,8 @@ def test_purge_and_report_leave_a_database_without_tables_alone():
 
 
 def test_db_upgrade_and_purge(cli, tmp_path):
-    assert "revision 0001" in cli("db", "upgrade").stdout
-    assert cli("db", "current").stdout.strip() == "0001"
+    assert "revision 0002" in cli("db", "upgrade").stdout
+    assert cli("db", "current").stdout.strip() == "0002"
     old = _card("rule.old", at=NOW - timedelta(days=400))
     seed(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'cds_service.db'}", [old, _card("rule.new")], [_fb(old)])
     assert "Deleted 2 rows" in cli("purge").stdout  # default retention 365 days: the old card + its feedback

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from sqlalchemy.engine import make_url
 
-from cds_service.store.base import CardRow, FeedbackRow, RuleReport, Store, StoreError
+from cds_service.store.base import CallRow, CardRow, FeedbackRow, RuleReport, RuleVersionRow, Store, StoreError
 from cds_service.store.engines import database_path, make_engine
 
-__all__ = ["CardRow", "FeedbackRow", "RuleReport", "Store", "StoreError", "make_engine", "open_store"]
+__all__ = ["CallRow", "CardRow", "FeedbackRow", "RuleReport", "RuleVersionRow", "Store", "StoreError", "make_engine",
+           "open_store"]
 
 
 def open_store(url_or_settings) -> Store:

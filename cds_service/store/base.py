@@ -33,6 +33,36 @@ class CardRow:
     hook_instance: str
     issued_at: datetime
     patient_key: str | None
+    shadow: bool = False  # computed and kept for analytics, never returned to the EHR (rule in shadow mode)
+    rule_version: str | None = None  # digest of what the rule read (cds_service.governance.versions)
+
+
+@dataclass(frozen=True, slots=True)
+class CallRow:
+    """One hook call, whatever it answered: the denominator of every alert rate. No patient, no user."""
+
+    call_id: str
+    service: str
+    hook: str
+    called_at: datetime
+    status: int  # HTTP status of the answer
+    cards_critical: int = 0
+    cards_warning: int = 0
+    cards_info: int = 0
+    shadow_cards: int = 0
+    duration_ms: float = 0.0
+    ladder_orders: int = 0  # orders of the call that are ladder drugs (glucocorticoid, second line, anti-TNF)
+    ig_orders: int = 0  # orders of the call that are immune globulin (IVIG or SCIG)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleVersionRow:
+    """A version of a rule as first seen by a running service: its digest and what it was made of."""
+
+    rule_id: str
+    version: str
+    first_seen: datetime
+    inputs: dict[str, Any]  # {"cards": digest, "thresholds": {name: value}, "value_sets": {name: digest}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +119,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def record_cards(self, rows: Sequence[CardRow]) -> int:
         """Store issued cards in one transaction; a card uuid already stored is skipped. Returns rows added."""
+
+    async def record_calls(self, rows: Sequence[CallRow]) -> int:
+        """Store hook-call rows (idempotent on call id). A store that keeps no denominators keeps nothing."""
+        return 0
+
+    async def record_audit(self, rows: Sequence[CardRow | CallRow]) -> int:
+        """Store a batch of card and call rows (the audit writer's one write). Returns rows added."""
+        cards = [r for r in rows if isinstance(r, CardRow)]
+        calls = [r for r in rows if isinstance(r, CallRow)]
+        added = await self.record_cards(cards) if cards else 0
+        if calls:
+            added += await self.record_calls(calls)
+        return added
 
     @abc.abstractmethod
     async def record_feedback(self, items: Sequence[FeedbackRow]) -> int:

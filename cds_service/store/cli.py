@@ -9,69 +9,17 @@ creating an empty one and reporting nothing.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import typer
 
-from cds_service.store.base import RuleReport, StoreError
+from cds_service.store.base import RuleReport
+from cds_service.store.commands import _missing_sqlite_file, _require_tables, _run, _settings
 
 db_app = typer.Typer(help="Database schema (migrations ship inside the package).", no_args_is_help=True)
-
-
-def _settings():
-    from cds_service.cli import configured_settings
-
-    return configured_settings()
-
-
-def _missing_sqlite_file(settings):
-    """The SQLite file the settings name when it does not exist yet (None for PostgreSQL or an existing file)."""
-    from cds_service.store.engines import database_path
-
-    if not settings.sqlalchemy_url.startswith("sqlite"):
-        return None
-    path = database_path(settings.sqlalchemy_url)
-    return path if path is not None and not path.exists() else None
-
-
-def _run(coro_fn, *, create: bool = False):
-    """Open the store, run ``coro_fn(store)``, close; a store error is a one-line message and exit 1.
-
-    Without ``create``, a SQLite file that does not exist is refused (one line, exit 1) and not created.
-    """
-    from cds_service.store import open_store
-
-    settings = _settings()
-    typer.echo(f"Database: {settings.database_label}", err=True)
-    missing = _missing_sqlite_file(settings)
-    if missing is not None and not create:
-        typer.secho(f"Error: there is no audit database at {missing.resolve()}. Run this command where the "
-                    "service runs, or set CDS_DATA_DIR or CDS_DATABASE_URL to the service's; "
-                    "`cds-service db upgrade` creates an empty one.", fg="red", err=True)
-        raise typer.Exit(1)
-
-    async def main():
-        store = open_store(settings)
-        try:
-            return await coro_fn(store)
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(main())
-    except StoreError as exc:
-        typer.secho(f"Error: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from None
-
-
-async def _require_tables(store) -> None:
-    if await store.revision() is None:
-        typer.secho("Error: the database has no audit tables (the service creates them on its first start; "
-                    "`cds-service db upgrade` creates them now).", fg="red", err=True)
-        raise typer.Exit(1)
 
 
 def parse_when(value: str | None, *, end: bool = False) -> datetime | None:
@@ -127,9 +75,34 @@ def report(
     until: str = typer.Option(None, help="Up to and including this date (or before this date-time)."),
     as_json: bool = typer.Option(False, "--json", help='Print {"rules": [...]} as JSON.'),
     top: int = typer.Option(3, min=1, help="Override reasons shown per rule in the table."),
+    html: Path = typer.Option(None, "--html", dir_okay=False, writable=True,
+                              help="Write the alert-burden report (weekly charts per rule, rates per 100 relevant "
+                                   "orders, override rates with intervals, before/after versions) to this "
+                                   "self-contained HTML file. Needs the 'report' extra (matplotlib)."),
+    demo_history: bool = typer.Option(False, "--demo-history",
+                                      help="With --html: report on a generated 12-week history instead of the "
+                                           "database (to see what the report shows; nothing is written to it)."),
+    hook: list[str] = typer.Option(None, "--hook", help="With --html: only these order hooks (order-select, "
+                                                        "order-sign); default both."),
 ) -> None:
     """Override analytics per rule: cards shown, accepted, overridden, override rate and reasons."""
     start, end = parse_when(since), parse_when(until, end=True)
+    if demo_history and html is None:
+        raise typer.BadParameter("--demo-history needs --html FILE.", param_hint="--demo-history")
+    if html is not None:
+        from cds_service.governance.burden import ORDER_HOOKS
+        from cds_service.governance.cli import html_report
+
+        hooks = tuple(hook) if hook else ORDER_HOOKS
+        unknown = [h for h in hooks if h not in ORDER_HOOKS]
+        if unknown:
+            raise typer.BadParameter(f"'{unknown[0]}' is not an order hook (order-select, order-sign).",
+                                     param_hint="--hook")
+        figures = html_report(html, since=start, until=end, hooks=hooks, demo=demo_history)
+        typer.echo(f"Wrote {html} ({len(figures['rules'])} rules, {len(figures['weeks'])} weeks).", err=True)
+        if as_json:
+            sys.stdout.write(json.dumps(figures, indent=2) + "\n")
+        return
 
     async def go(store):
         await _require_tables(store)
@@ -202,6 +175,9 @@ def db_revision(message: str = typer.Option(..., "-m", "--message", help="What t
 
 
 def register(app: typer.Typer) -> None:
+    from cds_service.governance.cli import register as register_governance
+
     app.command("report")(report)
+    register_governance(app)
     app.command("purge")(purge)
     app.add_typer(db_app, name="db")

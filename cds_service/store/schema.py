@@ -55,6 +55,10 @@ cards = sa.Table(
     sa.Column("hook_instance", sa.String(128), nullable=False),
     sa.Column("issued_at", UTCDateTime(), nullable=False),
     sa.Column("patient_key", sa.String(64), nullable=True),
+    # A card of a rule in shadow mode: computed and kept, never returned (cds_service.governance).
+    sa.Column("shadow", sa.Boolean(), nullable=False, server_default=sa.false()),
+    # The version (digest) of the rule that produced it; NULL for cards stored before versions existed.
+    sa.Column("rule_version", sa.String(16), nullable=True),
     sa.Index("ix_cds_card_issued_at_rule", "issued_at", "rule_id"),
     sa.Index("ix_cds_card_patient_key", "patient_key"),
 )
@@ -76,4 +80,34 @@ feedback = sa.Table(
     sa.Column("user_comment", sa.Text(), nullable=True),
     sa.UniqueConstraint("card_uuid", "outcome", "outcome_at", name="uq_cds_feedback_card_outcome_time"),
     sa.Index("ix_cds_feedback_received_at", "received_at"),
+)
+
+# One row per hook call (cards or not, errors included): the denominators of the alert-burden report.
+# Deliberately no patient key, user or hookInstance: counts only.
+hook_calls = sa.Table(
+    "cds_hook_call",
+    metadata,
+    sa.Column("call_id", sa.String(32), primary_key=True),
+    sa.Column("service", sa.String(100), nullable=False),
+    sa.Column("hook", sa.String(64), nullable=False),
+    sa.Column("called_at", UTCDateTime(), nullable=False),
+    sa.Column("status", sa.Integer(), nullable=False),
+    sa.Column("cards_critical", sa.Integer(), nullable=False),
+    sa.Column("cards_warning", sa.Integer(), nullable=False),
+    sa.Column("cards_info", sa.Integer(), nullable=False),
+    sa.Column("shadow_cards", sa.Integer(), nullable=False),
+    sa.Column("duration_ms", sa.Float(), nullable=False),
+    sa.Column("ladder_orders", sa.Integer(), nullable=False),
+    sa.Column("ig_orders", sa.Integer(), nullable=False),
+    sa.Index("ix_cds_hook_call_called_at", "called_at"),
+)
+
+# Every version of every rule a service has run with, and what it was made of (`cds-service rules`).
+rule_versions = sa.Table(
+    "cds_rule_version",
+    metadata,
+    sa.Column("rule_id", sa.String(200), primary_key=True),
+    sa.Column("version", sa.String(16), primary_key=True),
+    sa.Column("first_seen", UTCDateTime(), nullable=False),
+    sa.Column("inputs", sa.JSON(), nullable=False),
 )

@@ -18,16 +18,18 @@ from cds_service.store import migrate
 from cds_service.store.base import (
     NO_REASON,
     UNKNOWN_RULE,
+    CallRow,
     CardRow,
     FeedbackRow,
     RuleReport,
+    RuleVersionRow,
     Store,
     StoreError,
     dedupe_feedback,
     run_to_end,
 )
 from cds_service.store.engines import make_engine
-from cds_service.store.schema import cards, feedback
+from cds_service.store.schema import cards, feedback, hook_calls, rule_versions
 from cds_service.store.text import db_text
 
 # Free text from the EHR: the longest comment accepted (longer ones are refused with a 400 when read).
@@ -49,6 +51,7 @@ def purge_statements(conn: sa.Connection, before: datetime) -> int:
     n = conn.execute(sa.delete(feedback).where(
         sa.or_(feedback.c.received_at < before, feedback.c.card_uuid.in_(old_cards)))).rowcount
     n += conn.execute(sa.delete(cards).where(cards.c.issued_at < before)).rowcount
+    n += conn.execute(sa.delete(hook_calls).where(hook_calls.c.called_at < before)).rowcount
     return n
 
 
@@ -86,6 +89,67 @@ class SqlStore(Store):
         except SQLAlchemyError as exc:
             raise StoreError(f"{what} failed ({_safe_message(exc)})") from exc
 
+    async def record_calls(self, rows: Sequence[CallRow]) -> int:
+        if not rows:
+            return 0
+        sql, params = self.call_params(rows)
+        return await run_to_end(self._execute_many(sql, params, "writing hook calls"))
+
+    async def record_audit(self, rows: Sequence[CardRow | CallRow]) -> int:
+        """Card and call rows of a batch in one transaction (one commit, as cheap as the cards alone)."""
+        statements = self.audit_statements(rows)
+        if not statements:
+            return 0
+        return await run_to_end(self._execute_all(statements))
+
+    async def _execute_all(self, statements: list[tuple[str, list[tuple]]]) -> int:
+        try:
+            async with self.engine.begin() as conn:
+                added = 0
+                for sql, params in statements:
+                    added += max((await conn.exec_driver_sql(sql, params)).rowcount, 0)
+                return added
+        except SQLAlchemyError as exc:
+            raise StoreError(f"writing the audit batch failed ({_safe_message(exc)})") from exc
+
+    def audit_statements(self, rows: Sequence[CardRow | CallRow]) -> list[tuple[str, list[tuple]]]:
+        card_rows = [r for r in rows if isinstance(r, CardRow)]
+        call_rows = [r for r in rows if isinstance(r, CallRow)]
+        statements = []
+        if card_rows:
+            statements.append(self.card_params(card_rows))
+        if call_rows:
+            statements.append(self.call_params(call_rows))
+        return statements
+
+    def call_params(self, rows: Sequence[CallRow]) -> tuple[str, list[tuple]]:
+        sql, procs = self._plain_insert(hook_calls, "_call_insert_cached")
+        params = [
+            tuple(p(v) if p else v for p, v in zip(procs, (
+                db_text(r.call_id, 32), db_text(r.service, 100), db_text(r.hook, 64), r.called_at, int(r.status),
+                int(r.cards_critical), int(r.cards_warning), int(r.cards_info), int(r.shadow_cards),
+                float(r.duration_ms), int(r.ladder_orders), int(r.ig_orders)), strict=True))
+            for r in rows
+        ]
+        return sql, params
+
+    def _plain_insert(self, table: sa.Table, cache: str) -> tuple[str, tuple]:
+        """A driver-level INSERT of every column of ``table`` that skips rows already stored."""
+        cached = getattr(self, cache, None)
+        if cached is None:
+            dialect = self.engine.dialect
+            names = tuple(c.name for c in table.columns)
+            columns = ", ".join(names)
+            marks = ", ".join(["?" if dialect.paramstyle == "qmark" else "%s"] * len(names))
+            if self.dialect == "sqlite":
+                sql = f"INSERT OR IGNORE INTO {table.name} ({columns}) VALUES ({marks})"
+            else:
+                sql = f"INSERT INTO {table.name} ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING"
+            procs = tuple(table.c[n].type.bind_processor(dialect) for n in names)
+            cached = (sql, procs)
+            setattr(self, cache, cached)
+        return cached
+
     def card_params(self, rows: Sequence[CardRow]) -> tuple[str, list[tuple]]:
         """The card INSERT and its parameters, text cleaned to what the database accepts.
 
@@ -97,7 +161,7 @@ class SqlStore(Store):
             tuple(p(v) if p else v for p, v in zip(procs, (
                 db_text(r.card_uuid, 64), db_text(r.service, 100), db_text(r.hook, 64), db_text(r.rule_id, 200),
                 db_text(r.indicator, 16), db_text(r.hook_instance, 128), r.issued_at,
-                db_text(r.patient_key, 64)), strict=True))
+                db_text(r.patient_key, 64), bool(r.shadow), db_text(r.rule_version, 16)), strict=True))
             for r in rows
         ]
         return sql, params
@@ -107,7 +171,7 @@ class SqlStore(Store):
         if cached is None:
             dialect = self.engine.dialect
             names = ("card_uuid", "service", "hook", "rule_id", "indicator", "hook_instance", "issued_at",
-                     "patient_key")
+                     "patient_key", "shadow", "rule_version")
             columns = ", ".join(names)
             marks = ", ".join(["?" if dialect.paramstyle == "qmark" else "%s"] * len(names))
             if self.dialect == "sqlite":
@@ -166,6 +230,7 @@ class SqlStore(Store):
         def distinct_cards(outcome: str):
             return sa.func.count(sa.distinct(sa.case((f.c.outcome == outcome, f.c.card_uuid))))
 
+        window.append(c.c.shadow == sa.false())  # shadow cards were never shown, so never had feedback
         shown_q = sa.select(c.c.rule_id, sa.func.count()).where(*window).group_by(c.c.rule_id)
         joined = f.join(c, f.c.card_uuid == c.c.card_uuid)
         outcomes_q = (sa.select(c.c.rule_id, distinct_cards("accepted"), distinct_cards("overridden"))
@@ -216,6 +281,64 @@ class SqlStore(Store):
                 if display:
                     r.reason_displays[code] = display
         return sorted(by_rule.values(), key=lambda r: (r.rule == UNKNOWN_RULE, -r.shown, r.rule))
+
+    # ------------------------------------------------------------------ governance
+    async def record_rule_versions(self, rows: Sequence[RuleVersionRow]) -> int:
+        """Remember versions not seen before (first_seen of a known version is kept). Returns rows added."""
+        if not rows:
+            return 0
+        values = [{"rule_id": db_text(r.rule_id, 200), "version": db_text(r.version, 16),
+                   "first_seen": r.first_seen, "inputs": r.inputs} for r in rows]
+        return await run_to_end(self._insert_rule_versions(values))
+
+    async def _insert_rule_versions(self, values: list[dict]) -> int:
+        stmt = self._insert(rule_versions).returning(rule_versions.c.rule_id)
+        try:
+            async with self.engine.begin() as conn:
+                return len((await conn.execute(stmt, values)).all())
+        except SQLAlchemyError as exc:
+            raise StoreError(f"writing rule versions failed ({_safe_message(exc)})") from exc
+
+    async def rule_version_history(self) -> list[RuleVersionRow]:
+        """Every stored rule version, oldest first per rule."""
+        q = sa.select(rule_versions).order_by(rule_versions.c.rule_id, rule_versions.c.first_seen,
+                                              rule_versions.c.version)
+        try:
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(q)).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"reading rule versions failed ({_safe_message(exc)})") from exc
+        return [RuleVersionRow(rule_id=r.rule_id, version=r.version, first_seen=r.first_seen, inputs=r.inputs)
+                for r in rows]
+
+    async def governance_rows(self, since: datetime | None, until: datetime | None) -> dict[str, list]:
+        """The raw material of the alert-burden report for [since, until): hook calls, cards (shown and
+        shadow) and feedback on those cards. Counts and codes only: no patient key, no comment."""
+        c, f, h = cards, feedback, hook_calls
+
+        def window(column):
+            parts = []
+            if since is not None:
+                parts.append(column >= since)
+            if until is not None:
+                parts.append(column < until)
+            return parts
+
+        calls_q = sa.select(h.c.hook, h.c.called_at, h.c.status, h.c.ladder_orders, h.c.ig_orders,
+                            h.c.shadow_cards).where(*window(h.c.called_at))
+        cards_q = sa.select(c.c.card_uuid, c.c.hook, c.c.rule_id, c.c.rule_version, c.c.shadow,
+                            c.c.issued_at).where(*window(c.c.issued_at))
+        feedback_q = (sa.select(f.c.card_uuid, f.c.outcome, f.c.outcome_at, f.c.reason_code, f.c.reason_display)
+                      .select_from(f.join(c, f.c.card_uuid == c.c.card_uuid)).where(*window(c.c.issued_at)))
+        try:
+            async with self.engine.connect() as conn:
+                calls = (await conn.execute(calls_q)).all()
+                card_rows = (await conn.execute(cards_q)).all()
+                feedback_rows = (await conn.execute(feedback_q)).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"reading the report failed ({_safe_message(exc)})") from exc
+        return {"calls": [tuple(r) for r in calls], "cards": [tuple(r) for r in card_rows],
+                "feedback": [tuple(r) for r in feedback_rows]}
 
     # ------------------------------------------------------------------ housekeeping
     async def purge(self, before: datetime) -> int:

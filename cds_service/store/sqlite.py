@@ -16,9 +16,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from cds_service.store.base import CardRow, FeedbackRow, StoreError, dedupe_feedback
+from cds_service.store.base import CallRow, CardRow, FeedbackRow, StoreError, dedupe_feedback
 from cds_service.store.engines import sqlite_pragmas
-from cds_service.store.schema import feedback
+from cds_service.store.schema import feedback, rule_versions
 from cds_service.store.sql import SqlStore, _safe_message, purge_statements
 
 
@@ -59,6 +59,21 @@ class SqliteStore(SqlStore):
         except SQLAlchemyError as exc:
             raise StoreError(f"{what} failed ({_safe_message(exc)})") from exc
 
+    def _execute_all_sync(self, statements: list[tuple[str, list[tuple]]]) -> int:
+        try:
+            with self._writer_engine().begin() as conn:
+                return sum(max(conn.exec_driver_sql(sql, params).rowcount, 0) for sql, params in statements)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"writing the audit batch failed ({_safe_message(exc)})") from exc
+
+    def _insert_rule_versions_sync(self, values: list[dict]) -> int:
+        stmt = self._insert(rule_versions).returning(rule_versions.c.rule_id)
+        try:
+            with self._writer_engine().begin() as conn:
+                return len(conn.execute(stmt, values).all())
+        except SQLAlchemyError as exc:
+            raise StoreError(f"writing rule versions failed ({_safe_message(exc)})") from exc
+
     def _insert_feedback_sync(self, values: list[dict]) -> int:
         stmt = self._insert(feedback).returning(feedback.c.id)
         try:
@@ -79,6 +94,21 @@ class SqliteStore(SqlStore):
             return 0
         sql, params = self.card_params(rows)
         return await self._in_writer(self._execute_many_sync, sql, params, "writing cards")
+
+    async def record_calls(self, rows: Sequence[CallRow]) -> int:
+        if not rows:
+            return 0
+        sql, params = self.call_params(rows)
+        return await self._in_writer(self._execute_many_sync, sql, params, "writing hook calls")
+
+    async def record_audit(self, rows: Sequence[CardRow | CallRow]) -> int:
+        statements = self.audit_statements(rows)
+        if not statements:
+            return 0
+        return await self._in_writer(self._execute_all_sync, statements)
+
+    async def _insert_rule_versions(self, values: list[dict]) -> int:
+        return await self._in_writer(self._insert_rule_versions_sync, values)
 
     async def record_feedback(self, items: Sequence[FeedbackRow]) -> int:
         items = dedupe_feedback(items)

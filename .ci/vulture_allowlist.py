@@ -125,3 +125,8 @@ _.in_set  # unused method (cds_service/clinical/terminology.py:449)
 _._consistent  # unused method (cds_service/clinical/thresholds.py:150)
 target_unit  # unused function (cds_service/clinical/units.py:55)
 kg  # unused function (cds_service/clinical/units.py:117)
+
+# Module-level __getattr__ (PEP 562): the auth package loads its JWT libraries on first use.
+from cds_service import auth  # noqa: E402
+
+auth.__getattr__

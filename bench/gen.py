@@ -16,6 +16,7 @@ import argparse
 import copy
 import glob
 import os
+import re
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -28,7 +29,11 @@ from cds_service.services import registry
 
 PREFETCH = registry()["neurosarcoidosis-order-select"].prefetch
 
-_REPO_SYNTHEA = Path(__file__).resolve().parent.parent / "tests" / "data" / "synthea-r4"
+_REPO = Path(__file__).resolve().parent.parent
+_REPO_SYNTHEA = _REPO / "tests" / "data" / "synthea-r4"
+# The relapse shape starts from this fixture's record (a relapse on a prednisone taper), moved to today.
+RELAPSE_FIXTURE = _REPO / "fixtures" / "fhir" / "07-s3r-relapse-prednisone-reescalated.json"
+SHAPES = ("synthea", "relapse")
 SYNTHEA_DIR = Path(os.environ.get("BENCH_SYNTHEA_DIR", _REPO_SYNTHEA))
 SERVICE_ID = "neurosarcoidosis-order-select"
 PATIENT_ID = "bench-pat-1"
@@ -262,9 +267,16 @@ def prefetch_for(resources: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def build_request(n: int, *, order: str = "ivig", patient_id: str = PATIENT_ID, fhir_server: str | None = FHIR_SERVER,
-                  with_prefetch: bool = True, today: date | None = None) -> dict[str, Any]:
-    """One order-select request with ``n`` prefetched resources (or none, for the FHIR-fallback path)."""
+                  with_prefetch: bool = True, today: date | None = None, shape: str = "synthea") -> dict[str, Any]:
+    """One order-select request with ``n`` prefetched resources (or none, for the FHIR-fallback path).
+
+    ``shape`` "synthea" is Synthea filler around a small clinical core; "relapse" is the request an EHR sends
+    for a patient relapsing on prednisone when the IVIG order set is opened (:func:`relapse_request`)."""
     today = today or datetime.now(UTC).date()
+    if shape == "relapse":
+        return relapse_request(n, patient_id=patient_id, fhir_server=fhir_server, today=today)
+    if shape != "synthea":
+        raise ValueError(f"shape must be one of {SHAPES}, not {shape!r}")
     draft = draft_order(order, patient_id, today)
     request: dict[str, Any] = {
         "hookInstance": str(uuid.uuid4()),
@@ -287,6 +299,157 @@ def build_request(n: int, *, order: str = "ivig", patient_id: str = PATIENT_ID, 
     return request
 
 
+# --------------------------------------------------------------------------- the relapse shape
+_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})(T.*)?$")
+# Lab series an EHR returns for the service's Observation search, newest first: code, display, unit, values
+# cycled over the months (a slowly rising creatinine, a falling eGFR, a normal IgA, HbA1c on steroids).
+_LAB_SERIES = (
+    ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma", "mg/dL", (0.92, 0.88, 0.85, 0.83, 0.80)),
+    ("98979-8", "Glomerular filtration rate/1.73 sq M.predicted [Volume Rate/Area] in Serum, Plasma or Blood by "
+                "Creatinine-based formula (CKD-EPI 2021)", "mL/min/{1.73_m2}", (78, 81, 84, 86, 88)),
+    ("29463-7", "Body weight", "kg", (81.0, 80.2, 79.5, 78.8, 78.0)),
+    ("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood", "%", (6.1, 5.9, 5.8, 5.6, 5.5)),
+    ("2458-8", "IgA [Mass/volume] in Serum", "mg/dL", (210, 205, 198, 220, 215)),
+)
+
+
+def _shift_dates(node: Any, delta: timedelta) -> Any:
+    """A copy of ``node`` with every FHIR date or dateTime string moved by ``delta`` days."""
+    if isinstance(node, dict):
+        return {k: _shift_dates(v, delta) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_shift_dates(v, delta) for v in node]
+    if isinstance(node, str):
+        m = _DATE.match(node)
+        if m:
+            try:
+                day = date.fromisoformat(m.group(1))
+            except ValueError:
+                return node
+            return (day + delta).isoformat() + (m.group(2) or "")
+    return node
+
+
+def _relapse_record(patient_id: str, today: date) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The fixture's record and draft orders, re-pointed at ``patient_id`` and moved so its "now" is today."""
+    bundle = orjson.loads(RELAPSE_FIXTURE.read_bytes())
+    pinned = date.fromisoformat(bundle["timestamp"][:10])
+    record = _shift_dates([e["resource"] for e in bundle["entry"]], today - pinned)
+    text = orjson.dumps(record).replace(b'"Patient/pt-07"', f'"Patient/{patient_id}"'.encode())
+    record = orjson.loads(text)
+    prefetched, drafts = [], []
+    for res in record:
+        if res["resourceType"] == "Patient":
+            res["id"] = patient_id
+        (drafts if res.get("status") == "draft" else prefetched).append(res)
+    return prefetched, drafts
+
+
+def _ivig_order_set(patient_id: str, today: date) -> list[dict[str, Any]]:
+    """An IVIG order set as Epic sends it: the Medication in the Bundle, the order referencing it, premedication."""
+    subject = {"reference": f"Patient/{patient_id}"}
+    base = {"resourceType": "MedicationRequest", "status": "draft", "intent": "order", "subject": subject,
+            "authoredOn": f"{_iso(today)}T09:00:00Z", "requester": {"reference": "Practitioner/bench-prac-1"}}
+    daily = {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d", "count": 5}}
+    iv = {"coding": [{"system": _SNOMED, "code": "47625008", "display": "Intravenous route"}]}
+    return [
+        {"resourceType": "Medication", "id": "bench-ivig-med",
+         "code": {"coding": [{"system": "http://www.whocc.no/atc", "code": "J06BA02",
+                              "display": "immunoglobulins, normal human, for intravascular adm."}],
+                  "text": "Immune globulin (human) 10% IV solution"},
+         "form": {"text": "solution"}},
+        base | {"id": "bench-draft-ivig", "medicationReference": {"reference": "Medication/bench-ivig-med"},
+                "reasonReference": [{"reference": "Condition/relapse-1"}],
+                "dosageInstruction": [{"text": "0.4 g/kg IV daily for 5 days (2 g/kg course)", "timing": daily,
+                                       "route": iv, "doseAndRate": [{"doseQuantity": {
+                                           "value": 32, "unit": "g", "system": _UCUM, "code": "g"}}]}]},
+        base | {"id": "bench-draft-paracetamol",
+                "medicationCodeableConcept": {"coding": [{"system": _RXNORM, "code": "313782",
+                                                          "display": "acetaminophen 325 MG Oral Tablet"}]},
+                "dosageInstruction": [{"text": "650 mg by mouth 30 minutes before each infusion", "timing": daily}]},
+        base | {"id": "bench-draft-diphenhydramine",
+                "medicationCodeableConcept": {"coding": [{"system": _RXNORM, "code": "1049630",
+                                                          "display": "diphenhydramine HCl 25 MG Oral Capsule"}]},
+                "dosageInstruction": [{"text": "25 mg by mouth 30 minutes before each infusion", "timing": daily}]},
+        base | {"id": "bench-draft-saline",
+                "medicationCodeableConcept": {"coding": [{"system": _RXNORM, "code": "313002",
+                                                          "display": "sodium chloride 9 MG/ML Injectable Solution"}]},
+                "dosageInstruction": [{"text": "500 mL IV before each infusion", "timing": daily, "route": iv}]},
+    ]
+
+
+def _lab_series(count: int, patient_id: str, today: date) -> list[dict[str, Any]]:
+    out = []
+    for i in range(count):
+        code, display, unit, values = _LAB_SERIES[i % len(_LAB_SERIES)]
+        month = i // len(_LAB_SERIES)
+        obs = _quantity_obs(f"lab-{i}", patient_id, code, display, values[month % len(values)], unit,
+                            today - timedelta(days=21 + 30 * month))
+        obs["valueQuantity"]["code"] = unit
+        out.append(obs)
+    return out
+
+
+def _prednisone_history(count: int, patient_id: str, today: date) -> list[dict[str, Any]]:
+    """Earlier prednisone prescriptions (a taper, one a month, completed), oldest last."""
+    out = []
+    for i in range(count):
+        dose = (40, 30, 20, 15, 10, 7.5, 5)[i % 7]
+        start = today - timedelta(days=120 + 30 * i)
+        out.append({
+            "resourceType": "MedicationRequest", "id": f"pred-hist-{i}", "status": "completed", "intent": "order",
+            "medicationCodeableConcept": {"coding": [{"system": _RXNORM, "code": "312615",
+                                                      "display": "prednisone 20 MG Oral Tablet"}]},
+            "subject": {"reference": f"Patient/{patient_id}"}, "authoredOn": _iso(start),
+            "dosageInstruction": [{"text": f"{dose:g} mg by mouth daily",
+                                   "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d",
+                                                         "boundsPeriod": {"start": _iso(start),
+                                                                          "end": _iso(start + timedelta(days=29))}}},
+                                   "doseAndRate": [{"doseQuantity": {"value": dose, "unit": "mg", "system": _UCUM,
+                                                                     "code": "mg"}}]}],
+        })
+    return out
+
+
+def relapse_request(n: int, *, patient_id: str = PATIENT_ID, fhir_server: str | None = FHIR_SERVER,
+                    today: date | None = None) -> dict[str, Any]:
+    """Relapse on a prednisone taper, labs, and an IVIG order set being selected, with ``n`` prefetched resources.
+
+    The record of fixture 07 (neurosarcoidosis, a prednisone taper, the relapse) moved to today, then what an
+    EHR adds for such a patient: months of lab results from the service's Observation search (70 % of the
+    filler), earlier prednisone prescriptions (15 %) and other Conditions from Synthea (15 %). The draft orders
+    are an IVIG order set: the Medication inside the Bundle, the IVIG order referencing it (selected) and its
+    premedication and saline orders, plus the fixture's prednisone re-escalation.
+    """
+    today = today or datetime.now(UTC).date()
+    record, drafts = _relapse_record(patient_id, today)
+    if n < len(record):
+        raise ValueError(f"the relapse shape needs at least {len(record)} resources")
+    filler = n - len(record)
+    conditions = int(filler * 0.15)
+    meds = int(filler * 0.15)
+    labs = filler - conditions - meds
+    ref = f"Patient/{patient_id}"
+    pool = synthea_pool()["Condition"]
+    resources = record + _lab_series(labs, patient_id, today) + _prednisone_history(meds, patient_id, today)
+    resources += [_repoint(pool[i % len(pool)], f"con-{i}", ref) for i in range(conditions)]
+    order_set = _ivig_order_set(patient_id, today)
+    request: dict[str, Any] = {
+        "hookInstance": str(uuid.uuid4()),
+        "hook": "order-select",
+        "context": {
+            "userId": "Practitioner/bench-prac-1", "patientId": patient_id, "encounterId": "bench-enc-1",
+            "selections": ["MedicationRequest/bench-draft-ivig"],
+            "draftOrders": {"resourceType": "Bundle", "type": "collection",
+                            "entry": [{"resource": r} for r in order_set + drafts]},
+        },
+        "prefetch": prefetch_for(resources),
+    }
+    if fhir_server:
+        request["fhirServer"] = fhir_server
+    return request
+
+
 def count_prefetched(request: dict[str, Any]) -> int:
     """How many resources a request's prefetch carries (Bundles counted by entry)."""
     total = 0
@@ -300,15 +463,22 @@ def count_prefetched(request: dict[str, Any]) -> int:
     return total
 
 
+def body_name(n: int, shape: str = "synthea") -> str:
+    """``req-100`` for the Synthea shape, ``req-relapse-100`` for the others."""
+    return f"req-{n}" if shape == "synthea" else f"req-{shape}-{n}"
+
+
 def write_requests(out: Path, sizes: tuple[int, ...] = DEFAULT_SIZES, order: str = "ivig",
-                   fallback_server: str | None = None) -> dict[str, Path]:
-    """Write one request body per size (and the fallback request) to ``out``; returns name -> path."""
+                   fallback_server: str | None = None, shapes: tuple[str, ...] = ("synthea",)) -> dict[str, Path]:
+    """Write one request body per size and shape (and the fallback request) to ``out``; returns name -> path."""
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    for n in sizes:
-        path = out / f"req-{n}.json"
-        path.write_bytes(orjson.dumps(build_request(n, order=order)))
-        paths[f"req-{n}"] = path
+    for shape in shapes:
+        for n in sizes:
+            name = body_name(n, shape)
+            path = out / f"{name}.json"
+            path.write_bytes(orjson.dumps(build_request(n, order=order, shape=shape)))
+            paths[name] = path
     if fallback_server:
         path = out / "req-fallback.json"
         path.write_bytes(orjson.dumps(build_request(100, order=order, fhir_server=fallback_server,
@@ -322,9 +492,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
     parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)))
     parser.add_argument("--order", default="ivig", choices=("ivig", "prednisone"))
+    parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma list of {', '.join(SHAPES)}")
     args = parser.parse_args()
     sizes = tuple(int(s) for s in args.sizes.split(","))
-    for name, path in write_requests(args.out, sizes, args.order).items():
+    shapes = tuple(args.shapes.split(","))
+    for name, path in write_requests(args.out, sizes, args.order, shapes=shapes).items():
         print(f"{name}: {path} ({path.stat().st_size:,} bytes)")
 
 

@@ -11,7 +11,6 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -55,7 +54,10 @@ async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
     # One pooled client for every FHIR fallback call; timeouts bound each call, the request
     # deadline bounds them all. The origin guards keep requests in flight at or below the pool size, so
-    # no request ever waits inside the pool (see cds_service.sources.origin for why).
+    # no request ever waits inside the pool (see cds_service.sources.origin for why). Made here, not on the
+    # first fallback call: building it (TLS context included) must not eat into that call's deadline.
+    import httpx
+
     app.state.http = httpx.AsyncClient(
         timeout=httpx.Timeout(settings.fhir_deadline_seconds, connect=min(1.0, settings.fhir_deadline_seconds)),
         limits=httpx.Limits(max_connections=FHIR_POOL_SIZE, max_keepalive_connections=20),
@@ -268,6 +270,9 @@ def _install_routes(app: FastAPI) -> None:
     # plain Starlette route (same exception handlers and middleware). The APIRoute twin is never routed; it
     # only describes the endpoint in the OpenAPI document.
     app.router.routes.append(Route("/cds-services/{service_id}", call_service, methods=["POST"]))
+    from cds_service import edge
+
+    edge.install(app, call_service)
     app.state.documented_only = [APIRoute(
         "/cds-services/{service_id}", _documented(call_service), methods=["POST"], response_model=CDSResponse,
         tags=["CDS Hooks"], summary="Call a service (any listed by discovery)",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import hmac
 import time
@@ -57,6 +58,8 @@ MAX_FEEDBACK_IN_FLIGHT = 32
 POISON_ATTEMPTS = 3
 RETRY_AFTER_SECONDS = "30"
 STARTUP_TIMEOUT = 15.0
+# The store is opened once the first call is answered, or after this many seconds without one.
+START_GRACE = 2.0
 SHUTDOWN_TIMEOUT = 10.0  # uvicorn's graceful shutdown waits for the lifespan; do not hang it forever
 PURGE_EVERY = 6 * 3600.0
 UNLABELLED_RULE = "unlabelled"  # a card without the rule-id extension (should not happen)
@@ -125,8 +128,10 @@ class AuditWriter:
         self._write_lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._starting: asyncio.Task | None = None
         self._stopping = False
         self._ready = False  # schema migrated
+        self._ready_lock = asyncio.Lock()
         self._failing_since: float | None = None
         self._last_failure_log = 0.0
         self._feedback_slots = asyncio.Semaphore(MAX_FEEDBACK_IN_FLIGHT)
@@ -248,7 +253,26 @@ class AuditWriter:
             log.error("audit_store_unavailable", error=str(exc) or "timeout", store=repr(self.store))
         self._task = asyncio.create_task(self._run(), name="cds-audit-writer")
 
+    async def start_in_background(self, app=None) -> None:
+        """:meth:`start` without holding up the service: the store opens and migrates once the first call
+        has queued its rows (or after ``START_GRACE`` seconds), so the first answer does not wait for it."""
+
+        async def later() -> None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(START_GRACE):
+                    await self._wakeup.wait()
+            await asyncio.sleep(0.01)  # the call that queued the rows sends its answer first
+            await self.start()
+
+        self._starting = asyncio.create_task(later(), name="cds-audit-start")
+
     async def stop(self, app=None) -> None:
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()  # never opened: the queued rows are written below
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._starting
+            if self._task is None:
+                await self.start()
         self._stopping = True
         self._wakeup.set()
         if self._task is not None:
@@ -275,8 +299,13 @@ class AuditWriter:
     # ------------------------------------------------------------------ writer
     async def _ensure_ready(self) -> None:
         if not self._ready:
-            await self.store.upgrade()
-            self._ready = True
+            # One migration at a time: the start-up (in the background) and a feedback call may both get
+            # here before the store is ready, and two upgrades of one new database would both create its
+            # tables.
+            async with self._ready_lock:
+                if not self._ready:
+                    await self.store.upgrade()
+                    self._ready = True
         if not self._versions_recorded:
             await self._record_versions()
 
@@ -448,8 +477,9 @@ class AuditWriter:
 
 def install(app, settings) -> None:
     from cds_service.store import open_store
+    from cds_service.store.deferred import DeferredStore
 
-    store = open_store(settings)
+    store = DeferredStore(lambda: open_store(settings), label="audit store")
     secret = load_secret(settings.patient_key_secret, settings.data_dir)
     if settings.database_url and not settings.patient_key_secret:
         log.warning("patient_key_secret_not_shared",
@@ -458,5 +488,5 @@ def install(app, settings) -> None:
                          retention_days=settings.audit_retention_days,
                          rule_versions=list(app.state.rule_versions.values()))
     app.state.audit = writer
-    app.state.startup_hooks.append(writer.start)
+    app.state.startup_hooks.append(writer.start_in_background)
     app.state.shutdown_hooks.append(writer.stop)

@@ -167,10 +167,12 @@ def tune_gc() -> None:
     The objects alive at that point (FastAPI, pydantic models, the card library) live as long as the process:
     frozen, the cyclic collector no longer walks them on every full collection. Non-cyclic garbage is freed
     by reference counting whatever the thresholds, so collecting cycles less often costs little memory.
+    The young generations hold the start-up garbage (a full collection finds nothing more, and only delays the
+    first answer).
     """
     import gc
 
-    gc.collect()
+    gc.collect(1)
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 

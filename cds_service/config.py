@@ -180,7 +180,10 @@ class Settings(BaseSettings):
     @classmethod
     def _check_issuers(cls, v: Any) -> Any:
         # Checked here (cds_service.auth.issuers) so a typo stops start-up with a message naming the
-        # issuer and key, instead of surfacing as 401s at the first request.
+        # issuer and key, instead of surfacing as 401s at the first request. Without issuers the auth
+        # package (JWT and crypto libraries) is not imported at all.
+        if v is None or v == {} or (isinstance(v, str) and not v.strip()):
+            return {} if isinstance(v, str) else v
         from cds_service.auth.issuers import parse_trusted_issuers
 
         if isinstance(v, str):

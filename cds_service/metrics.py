@@ -239,16 +239,21 @@ class ObservabilityMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            endpoint = endpoint_of(scope.get("path", ""))
-            self.metrics.response(endpoint, status)
-            stats = (scope.get("state") or {}).get("gather_stats")
-            if stats is not None:
-                self.metrics.fhir_fetch(stats)
-            if status >= 400:
-                # Path and ids stay out: a path can carry anything a caller typed.
-                log.info("request", method=scope.get("method"), endpoint=endpoint, status=status,
-                         ms=round((time.perf_counter() - started) * 1000, 2))
-            structlog.contextvars.clear_contextvars()
+            request_done(self.metrics, scope, status, started)
+
+
+def request_done(metrics: Metrics, scope, status: int, started: float) -> None:
+    """Count the response, record FHIR fetch metrics, log a refused request, reset the log context."""
+    endpoint = endpoint_of(scope.get("path", ""))
+    metrics.response(endpoint, status)
+    stats = (scope.get("state") or {}).get("gather_stats")
+    if stats is not None:
+        metrics.fhir_fetch(stats)
+    if status >= 400:
+        # Path and ids stay out: a path can carry anything a caller typed.
+        log.info("request", method=scope.get("method"), endpoint=endpoint, status=status,
+                 ms=round((time.perf_counter() - started) * 1000, 2))
+    structlog.contextvars.clear_contextvars()
 
 
 def install(app, settings) -> None:

@@ -21,7 +21,6 @@ import re
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from cds_service.config import Settings
 from cds_service.errors import FHIR_JSON
@@ -179,6 +178,8 @@ def service_request_schema(service) -> dict[str, Any]:
 
 
 def build_document(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    from fastapi.openapi.utils import get_openapi  # the document is built when first asked for, not at start
+
     routes = [*app.routes, *getattr(app.state, "documented_only", [])]
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=routes)
     comps = schema.setdefault("components", {})

@@ -327,3 +327,18 @@ def _sample(client, series: str) -> float:
         if line.startswith(series + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+async def test_a_new_database_is_migrated_once_when_the_start_and_a_feedback_call_race():
+    # The service answers before the audit store is opened; a feedback call can reach the store while the
+    # background start-up is still migrating it. One migration must run, not two creating the same tables.
+    class SlowMigration(FakeStore):
+        upgrades = 0
+
+        async def upgrade(self):
+            SlowMigration.upgrades += 1
+            await asyncio.sleep(0.05)
+
+    writer = AuditWriter(SlowMigration(), b"s" * 32)
+    await asyncio.gather(writer._ensure_ready(), writer._ensure_ready(), writer._ensure_ready())
+    assert SlowMigration.upgrades == 1

@@ -175,7 +175,28 @@ REFUSALS = {
     "jti not a string": ("jti must be", lambda k: k.token(jti=12345)),
     "exp not a number": ("must be numbers", lambda k: k.token(exp="tomorrow")),
     "garbage": ("malformed", lambda k: "not.a.jwt"),
+    # The token is decoded once, strictly: what is verified is exactly what is read.
+    "payload outside the base64url alphabet": ("malformed", lambda k: _respell(
+        k.token(), 1, lambda s: s[:4] + "!" + s[4:])),
+    "payload in standard base64 (+ and /)": ("malformed", lambda k: _respell(
+        k.token(), 1, lambda s: s.replace("-", "+").replace("_", "/") if ("-" in s or "_" in s) else s + "+")),
+    "signature with non-zero unused bits": ("malformed", lambda k: _respell(k.token(), 2, _flip_last_bits)),
+    "ES384 signature cut short": ("signature does not verify", lambda k: _respell(k.token(), 2, lambda s: s[:-8])),
+    "exp a boolean": ("must be numbers", lambda k: k.token(exp=True)),
+    "unencoded payload (b64 false)": ("malformed", lambda k: k.token(headers={"b64": False})),
 }
+
+
+def _respell(token: str, index: int, change) -> str:
+    parts = token.split(".")
+    parts[index] = change(parts[index])
+    return ".".join(parts)
+
+
+def _flip_last_bits(segment: str) -> str:
+    """The same bytes spelled non-canonically: an ES384 signature (96 bytes) is 128 characters, so append
+    two bytes' worth whose unused low bits are set."""
+    return segment + "AB"
 
 
 def jwt_none(payload: dict, kid: str) -> str:
@@ -622,3 +643,26 @@ def test_auth_failures_are_counted_by_a_bounded_reason(client, keys):
     assert call(client, keys.token(aud="https://elsewhere.example/cds-services/x")).status_code == 401
     assert (count("untrusted-issuer"), count("wrong-audience")) == (before[0] + 1, before[1] + 1)
     assert "attacker.example" not in client.get("/metrics").text
+
+
+def test_token_segments_are_read_only_in_their_one_canonical_spelling():
+    from cds_service.auth.verify import _b64decode
+
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    for n in range(0, 12):
+        data = bytes(range(200, 200 + n))
+        spelled = base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+        assert _b64decode(spelled) == data
+        assert _b64decode(base64.urlsafe_b64encode(data).decode()) == data  # padded, as some issuers send
+        for last in alphabet if spelled else ():
+            variant = spelled[:-1] + last
+            same_bytes_canonical = base64.urlsafe_b64encode(
+                base64.urlsafe_b64decode(variant + "=" * (-len(variant) % 4))).rstrip(b"=").decode()
+            if variant == same_bytes_canonical:
+                assert _b64decode(variant) is not None
+            else:  # the same bytes spelled with unused bits set: refused
+                with pytest.raises(ValueError):
+                    _b64decode(variant)
+    for bad in ("ab+c", "ab/c", "abc!", "a", "abcde", "ab=c", "abc==="):
+        with pytest.raises(ValueError):
+            _b64decode(bad)

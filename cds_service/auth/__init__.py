@@ -6,18 +6,32 @@ requests. See docs/security.md for the trust model and configuration.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from cds_service import logs
-from cds_service.auth.issuers import FhirBase, IssuerConfig, IssuerConfigError, parse_trusted_issuers
-from cds_service.auth.jwks import JwksCache
-from cds_service.auth.verify import Authenticator, AuthUnavailable, TrustedClient
-from cds_service.replay import make_replay_cache
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
 
+    from cds_service.auth.issuers import FhirBase, IssuerConfig, IssuerConfigError, parse_trusted_issuers
+    from cds_service.auth.verify import Authenticator, AuthUnavailable, TrustedClient
     from cds_service.config import Settings
+
+# The JWT and crypto libraries load with the first of these names used (install() with trusted issuers, or
+# an import by name), not with this package: a service without authentication never loads them.
+_LAZY = {"FhirBase": "issuers", "IssuerConfig": "issuers", "IssuerConfigError": "issuers",
+         "parse_trusted_issuers": "issuers", "JwksCache": "jwks", "Authenticator": "verify",
+         "AuthUnavailable": "verify", "TrustedClient": "verify"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "AuthUnavailable",
@@ -50,6 +64,11 @@ async def authenticate(request: Request, path: str) -> TrustedClient | None:
 def install(app: FastAPI, settings: Settings) -> None:
     if not settings.trusted_issuers:
         return  # no-issuer mode: cds-service serve refuses a non-loopback bind unless --insecure
+    from cds_service.auth.issuers import parse_trusted_issuers
+    from cds_service.auth.jwks import JwksCache
+    from cds_service.auth.verify import Authenticator
+    from cds_service.replay import make_replay_cache
+
     issuers = parse_trusted_issuers(settings.trusted_issuers)
     redis = None
     if settings.redis_url:

@@ -128,16 +128,13 @@ def _add_data_notes(cards: list[models.Card], notes: list[str]) -> None:
 
 
 def warm_up() -> None:
-    """Load value sets, card texts and the FHIR models the facts builder validates with."""
+    """Load value sets, card texts and the shape checks the facts builder validates with.
+
+    The ``fhir.resources`` models are not loaded here: they are needed only for a resource the shape check
+    (:mod:`.facts.shapes`) cannot vouch for, and load then."""
     get_thresholds()
     get_terminology()
     card_library()
-    from fhir.resources.R4B import get_fhir_model_class
-
-    for rtype in ("Patient", "Condition", "Observation", "MedicationStatement", "MedicationRequest",
-                  "MedicationAdministration", "MedicationDispense", "AllergyIntolerance", "Device", "Encounter",
-                  "ServiceRequest"):
-        get_fhir_model_class(rtype)
     # one tiny evaluation so every code path's lazy imports and caches are primed
     rec = PatientRecord(patient_id="warm-up")
     rec.add({"resourceType": "Patient", "id": "warm-up", "gender": "female", "birthDate": "1970-01-01"})

@@ -29,10 +29,18 @@ from cds_service.config import Settings
 from cds_service.errors import BadRequest, NotFound
 from cds_service.evaluate import build_request, evaluate_request_async, service_for
 from cds_service.preview.fixtures import list_fixtures, load_fixture
-from cds_service.preview.markdown import preview_cards
 from cds_service.preview.validate import validate_bundle
 
 log = logs.get_logger("cds_service.preview")
+
+
+
+def _preview_cards():
+    """The Markdown renderer, loaded when a preview is first asked for (not at service start)."""
+    from cds_service.preview.markdown import preview_cards
+
+    return preview_cards
+
 
 ORDER_RE = re.compile(r"^[A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
 
@@ -96,7 +104,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         # Not audited and not counted in the hook metrics: a developer's fixture is not a clinical call.
         log.info("fixture_evaluated", hook=hook, cards=len(response.get("cards") or []))
         return _json({"request": cds_request, "response": response,
-                      "preview": {"cards": preview_cards(response, launcher=settings.smart_preview_launcher,
+                      "preview": {"cards": _preview_cards()(response, launcher=settings.smart_preview_launcher,
                                                          patient_id=cds_request["context"].get("patientId"))}})
 
     @app.get("/fixtures", tags=["Developer preview"], summary="The fixture bundles shipped with the service")

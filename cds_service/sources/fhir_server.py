@@ -15,16 +15,18 @@ means the server has no such endpoint (a wrong base URL): a failure, never "no d
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
-import httpx
 import orjson
 
 from cds_service.body import check_bounds, join_limited
 from cds_service.errors import BadRequest
 from cds_service.sources.base import DataSource, KeyResult, SourceError
 from cds_service.sources.origin import OriginGuards, origin_of
+
+if TYPE_CHECKING:  # httpx is imported when a FHIR server is first called, not at service start
+    import httpx
 
 ACCEPT = "application/fhir+json, application/json;q=0.9"
 # A URL whose last segment is a bare resource type is a search even without a query string.
@@ -155,6 +157,8 @@ class FhirServerSource(DataSource):
         return await asyncio.shield(task)
 
     async def _send(self, url: str, is_read: bool, deadline: float | None, trial: bool = False) -> bytes | None:
+        import httpx
+
         ok = False
         try:
             timeout = httpx.USE_CLIENT_DEFAULT

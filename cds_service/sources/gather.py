@@ -14,10 +14,8 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import httpx
 
 from cds_service.clinical.record import PatientRecord
 from cds_service.errors import PreconditionFailed
@@ -27,6 +25,9 @@ from cds_service.sources.base import DataSource, KeyResult, Outcome, Unavailable
 from cds_service.sources.fhir_server import FhirServerSource, next_link
 from cds_service.sources.origin import OriginGuards
 from cds_service.sources.prefetch import PrefetchSource
+
+if TYPE_CHECKING:
+    import httpx
 
 
 @dataclass

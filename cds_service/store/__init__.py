@@ -9,17 +9,31 @@
 
 from __future__ import annotations
 
-from sqlalchemy.engine import make_url
+from typing import TYPE_CHECKING
 
 from cds_service.store.base import CallRow, CardRow, FeedbackRow, RuleReport, RuleVersionRow, Store, StoreError
-from cds_service.store.engines import database_path, make_engine
 
-__all__ = ["CallRow", "CardRow", "FeedbackRow", "RuleReport", "RuleVersionRow", "Store", "StoreError", "make_engine",
-           "open_store"]
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+# SQLAlchemy is imported by the functions that need it, not with this package: the service answers its
+# first hook call before the audit store is opened (cds_service.store.deferred), and the import is most of
+# that opening's cost.
+__all__ = ["CallRow", "CardRow", "FeedbackRow", "RuleReport", "RuleVersionRow", "Store", "StoreError",
+           "make_engine", "open_store"]
+
+
+def make_engine(url: str) -> AsyncEngine:
+    from cds_service.store.engines import make_engine as make
+
+    return make(url)
 
 
 def open_store(url_or_settings) -> Store:
     """A store for a SQLAlchemy URL or a :class:`~cds_service.config.Settings` (its ``sqlalchemy_url``)."""
+    from sqlalchemy.engine import make_url
+
+    from cds_service.store.engines import database_path
     from cds_service.store.sql import SqlStore
     from cds_service.store.sqlite import SqliteStore
 

@@ -149,7 +149,8 @@ def test_bundle_clinical_shape(stem):
                 assert r["clinicalStatus"]["coding"][0]["code"] in ("inactive", "resolved", "remission")
         if rtype == "Observation" and "valueQuantity" in r:
             q = r["valueQuantity"]
-            assert q["system"] == UCUM and q.get("code"), f"Observation/{r['id']} needs a UCUM code"
+            # a UCUM code, or (as many exports send it) only a unit text (decision 32)
+            assert (q.get("system") == UCUM and q.get("code")) or q.get("unit"), f"Observation/{r['id']} has no unit"
             assert "effectiveDateTime" in r
         if rtype in ("MedicationStatement", "MedicationRequest", "MedicationAdministration"):
             coded = r.get("medicationCodeableConcept", {}).get("coding")
@@ -238,8 +239,13 @@ def test_expectation_consistent_with_decisions(stem):
 
 
 # --------------------------------------------------------------------------- dose arithmetic
-TO_KG = {"kg": 1.0, "g": 0.001, "[lb_av]": 0.45359237}
-TO_CM = {"cm": 1.0, "m": 100.0, "[in_i]": 2.54}
+TO_KG = {"kg": 1.0, "g": 0.001, "[lb_av]": 0.45359237, "lbs": 0.45359237}
+TO_CM = {"cm": 1.0, "m": 100.0, "[in_i]": 2.54, "inches": 2.54}
+
+
+def _in(q: dict[str, Any], table: dict[str, float]) -> float:
+    """A Quantity in the table's unit, from its UCUM code or, without one, its unit text (decision 32)."""
+    return q["value"] * table[q.get("code") or q["unit"]]
 
 
 def _latest(raw: dict[str, Any], loinc: str) -> dict[str, Any] | None:
@@ -259,10 +265,13 @@ def test_expected_dose_matches_dosing_weight(stem):
     dose_cards = [c for c in exp["cards"] if c.get("dose_grams")]
     if not dose_cards:
         return
-    w, h = _latest(raw, "29463-7"), _latest(raw, "8302-2")
-    assert w and h
-    kg = w["valueQuantity"]["value"] * TO_KG[w["valueQuantity"]["code"]]
-    cm = h["valueQuantity"]["value"] * TO_CM[h["valueQuantity"]["code"]]
+    w, h, bmi_obs = _latest(raw, "29463-7"), _latest(raw, "8302-2"), _latest(raw, "39156-5")
+    assert w and (h or bmi_obs)
+    kg = _in(w["valueQuantity"], TO_KG)
+    if h:
+        cm = _in(h["valueQuantity"], TO_CM)
+    else:  # decision 33: the height a recorded BMI and the weight of that visit imply
+        cm = 100 * (kg / bmi_obs["valueQuantity"]["value"]) ** 0.5
     patient = next(r for r in resources(raw) if r["resourceType"] == "Patient")
     bmi = kg / (cm / 100) ** 2
     dosing = kg

@@ -26,9 +26,12 @@ def test_unknown_unit_is_not_used_and_reported():
     assert "unknown unit" in c.problem and "not used" in c.problem
 
 
-def test_quantity_without_code_accepts_a_ucum_unit_text_only():
+def test_quantity_without_code_accepts_an_unambiguous_unit_text():
+    """Decision 32: a unit text that can mean one thing only is read, and shown as written."""
     assert units.convert_quantity({"value": 70, "unit": "kg"}, "weight").value == 70
-    assert units.convert_quantity({"value": 70, "unit": "kilos"}, "weight").value is None
+    kilos = units.convert_quantity({"value": 70, "unit": "kilos"}, "weight")
+    assert kilos.value == 70 and kilos.original == "70 kilos"
+    assert units.convert_quantity({"value": 70, "unit": "units"}, "weight").value is None
 
 
 def test_non_numeric_value():

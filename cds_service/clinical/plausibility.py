@@ -18,6 +18,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "height": (20.0, 300.0),  # cm
     "iga": (0.0, 5000.0),  # mg/dL
     "hba1c": (2.0, 25.0),  # %
+    "bmi": (8.0, 150.0),  # kg/m2
     "protein": (0.0, 30.0),  # g/dL
     "viscosity": (0.5, 50.0),  # cP
     "mass_dose": (0.0, 1_000_000.0),  # mg

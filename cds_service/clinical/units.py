@@ -1,17 +1,17 @@
 """UCUM unit conversion for the few quantities the rules read (decision 15, A18).
 
-The unit is read from ``valueQuantity.code`` (UCUM). When ``code`` is missing, ``unit`` is accepted only
-if it is literally one of the known UCUM spellings below (many EHRs put the UCUM code there). Anything
+The unit is read from ``valueQuantity.code`` (UCUM). When ``code`` is missing, the ``unit`` text is accepted
+when it can mean only one unit for the kind of result (decision 32, :mod:`.lab_values`). Anything
 else is an unknown unit: :func:`convert` returns a :class:`Converted` with ``value=None`` and a
 ``problem`` text that the card shows ("value not used").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from . import plausibility
+from . import lab_values, plausibility
 from .memo import Memo
 
 # kind -> (target unit shown on cards, {UCUM code: factor to target}); factors multiply.
@@ -38,6 +38,7 @@ _FACTORS: dict[str, tuple[str, dict[str, float]]] = {
         "mL/s/{1.73_m2}": 60.0,
     }),
     "hba1c": ("%", {"%": 1.0}),
+    "bmi": ("kg/m2", {"kg/m2": 1.0, "kg/(m2)": 1.0, "kg/m^2": 1.0}),
     "protein": ("g/dL", {"g/dL": 1.0, "g/L": 0.1, "mg/dL": 0.001}),
     "viscosity": ("cP", {"cP": 1.0, "mPa.s": 1.0, "{relative_viscosity}": 1.0, "1": 1.0}),
     "mass_dose": ("mg", {"mg": 1.0, "g": 1000.0, "ug": 0.001, "mcg": 0.001}),
@@ -106,12 +107,14 @@ def _convert_quantity(quantity: Any, kind: str) -> Converted:
     if not isinstance(quantity, dict):
         return Converted(None, _FACTORS[kind][0], "", "no valueQuantity")
     code = quantity.get("code")
-    if not code:
-        unit = quantity.get("unit")
-        # fallback: a unit text that is itself a known UCUM code
-        if isinstance(unit, str) and unit.strip() in _FACTORS[kind][1]:
-            code = unit.strip()
-    return convert(quantity.get("value"), code, kind)
+    if code:
+        return convert(quantity.get("value"), code, kind)
+    # decision 32: a unit written as text, when it can mean one thing only; the card shows it as written
+    unit = quantity.get("unit")
+    conv = convert(quantity.get("value"), lab_values.unit_code_from_text(unit, kind, _FACTORS[kind][1]), kind)
+    if isinstance(unit, str) and unit.strip():
+        conv = replace(conv, original=f"{quantity.get('value')} {unit.strip()}")
+    return conv
 
 
 def kg(value: float, code: str) -> float | None:

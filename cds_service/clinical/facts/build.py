@@ -44,8 +44,10 @@ def build_facts(record: PatientRecord, thresholds: Thresholds | None = None,
 
     ig_starts = [e.start for e in meds.exposures.get(IG, []) if e.start]
     after_ig = anaphylaxis_after_ig(cond.anaphylaxis, ig_starts)
-    size = derived.body_size(labs.weight, labs.height, patient.sex, th)
-    egfr = labs.egfr or derived.ckd_epi_2021(labs.creatinine, patient.age, patient.sex)
+    size = derived.body_size(labs.weight, labs.height, patient.sex, th, labs.bmi)
+    egfr, egfr_note = derived.egfr_choice(labs.egfr_results, labs.creatinine_results, patient.age, patient.sex,
+                                          labs.height)
+    pregnancy = cond.pregnancy + labs.pregnancy
     aki = derived.kdigo_aki(labs.creatinine_series, th)
     hyperviscosity = cond.hyperviscosity + labs.hyperviscosity
     reactions = derived.ig_reactions(cond.prior_ig_reaction, after_ig, allergies.ig_reactions)
@@ -61,7 +63,7 @@ def build_facts(record: PatientRecord, thresholds: Thresholds | None = None,
         inpatient_for_ns=inpatient,
         exposures=meds.exposures, risk_drugs=meds.risk_drugs, gc_intolerance=cond.gc_intolerance,
         is_intolerance=cond.is_intolerance, drug_allergies=allergies.drug_allergies,
-        egfr=egfr, creatinine=labs.creatinine, creatinine_series=labs.creatinine_series,
+        egfr=egfr, egfr_note=egfr_note, creatinine=labs.creatinine, creatinine_series=labs.creatinine_series,
         aki=cond.aki + ([aki.fact()] if aki else []),
         renal_factors=derived.renal_factors(egfr, cond.renal_factors + labs.renal_factors, patient.age,
                                             f"Patient/{pid}", labs.hba1c, meds.risk_drugs, th),
@@ -70,8 +72,8 @@ def build_facts(record: PatientRecord, thresholds: Thresholds | None = None,
         adjusted_weight=size.adjusted_weight, dosing_weight=size.dosing_weight,
         dosing_weight_basis=size.dosing_weight_basis,
         thrombosis_factors=derived.thrombosis_factors(cond.thrombosis_factors + catheters, patient.age,
-                                                      f"Patient/{pid}", meds.risk_drugs, size.bmi, labs.weight,
-                                                      hyperviscosity, cond.heart_failure, cond.pregnancy, th),
+                                                      f"Patient/{pid}", meds.risk_drugs, size.bmi, size.bmi_reference,
+                                                      hyperviscosity, cond.heart_failure, pregnancy, th),
         hyperviscosity=hyperviscosity,
         iga_deficiency=derived.iga_deficiency(cond.iga_deficiency, labs.iga_level, th), iga_level=labs.iga_level,
         anti_iga=labs.anti_iga,
@@ -79,7 +81,7 @@ def build_facts(record: PatientRecord, thresholds: Thresholds | None = None,
         prior_ig_reaction_mild=reactions.mild, prior_ig_reaction_unknown=reactions.unknown,
         anticoagulants=meds.anticoagulants,
         heart_failure=cond.heart_failure,
-        contraindications=derived.contraindications(cond.contraindications, cond.pregnancy, egfr, th),
-        pregnancy=cond.pregnancy, planned_orders=orders.planned_orders, unit_problems=labs.unit_problems,
+        contraindications=derived.contraindications(cond.contraindications, pregnancy, egfr, th),
+        pregnancy=pregnancy, planned_orders=orders.planned_orders, unit_problems=labs.unit_problems,
         notes=[n for p in parts for n in p.notes],
     )

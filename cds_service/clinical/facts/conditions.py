@@ -14,6 +14,7 @@ from ..condition_dates import condition_date
 from ..negation import affirmed
 from ..record import PatientRecord
 from ..terminology import ConceptMatch, Terminology, concept_codes, concept_text
+from ..text_findings import FROM_TEXT, condition_text, text_findings
 from ..thresholds import Thresholds
 from ..thrombosis import thrombosis_is_active
 from .fhir import code_of, label_of, listify, parse_dt, ref_of
@@ -89,7 +90,13 @@ def read_conditions(record: PatientRecord, term: Terminology, th: Thresholds) ->
     part = ConditionsPart()
     v = Validator()
     birth = birth_date_of(record)
-    read = [c for c in (_read_one(res, term, v, birth) for res in record.of_type("Condition")) if c is not None]
+    read: list[_Read] = []
+    for res in record.of_type("Condition"):
+        c = _read_one(res, term, v, birth)
+        if c is not None:
+            read.append(c)
+        elif (t := _read_text_only(res, term, v, birth)) is not None:
+            _add_risk_factors(part, t, ref_of(t.res), from_text=True)  # safety only, never the ladder
     for c in read:
         ref = ref_of(c.res)
         if ref:
@@ -102,10 +109,11 @@ def read_conditions(record: PatientRecord, term: Terminology, th: Thresholds) ->
     return part
 
 
-def _read_one(res: Any, term: Terminology, v: Validator, birth: datetime | None) -> _Read | None:
+def _read_one(res: Any, term: Terminology, v: Validator, birth: datetime | None,
+              m: ConceptMatch | None = None) -> _Read | None:
     if not isinstance(res, dict):
         return None
-    m = term.match(res.get("code"))
+    m = m or term.match(res.get("code"))
     if not m.names:
         return None
     ver = code_of(res.get("verificationStatus"))
@@ -117,6 +125,18 @@ def _read_one(res: Any, term: Terminology, v: Validator, birth: datetime | None)
     if not v.valid(res):
         return None
     return _Read(res, m, clin, "suspected" if ver in _SUSPECTED else "confirmed", birth)
+
+
+def _read_text_only(res: Any, term: Terminology, v: Validator, birth: datetime | None) -> _Read | None:
+    """A Condition whose codes name no value set, read by its words (decision 29): the risk-factor and
+    contraindication value sets its text affirms (``data/text_findings.yaml``, negation-aware)."""
+    if not isinstance(res, dict) or term.match(res.get("code")).names:
+        return None
+    text = condition_text(res)
+    found = text_findings(text)
+    if not found:
+        return None
+    return _read_one(res, term, v, birth, ConceptMatch(frozenset(found), (), None, text))
 
 
 # ------------------------------------------------------------------------------ neurosarcoidosis (B1)
@@ -266,8 +286,9 @@ def _icd_families(res: dict[str, Any]) -> set[str]:
 # ------------------------------------------------------------------------------ risk factors (data)
 
 
-def _add_risk_factors(part: ConditionsPart, c: _Read, ref: str | None) -> None:
-    """The factors ``criteria/risk_factors.yaml`` and ``criteria/contraindications.yaml`` give this Condition."""
+def _add_risk_factors(part: ConditionsPart, c: _Read, ref: str | None, *, from_text: bool = False) -> None:
+    """The factors ``criteria/risk_factors.yaml`` and ``criteria/contraindications.yaml`` give this Condition
+    (one read from text only says so in its label, decision 29)."""
     n = c.m.names
     index = criteria.risk_factor_index()
     factors = sorted({i for cat in n if cat in index for i in index[cat]})  # file order, each once
@@ -275,7 +296,8 @@ def _add_risk_factors(part: ConditionsPart, c: _Read, ref: str | None) -> None:
     contras = [ci for cat in n if cat in contra for ci in contra[cat]] if c.active else []
     if not (factors or contras or n & _INTOLERANCE_OR_ANAPHYLAXIS):
         return
-    label = label_of(c.res.get("code"), c.m)
+    said = f" {FROM_TEXT}" if from_text else ""  # decision 29: a factor read from text says so
+    label = label_of(c.res.get("code"), c.m) + said
     onset = c.when  # decision 24
     when = f" since {onset.date().isoformat()}" if onset else ""
     detail = f"{label} ({c.clin}{when})"
@@ -296,9 +318,10 @@ def _add_risk_factors(part: ConditionsPart, c: _Read, ref: str | None) -> None:
                                                  concept_codes(c.res.get("code"), "SNOMED"),
                                                  concept_text(c.res.get("code")), c.clin):
             key, name = rf.active_as  # decision 38: still active, not a past event
-        target.append(Factor(key, name, ref, detail, label) if key else FactRef(rf.label, detail, ref))
+        name += said
+        target.append(Factor(key, name, ref, detail, label) if key else FactRef(name, detail, ref))
         if rf.also:
             getattr(part, rf.also).append(FactRef(rf.label, detail, ref))
     contras.sort(key=criteria.contraindications().index)  # file order
     for ci in contras:
-        part.contraindications.append(Factor(ci.key, ci.label, ref, f"{detail}; affects {ci.affects}"))
+        part.contraindications.append(Factor(ci.key, ci.label + said, ref, f"{detail}; affects {ci.affects}"))

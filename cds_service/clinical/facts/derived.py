@@ -7,7 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .. import criteria
+from .. import body_size as size_from
+from .. import criteria, kidney
+from ..lab_values import below
 from ..reactions import MILD, SEVERE, UNKNOWN, reaction_severity
 from ..thresholds import Thresholds
 from .model import NON_SYSTEMIC, Exposure, Factor, FactRef, LabValue, fmt
@@ -20,21 +22,32 @@ class BodySize:
     adjusted_weight: float | None = None
     dosing_weight: float | None = None
     dosing_weight_basis: str = ""  # actual | adjusted
+    bmi_reference: str | None = None  # the resource the BMI comes from (the weight, or a recorded BMI)
 
 
-def body_size(weight: LabValue | None, height: LabValue | None, sex: str | None, th: Thresholds) -> BodySize:
-    """BMI, Devine ideal weight and the adjusted weight above the BMI threshold (decision 11)."""
+def body_size(weight: LabValue | None, height: LabValue | None, sex: str | None, th: Thresholds,
+              recorded_bmi: LabValue | None = None) -> BodySize:
+    """BMI, Devine ideal weight and the adjusted weight above the BMI threshold (decision 11). Without a
+    measured height, a BMI recorded with the weight gives the height (decision 33); a recorded BMI alone
+    still counts for obesity."""
     out = BodySize()
+    if recorded_bmi is not None and recorded_bmi.comparator is None:
+        out.bmi, out.bmi_reference = recorded_bmi.value, recorded_bmi.reference
     if weight is None:
         return out
     out.dosing_weight, out.dosing_weight_basis = weight.value, "actual"
-    if height is None or height.value <= 0:
+    height_cm = height.value if height is not None and height.value > 0 else None
+    if height_cm is None and out.bmi is not None and recorded_bmi is not None \
+            and size_from.same_measurement(weight.when, recorded_bmi.when):
+        height_cm = size_from.height_cm_from_bmi(weight.value, out.bmi)
+    if height_cm is None:
         return out
-    h_m = height.value / 100
-    out.bmi = weight.value / (h_m * h_m)
+    if height is not None and height.value > 0:
+        h_m = height.value / 100
+        out.bmi, out.bmi_reference = weight.value / (h_m * h_m), weight.reference
     if sex not in ("male", "female"):
         return out
-    inches = height.value / 2.54
+    inches = height_cm / 2.54
     out.ibw = (50.0 if sex == "male" else 45.5) + 2.3 * (inches - 60)
     if out.bmi >= th.adjusted_weight_bmi and weight.value > out.ibw:
         out.adjusted_weight = out.ibw + th.adjusted_weight_factor * (weight.value - out.ibw)
@@ -43,16 +56,33 @@ def body_size(weight: LabValue | None, height: LabValue | None, sex: str | None,
     return out
 
 
+def egfr_choice(egfrs: list[tuple[LabValue, str]], creatinines: list[LabValue], age: int | None,
+                sex: str | None, height: LabValue | None) -> tuple[LabValue | None, str]:
+    """The eGFR the renal card uses and, when there is none, why (decision 30, :mod:`..kidney`)."""
+    keyed = {f"#{i}": lv for i, (lv, _) in enumerate(egfrs)} | {f"#c{i}": lv for i, lv in enumerate(creatinines)}
+    results = [kidney.Result(lv.value, lv.when, f"#{i}", method, lv.comparator)
+               for i, (lv, method) in enumerate(egfrs)]
+    creat = [kidney.Result(lv.value, lv.when, f"#c{i}", comparator=lv.comparator) for i, lv in enumerate(creatinines)]
+    choice = kidney.choose_egfr(results, creat, age=age, sex=sex, height_cm=height.value if height else None)
+    if choice is None:
+        return None, ""
+    if choice.value is None:
+        return None, choice.explanation
+    source = keyed[choice.reference or ""]
+    if choice.basis in ("reported-2021", "reported-other"):
+        return source, ""
+    return LabValue(kidney.BASIS_LABEL[choice.basis], choice.value, "mL/min/{1.73_m2}", source.when,
+                    source.reference, "", computed=True), ""
+
+
 def ckd_epi_2021(creatinine: LabValue | None, age: int | None, sex: str | None) -> LabValue | None:
     """eGFR computed from serum creatinine (mg/dL) by the race-free CKD-EPI 2021 equation (REN-CKD)."""
-    if creatinine is None or age is None or sex not in ("male", "female"):
+    if creatinine is None or age is None or sex is None:
         return None
-    scr = creatinine.value
-    k, a = (0.7, -0.241) if sex == "female" else (0.9, -0.302)
-    egfr = 142 * min(scr / k, 1) ** a * max(scr / k, 1) ** -1.200 * 0.9938 ** age
-    if sex == "female":
-        egfr *= 1.012
-    return LabValue("eGFR (computed, CKD-EPI 2021)", round(egfr), "mL/min/{1.73_m2}", creatinine.when,
+    egfr = kidney.ckd_epi_2021(creatinine.value, age, sex)
+    if egfr is None:
+        return None
+    return LabValue(kidney.BASIS_LABEL["computed-2021"], round(egfr), "mL/min/{1.73_m2}", creatinine.when,
                     creatinine.reference, "", computed=True)
 
 
@@ -118,7 +148,7 @@ def renal_critical(egfr: LabValue | None, from_conditions: list[Factor], aki: Fa
     """Critical renal risk (IVIG renal card, critical variant): eGFR below the critical threshold, CKD 4-5,
     dialysis, acute kidney injury."""
     out = list(from_conditions)
-    if egfr is not None and egfr.value < th.egfr_critical:
+    if egfr is not None and below(egfr.value, egfr.comparator, th.egfr_critical):
         out.insert(0, Factor("egfr", f"eGFR below {fmt(th.egfr_critical)}", egfr.reference, egfr.fact().value))
     if aki is not None:
         out.append(aki)
@@ -130,8 +160,12 @@ def renal_factors(egfr: LabValue | None, found: list[Factor], age: int | None, p
     """Renal risk factors for IVIG (knowledge §3.2, REN-CKD to REN-NEPHROTOX). ``found``: those of the
     Conditions and observations."""
     out = list(found)
-    if egfr is not None and th.egfr_critical <= egfr.value < th.egfr_warning:
-        out.insert(0, Factor("egfr", f"eGFR below {fmt(th.egfr_warning)}", egfr.reference, egfr.fact().value))
+    if egfr is not None and below(egfr.value, egfr.comparator, th.egfr_warning) \
+            and not below(egfr.value, egfr.comparator, th.egfr_critical):
+        label = f"eGFR below {fmt(th.egfr_warning)}"
+        if below(egfr.value, egfr.comparator, th.egfr_critical) is None:  # decision 31: say what is unknown
+            label += f" (cannot tell whether below {fmt(th.egfr_critical)})"
+        out.insert(0, Factor("egfr", label, egfr.reference, egfr.fact().value))
     if age is not None and age > th.renal_age_years:
         out.append(_named("age_renal", patient_ref, f"{age} years", years=th.renal_age_years))
     if hba1c is not None and hba1c.value >= th.hba1c_diabetes_percent and not any(x.key == "diabetes" for x in out):
@@ -143,7 +177,7 @@ def renal_factors(egfr: LabValue | None, found: list[Factor], age: int | None, p
 
 
 def thrombosis_factors(found: list[Factor], age: int | None, patient_ref: str, risk_drugs: list[Exposure],
-                       bmi: float | None, weight: LabValue | None, hyperviscosity: list[Factor],
+                       bmi: float | None, bmi_reference: str | None, hyperviscosity: list[Factor],
                        heart_failure: list[Factor], pregnancy: list[FactRef], th: Thresholds) -> list[Factor]:
     """Thrombosis risk factors for IVIG (knowledge §3.2, THR-AGE to THR-CV). ``found``: those of the
     Conditions and devices."""
@@ -153,7 +187,7 @@ def thrombosis_factors(found: list[Factor], age: int | None, patient_ref: str, r
     if age is not None and age >= th.thrombosis_age_years:
         out.insert(0, _named("age_thrombosis", patient_ref, f"{age} years", years=th.thrombosis_age_years))
     if bmi is not None and bmi >= th.adjusted_weight_bmi:
-        out.append(_named("obesity", weight.reference if weight else None, f"obesity, BMI {fmt(bmi)} kg/m2",
+        out.append(_named("obesity", bmi_reference, f"obesity, BMI {fmt(bmi)} kg/m2",
                           f"obesity (BMI {fmt(bmi)})"))
     if hyperviscosity:
         out.append(_named("hyperviscosity_thrombosis", hyperviscosity[0].reference, hyperviscosity[0].detail))
@@ -172,16 +206,23 @@ def contraindications(found: list[Factor], pregnancy: list[FactRef], egfr: LabVa
     preg = derived["pregnancy"]
     out += [Factor(preg.key, preg.label, p.reference, f"{p.value}; affects {preg.affects}") for p in pregnancy]
     low = derived["egfr"]
-    if egfr is not None and egfr.value < th.egfr_critical and not any(c.key == low.key for c in out):
+    if egfr is not None and below(egfr.value, egfr.comparator, th.egfr_critical) \
+            and not any(c.key == low.key for c in out):
         out.append(Factor(low.key, low.label.format(egfr=fmt(th.egfr_critical)), egfr.reference,
                           f"{egfr.fact().value}; affects {low.affects}"))
     return out
 
 
 def iga_deficiency(found: list[FactRef], iga_level: LabValue | None, th: Thresholds) -> list[FactRef]:
-    """IgA deficiency recorded, or a serum IgA below the threshold (decision 10)."""
-    if iga_level is not None and iga_level.value < th.iga_deficiency_mg_dl:
+    """IgA deficiency recorded, or a serum IgA below the threshold (decision 10). A result reported as a
+    bound that leaves the side open ("<10 mg/dL") is named as such, not guessed (decision 31)."""
+    if iga_level is None:
+        return list(found)
+    side = below(iga_level.value, iga_level.comparator, th.iga_deficiency_mg_dl)
+    if side:
         return [*found, iga_level.fact(f"Serum IgA below {fmt(th.iga_deficiency_mg_dl)} mg/dL")]
+    if side is None:
+        return [*found, iga_level.fact(f"Serum IgA: cannot tell whether below {fmt(th.iga_deficiency_mg_dl)} mg/dL")]
     return list(found)
 
 

@@ -46,11 +46,14 @@ class LabValue:
     original: str  # as recorded, e.g. "106 umol/L"
     code: str = ""
     computed: bool = False
+    comparator: str | None = None  # "<", "<=", ">=", ">": the value is a bound (decision 31)
 
     def fact(self, label: str | None = None) -> FactRef:
-        shown = f"{fmt(self.value)} {_SHOW_UNIT.get(self.unit, self.unit)}"
+        shown = f"{self.comparator or ''}{fmt(self.value)} {_SHOW_UNIT.get(self.unit, self.unit)}"
         if self.original and not self.original.endswith(self.unit) and not self.computed:
             shown += f" (recorded {self.original})"
+        if self.computed and "(" in self.label:  # how it was obtained, e.g. "computed, bedside Schwartz"
+            shown += " (" + self.label.split("(", 1)[1]
         if self.when:
             shown += f" on {self.when.date().isoformat()}"
         return FactRef(label or self.label, shown, self.reference)
@@ -223,6 +226,7 @@ class Facts:
     drug_allergies: dict[str, list[FactRef]] = field(default_factory=dict)  # ingredient -> allergy refs
     # --- renal
     egfr: LabValue | None = None
+    egfr_note: str = ""  # why there is no eGFR although a creatinine is on record (decision 30)
     creatinine: LabValue | None = None
     creatinine_series: list[LabValue] = field(default_factory=list)
     aki: list[FactRef] = field(default_factory=list)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .. import criteria, units
+from .. import criteria, kidney, lab_values, units
 from ..memo import Memo
 from ..record import PatientRecord
 from ..terminology import Terminology, concept_codes, concept_key, concept_text
@@ -21,20 +21,23 @@ from .validation import Validator
 
 # LOINC -> lab kind
 LOINC_KIND = {
-    "2160-0": "creatinine", "38483-4": "creatinine",
+    "2160-0": "creatinine", "38483-4": "creatinine", "14682-9": "creatinine", "59826-8": "creatinine",
     "98979-8": "egfr", "98980-6": "egfr", "62238-1": "egfr", "88293-6": "egfr", "88294-4": "egfr",
     "94677-2": "egfr", "50210-4": "egfr", "77147-7": "egfr", "48642-3": "egfr", "48643-1": "egfr",
     "50044-7": "egfr", "70969-1": "egfr", "69405-9": "egfr", "33914-3": "egfr",
     "29463-7": "weight", "3141-9": "weight", "3142-7": "weight_stated",
     "8302-2": "height", "2458-8": "iga", "4548-4": "hba1c", "33358-3": "mspike", "3128-6": "viscosity",
+    "39156-5": "bmi", "82810-3": "pregnancy-status",
 }
 _LAB_UNIT_KIND = {"creatinine": "creatinine", "egfr": "egfr", "weight": "weight", "weight_stated": "weight",
                   "height": "height", "iga": "iga", "hba1c": "hba1c", "mspike": "protein",
-                  "viscosity": "viscosity"}
+                  "viscosity": "viscosity", "bmi": "bmi"}
 _LAB_LABEL = {"creatinine": "Serum creatinine", "egfr": "eGFR", "weight": "Body weight",
               "weight_stated": "Body weight (stated)", "height": "Body height", "iga": "Serum IgA",
-              "hba1c": "HbA1c", "mspike": "Monoclonal protein (M-spike)", "viscosity": "Serum viscosity"}
+              "hba1c": "HbA1c", "mspike": "Monoclonal protein (M-spike)", "viscosity": "Serum viscosity",
+              "bmi": "Body mass index"}
 ANTI_IGA = "anti-iga"  # an anti-IgA antibody result: not a lab value
+PREGNANCY_STATUS = "pregnancy-status"  # an answer, not a lab value (decision 28)
 _ANTI_IGA_RE = re.compile(r"anti-?iga|iga antibod|antibod(y|ies) (to|against) iga|anti-immunoglobulin a",
                           re.IGNORECASE)
 _POSITIVE_RE = re.compile(r"positive|detected|present|reactive", re.IGNORECASE)
@@ -58,6 +61,11 @@ class LabsPart:
     height: LabValue | None = None
     iga_level: LabValue | None = None
     hba1c: LabValue | None = None
+    bmi: LabValue | None = None
+    # every usable eGFR (with its method, kidney.RACE_FREE_2021 ...) and creatinine of the lab window (decision 30)
+    egfr_results: list[tuple[LabValue, str]] = field(default_factory=list)
+    creatinine_results: list[LabValue] = field(default_factory=list)
+    pregnancy: list[FactRef] = field(default_factory=list)  # a positive pregnancy status (decision 28)
     hyperviscosity: list[Factor] = field(default_factory=list)
     renal_factors: list[Factor] = field(default_factory=list)
     anti_iga: list[FactRef] = field(default_factory=list)
@@ -122,7 +130,8 @@ def observation_time(res: dict[str, Any]) -> datetime | None:
 
 
 def _candidates(record: PatientRecord, term: Terminology) -> tuple[dict[str, Candidates], list[dict[str, Any]]]:
-    """Observations by lab kind, newest first (undated last, stable among equal dates); anti-IgA results."""
+    """Observations by lab kind, newest first (undated last; equal dates in Bundle order, which no choice
+    depends on: decision 30 picks among simultaneous results by value); anti-IgA results."""
     by_kind: dict[str, Candidates] = {}
     anti_iga: list[dict[str, Any]] = []
     memo = term.memo("observation-kind")
@@ -153,6 +162,16 @@ def read_observations(record: PatientRecord, term: Terminology, th: Thresholds) 
     lab_cut = now - timedelta(days=th.lab_recency_days)
     w_cut = now - timedelta(days=th.weight_recency_days)
 
+    def within(kind: str, cutoff: datetime) -> list[LabValue]:
+        out = []
+        for _, when, res in cands.get(kind, ()):
+            if when is None or when < cutoff:
+                break
+            lv = _lab(res, when, kind, part, v)
+            if lv is not None:
+                out.append(lv)
+        return out
+
     def latest(kind: str, cutoff: datetime | None) -> LabValue | None:
         for _, when, res in cands.get(kind, ()):
             if cutoff is not None and (when is None or when < cutoff):
@@ -164,6 +183,8 @@ def read_observations(record: PatientRecord, term: Terminology, th: Thresholds) 
 
     part.egfr = latest("egfr", lab_cut)
     part.creatinine = latest("creatinine", lab_cut)
+    part.egfr_results = [(lv, egfr_method(lv.code, term)) for lv in within("egfr", lab_cut)]
+    part.creatinine_results = within("creatinine", lab_cut)
     series_cut = now - timedelta(days=max(th.lab_recency_days, th.aki_baseline_window_days + 2))
     for _, when, res in cands.get("creatinine", ()):
         if when is None or when < series_cut:
@@ -178,6 +199,9 @@ def read_observations(record: PatientRecord, term: Terminology, th: Thresholds) 
     part.height = latest("height", None)
     part.iga_level = latest("iga", None)
     part.hba1c = latest("hba1c", None)
+    part.bmi = latest("bmi", w_cut)
+    part.pregnancy = pregnant_by_status(cands.get(PREGNANCY_STATUS, []),
+                                        now - timedelta(days=th.pregnancy_status_recency_days), term, v)
     mspike = latest("mspike", None)
     named = criteria.derived_factors()
     if mspike is not None and mspike.value > 0:
@@ -215,7 +239,33 @@ def _lab(res: dict[str, Any], when: datetime | None, kind: str, part: LabsPart, 
     else:
         codes = concept_codes(code, "LOINC")
         first = codes[0] if codes else ""
-    return LabValue(_LAB_LABEL[kind], conv.value, conv.unit, when, ref, conv.original, first)
+    return LabValue(_LAB_LABEL[kind], conv.value, conv.unit, when, ref, conv.original, first,
+                    comparator=lab_values.comparator_of(q))
+
+
+def egfr_method(loinc: str, term: Terminology) -> str:
+    """How a reported eGFR was computed, from the value sets of its LOINC code (decision 30)."""
+    names = term.match({"coding": [{"system": _LOINC_URI, "code": loinc}]}).names
+    if "egfr.race-adjusted" in names:
+        return kidney.RACE_ADJUSTED
+    if "egfr.ckd-epi-2021" in names:
+        return kidney.RACE_FREE_2021
+    return kidney.OTHER
+
+
+def pregnant_by_status(cands: Candidates, cutoff: datetime, term: Terminology, v: Validator) -> list[FactRef]:
+    """A positive pregnancy status (LOINC 82810-3): the newest answer of the window decides (decision 28)."""
+    for _, when, res in cands:
+        if when is None or when < cutoff:
+            break
+        answer = res.get("valueCodeableConcept")
+        if not isinstance(answer, dict):
+            continue
+        if "pregnancy.positive-answer" in term.match(answer).names and v.valid(res):
+            shown = concept_text(answer) or "pregnant"
+            return [FactRef("Pregnancy status", f"{shown} on {when.date().isoformat()}", ref_of(res))]
+        return []
+    return []
 
 
 def is_high(res: dict[str, Any]) -> bool:

@@ -29,15 +29,20 @@ def renal(ctx: Context) -> Fired | None:
 
 
 def renal_baseline_missing(ctx: Context) -> Fired | None:
-    """Decision 8: no creatinine or eGFR to compare against (results in unusable units are named)."""
+    """Decision 8: no creatinine or eGFR to compare against (results in unusable units are named). With a
+    creatinine but no eGFR that applies (a child without a height, decision 30) the card says why and
+    proposes no order."""
     orders = iv_orders(ctx)
     f = ctx.facts
-    if not orders or f.egfr is not None or f.creatinine is not None:
+    if not orders or f.egfr is not None or (f.creatinine is not None and not f.egfr_note):
         return None
     probs = [p for p in f.unit_problems if "creatinine" in p.lower() or "egfr" in p.lower()]
-    return Fired("ivig.safety.renal-baseline-missing", facts=[o.fact() for o in orders],
-                 values={"unit_note": phrase("ivig.safety.renal-baseline-missing", "unit_note",
-                                             problems="; ".join(probs)) if probs else ""},
+    values = {"unit_note": phrase("ivig.safety.renal-baseline-missing", "unit_note",
+                                  problems="; ".join(probs)) if probs else ""}
+    if f.creatinine is not None:
+        return Fired("ivig.safety.renal-baseline-missing", facts=[f.creatinine.fact()] + [o.fact() for o in orders],
+                     values={**values, "egfr_note": f.egfr_note}, variant="no_egfr")
+    return Fired("ivig.safety.renal-baseline-missing", facts=[o.fact() for o in orders], values=values,
                  suggestions=["creatinine", "bun"])
 
 

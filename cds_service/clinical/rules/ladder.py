@@ -79,7 +79,11 @@ def _untreated(ctx: Context, fired: Fired) -> None:
     fired.variant = "prior_therapy" if s.prior_therapy else None
     v["prednisone_mg"] = fmt(ctx.th.prednisone_suggested_mg_day)
     v["prior_note"] = phrase(fired.rule_id, "prior_note") if s.prior_therapy else ""
-    fired.suggestions = [] if ctx.facts.ns_text_only else ["prednisone"]  # decision 47: no order from text
+    blockers = withheld_by(ctx.facts.contraindications, "prednisone")  # decision 39
+    if blockers:
+        v["prior_note"] += " " + phrase(fired.rule_id, "gc_withheld", blockers="; ".join(c.label for c in blockers))
+        fired.facts += [c.fact("Contraindication: ") for c in blockers]
+    fired.suggestions = [] if ctx.facts.ns_text_only or blockers else ["prednisone"]  # decision 47: not from text
 
 
 def _on_gc(ctx: Context, fired: Fired) -> None:

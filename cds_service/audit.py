@@ -132,6 +132,7 @@ class AuditWriter:
         self._stopping = False
         self._ready = False  # schema migrated
         self._ready_lock = asyncio.Lock()
+        self._upgrade: asyncio.Future | None = None
         self._failing_since: float | None = None
         self._last_failure_log = 0.0
         self._feedback_slots = asyncio.Semaphore(MAX_FEEDBACK_IN_FLIGHT)
@@ -271,8 +272,10 @@ class AuditWriter:
             # Never cancelled: a migration under way runs in a thread that a cancel would not stop, and a
             # second start beside it would find the database locked. Waking it starts it now if it has not.
             self._wakeup.set()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._starting
+            except (asyncio.CancelledError, Exception) as exc:  # noqa: BLE001 - shutting down: log, go on
+                log.error("audit_store_unavailable", error=type(exc).__name__, store=repr(self.store))
             if self._task is None:
                 await self.start()
         self._stopping = True
@@ -301,12 +304,20 @@ class AuditWriter:
     # ------------------------------------------------------------------ writer
     async def _ensure_ready(self) -> None:
         if not self._ready:
-            # One migration at a time: the start-up (in the background) and a feedback call may both get
-            # here before the store is ready, and two upgrades of one new database would both create its
-            # tables.
+            # One migration at a time, and never cut short: the start-up (in the background) and a feedback
+            # call may both get here before the store is ready, and a caller's deadline may pass while the
+            # migration runs in its thread. A caller that gives up leaves it running; the next one waits for
+            # that same migration instead of starting a second one beside it.
             async with self._ready_lock:
                 if not self._ready:
-                    await self.store.upgrade()
+                    if self._upgrade is None:
+                        self._upgrade = asyncio.ensure_future(self.store.upgrade())
+                    upgrade = self._upgrade
+                    try:
+                        await asyncio.shield(upgrade)
+                    finally:
+                        if upgrade.done():
+                            self._upgrade = None  # finished; a failed one is tried again by the next caller
                     self._ready = True
         if not self._versions_recorded:
             await self._record_versions()

@@ -232,3 +232,17 @@ async def test_stopping_while_the_store_migrates_waits_for_it_and_writes_every_q
     await writer.stop()
     assert store.upgrades == 1
     assert sum(len(b) for b in store.batches) == 5 and writer.queued == 0
+
+
+async def test_a_migration_slower_than_the_start_up_deadline_is_waited_for_not_started_twice(monkeypatch):
+    import cds_service.audit as audit_mod
+
+    monkeypatch.setattr(audit_mod, "STARTUP_TIMEOUT", 0.05)
+    store = SlowMigrationStore()
+    writer = AuditWriter(store, b"k" * 32, interval=0.01)
+    await writer.start()  # gives up waiting after 0.05 s; the migration goes on
+    issue(writer, 3)
+    await wait_for(lambda: writer.queued == 0, within=10)
+    await writer.stop()
+    assert store.upgrades == 1
+    assert sum(len(b) for b in store.batches) == 3

@@ -133,12 +133,13 @@ class SqlStore(Store):
         ]
         return sql, params
 
-    def _plain_insert(self, table: sa.Table, cache: str) -> tuple[str, tuple]:
-        """A driver-level INSERT of every column of ``table`` that skips rows already stored."""
+    def _plain_insert(self, table: sa.Table, cache: str, names: tuple[str, ...] = ()) -> tuple[str, tuple]:
+        """A driver-level INSERT of ``names`` (every column of ``table`` when empty) that skips rows already
+        stored; built once per store and kept in the attribute ``cache``."""
         cached = getattr(self, cache, None)
         if cached is None:
             dialect = self.engine.dialect
-            names = tuple(c.name for c in table.columns)
+            names = names or tuple(c.name for c in table.columns)
             columns = ", ".join(names)
             marks = ", ".join(["?" if dialect.paramstyle == "qmark" else "%s"] * len(names))
             if self.dialect == "sqlite":
@@ -167,20 +168,9 @@ class SqlStore(Store):
         return sql, params
 
     def _card_insert(self) -> tuple[str, tuple]:
-        cached = getattr(self, "_card_insert_cached", None)
-        if cached is None:
-            dialect = self.engine.dialect
-            names = ("card_uuid", "service", "hook", "rule_id", "indicator", "hook_instance", "issued_at",
-                     "patient_key", "shadow", "rule_version")
-            columns = ", ".join(names)
-            marks = ", ".join(["?" if dialect.paramstyle == "qmark" else "%s"] * len(names))
-            if self.dialect == "sqlite":
-                sql = f"INSERT OR IGNORE INTO {cards.name} ({columns}) VALUES ({marks})"
-            else:
-                sql = f"INSERT INTO {cards.name} ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING"
-            procs = tuple(cards.c[n].type.bind_processor(dialect) for n in names)
-            cached = self._card_insert_cached = (sql, procs)
-        return cached
+        return self._plain_insert(cards, "_card_insert_cached", (
+            "card_uuid", "service", "hook", "rule_id", "indicator", "hook_instance", "issued_at", "patient_key",
+            "shadow", "rule_version"))
 
     def feedback_values(self, items: Sequence[FeedbackRow]) -> list[dict]:
         """Feedback rows as INSERT values. Lengths are checked when the request is read (a 400 names the

@@ -237,7 +237,7 @@ def _install_routes(app: FastAPI) -> None:
                                                  fhir_allowed=getattr(client, "fhir_allowed", None)),
                               policy, stats)
         if not settings.auth_enabled:  # fixtures pin "now" so their dates stay meaningful; never with auth on
-            record.now = evaluation_time(call.body.extension) or record.now
+            record.now = evaluation_time(call.envelope.extension) or record.now
         links = None
         if settings.smart_clients:  # the treatment timeline link (cds_service/smart/links.py)
             from cds_service.smart.links import for_call
@@ -259,10 +259,10 @@ def _install_routes(app: FastAPI) -> None:
         metrics = getattr(request.app.state, "metrics", None)
         if metrics is not None:
             metrics.hook_answered(call.hook, elapsed, result.cards, stats, shadow=result.shadow)
-        log.info("hook_answered", service=service.id, hook=call.hook, hookInstance=call.hook_instance,
-                 cards=len(result.cards), shadow=len(result.shadow), prefetched=stats.prefetched,
-                 fetched=stats.fetched, fhir_ms=round(stats.fhir_seconds * 1000, 1), ms=round(elapsed * 1000, 2),
-                 notes=len(record.notes))
+        logs.hot_info(log, "hook_answered", service=service.id, hook=call.hook, hookInstance=call.hook_instance,
+                      cards=len(result.cards), shadow=len(result.shadow), prefetched=stats.prefetched,
+                      fetched=stats.fetched, fhir_ms=round(stats.fhir_seconds * 1000, 1),
+                      ms=round(elapsed * 1000, 2), notes=len(record.notes))
         return Response(result.body, media_type=JSON)
 
     # The hook call is the hot path and reads its body as raw bytes, so FastAPI's per-request dependency

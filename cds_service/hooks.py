@@ -29,7 +29,7 @@ _ARRAY_ELEMENTS = ("category", "reasonCode", "dosageInstruction", "identifier", 
 @dataclass
 class HookCall:
     service: Service
-    body: HookRequestBody
+    envelope: Envelope
     patient_id: str
     user_id: str
     draft_orders: list[dict[str, Any]]
@@ -38,11 +38,52 @@ class HookCall:
 
     @property
     def hook(self) -> str:
-        return self.body.hook
+        return self.envelope.hook
 
     @property
     def hook_instance(self) -> str:
-        return self.body.hookInstance
+        return self.envelope.hook_instance
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The top level of a call as :class:`~cds_service.models.HookRequestBody` accepts it: the fields read here."""
+
+    hook: str
+    hook_instance: str
+    context: dict[str, Any]
+    prefetch: dict[str, Any] | None = None
+    fhir_server: str | None = None
+    fhir_token: str | None = None  # fhirAuthorization.access_token
+    extension: dict[str, Any] | None = None
+
+
+def _plain_envelope(data: dict[str, Any]) -> Envelope | None:
+    """The envelope of the usual call, read without the model: every field of a type the model takes as it
+    is, no ``fhirAuthorization``. None for anything else (the model then decides, and names what is wrong)."""
+    get = data.get
+    hook, instance, context = get("hook"), get("hookInstance"), get("context")
+    prefetch, server, extension = get("prefetch"), get("fhirServer"), get("extension")
+    if (type(hook) is str and hook and type(instance) is str and instance and type(context) is dict
+            and (prefetch is None or type(prefetch) is dict) and (extension is None or type(extension) is dict)
+            and get("fhirAuthorization") is None
+            and (server is None or (type(server) is str and server.startswith(("http://", "https://"))))):
+        return Envelope(hook, instance, context, prefetch, server, None, extension)
+    return None
+
+
+def read_envelope(data: dict[str, Any]) -> Envelope:
+    """The call's envelope; a 400 naming the first problems when :class:`HookRequestBody` refuses it."""
+    envelope = _plain_envelope(data)
+    if envelope is not None:
+        return envelope
+    try:
+        body = HookRequestBody.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest(f"Invalid CDS Hooks request: {describe(exc)}.") from exc
+    token = body.fhirAuthorization.access_token if body.fhirAuthorization is not None else None
+    return Envelope(body.hook, body.hookInstance, body.context, body.prefetch, body.fhirServer, token,
+                    body.extension)
 
 
 def describe(exc: ValidationError) -> str:
@@ -141,15 +182,12 @@ def parse_draft_orders(draft: Any, notes: list[str]) -> list[dict[str, Any]]:
 
 
 def parse_call(service: Service, data: dict[str, Any]) -> HookCall:
-    try:
-        body = HookRequestBody.model_validate(data)
-    except ValidationError as exc:
-        raise BadRequest(f"Invalid CDS Hooks request: {describe(exc)}.") from exc
-    if body.hook != service.hook:
+    envelope = read_envelope(data)
+    if envelope.hook != service.hook:
         raise BadRequest(
-            f"Service '{service.id}' answers the '{service.hook}' hook, but the request is for '{body.hook}'."
+            f"Service '{service.id}' answers the '{service.hook}' hook, but the request is for '{envelope.hook}'."
         )
-    ctx = body.context
+    ctx = envelope.context
     notes: list[str] = []
 
     patient = ctx.get("patientId")
@@ -190,7 +228,7 @@ def parse_call(service: Service, data: dict[str, Any]) -> HookCall:
 
     return HookCall(
         service=service,
-        body=body,
+        envelope=envelope,
         patient_id=patient_id,
         user_id=user,
         draft_orders=orders,

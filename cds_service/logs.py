@@ -12,6 +12,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -113,12 +114,42 @@ def configure(level: str = "INFO", json: bool = True) -> None:
         structlog.processors.JSONRenderer(serializer=_orjson_dumps) if json
         else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
+    global _hot
+    chain = [*processors, renderer]
+    threshold = logging.getLevelName(level.upper())
+    stderr = _CurrentStderr()
     structlog.configure(
-        processors=[*processors, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),
+        processors=chain,
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
+        logger_factory=structlog.PrintLoggerFactory(file=stderr),
         cache_logger_on_first_use=False,
     )
+    # The same printer (and so the same write lock) as the loggers' own.
+    _hot = (chain, structlog.PrintLogger(file=stderr)) if json and threshold <= logging.INFO else None
+
+
+# (the processor chain configure() installed, its printer) when its lines are JSON and INFO is on.
+_hot: tuple[list, structlog.PrintLogger] | None = None
+
+
+def hot_info(logger, event: str, **fields) -> None:
+    """``logger.info(event, **fields)`` for a line written on every hook call.
+
+    While the configuration is the one :func:`configure` installs with JSON lines, the line is built here
+    with the same steps in the same order (the call's fields, ``event``, the bound context, ``level``, the
+    UTC ``timestamp``, long values cut) and written by the same printer, without the processor chain;
+    otherwise (console lines, INFO filtered out, a configuration a test installed) ``logger`` writes it.
+    """
+    hot = _hot
+    if hot is None or structlog.get_config()["processors"] is not hot[0]:
+        logger.info(event, **fields)
+        return
+    fields["event"] = event
+    for key, value in structlog.contextvars.get_contextvars().items():
+        fields.setdefault(key, value)
+    fields["level"] = "info"
+    fields["timestamp"] = datetime.now(tz=UTC).isoformat().replace("+00:00", "Z")
+    hot[1].msg(_orjson_dumps(_cap_fields(None, "info", fields)))
 
 
 def get_logger(name: str = "cds_service"):

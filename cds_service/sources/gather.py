@@ -10,6 +10,7 @@ and the reason; an optional key left unsettled is a note on the cards, never a 4
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections.abc import Sequence
@@ -65,6 +66,17 @@ _USER_TOKENS = {"Practitioner": "userPractitionerId", "PractitionerRole": "userP
                 "Patient": "userPatientId", "RelatedPerson": "userRelatedPersonId"}
 
 
+@functools.lru_cache(maxsize=256)
+def _template_parts(template: str) -> tuple[tuple[str, str, str], ...]:
+    """``template`` as (text before a token, the token's name, the token as written), then ("", "", the rest)."""
+    parts, start = [], 0
+    for match in _TOKEN.finditer(template):
+        parts.append((template[start:match.start()], match.group(1), match.group(0)))
+        start = match.end()
+    parts.append(("", "", template[start:]))
+    return tuple(parts)
+
+
 def prefetch_queries(templates: dict[str, str], context: dict[str, Any], patient_id: str,
                      user_id: str) -> dict[str, str]:
     """The service's prefetch templates with their tokens filled (2.0.1: primitive context fields, user tokens)."""
@@ -74,29 +86,30 @@ def prefetch_queries(templates: dict[str, str], context: dict[str, Any], patient
     if rtype in _USER_TOKENS and rid:
         values[_USER_TOKENS[rtype]] = quote(rid, safe="")
 
-    def fill(match: re.Match) -> str:
-        name = match.group(1)
+    def fill(name: str, written: str) -> str:
         if name in values:
             return values[name]
         if name.startswith("context."):
             v = context.get(name[8:])
             if isinstance(v, str | int | float | bool):  # only primitive context fields are tokens (2.0.1)
                 return quote(str(v), safe="")
-        return match.group(0)
+        return written
 
-    return {key: _TOKEN.sub(fill, template) for key, template in templates.items()}
+    return {key: "".join(text + (fill(name, written) if name else written)
+                         for text, name, written in _template_parts(template))
+            for key, template in templates.items()}
 
 
 def queries_for(call: HookCall) -> dict[str, str]:
-    return prefetch_queries(dict(call.service.prefetch), call.body.context, call.patient_id, call.user_id)
+    return prefetch_queries(dict(call.service.prefetch), call.envelope.context, call.patient_id, call.user_id)
 
 
 def call_sources(call: HookCall, policy: GatherPolicy, http: httpx.AsyncClient,
                  guards: OriginGuards | None = None, fhir_allowed=None) -> list[DataSource]:
     """The sources a hook call from an EHR may use, in the order they are asked. ``fhir_allowed(url)``, when
     given, says whether the calling client may have its fhirServer read."""
-    sources: list[DataSource] = [PrefetchSource(call.body.prefetch)]
-    server = call.body.fhirServer
+    sources: list[DataSource] = [PrefetchSource(call.envelope.prefetch)]
+    server = call.envelope.fhir_server
     if not server:
         sources.append(UnavailableSource("no fhirServer", "the request has no fhirServer to fetch it from"))
     elif fhir_allowed is not None and not fhir_allowed(server):
@@ -104,16 +117,19 @@ def call_sources(call: HookCall, policy: GatherPolicy, http: httpx.AsyncClient,
             "fhirServer not allowed", "the fhirServer in the request is not on this service's allow-list for "
             "the calling client"))
     else:
-        token = call.body.fhirAuthorization.access_token if call.body.fhirAuthorization else None
-        sources.append(FhirServerSource(http, server, token, guards=guards, max_pages=policy.max_pages,
-                                        max_depth=policy.max_depth, max_array=policy.max_array))
+        sources.append(FhirServerSource(http, server, call.envelope.fhir_token, guards=guards,
+                                        max_pages=policy.max_pages, max_depth=policy.max_depth,
+                                        max_array=policy.max_array))
     return sources
 
 
 def prefetch_only(call: HookCall) -> list[DataSource]:
     """The sources of a call evaluated from what it carries (``cds-service evaluate``, the preview page)."""
-    return [PrefetchSource(call.body.prefetch),
+    return [PrefetchSource(call.envelope.prefetch),
             UnavailableSource("no FHIR server", "only the request's prefetch is read here")]
+
+
+_NO_SOURCE = KeyResult.unavailable("no source has it")
 
 
 def _paged(result: KeyResult) -> bool:
@@ -141,7 +157,7 @@ async def gather(call: HookCall, sources: Sequence[DataSource], policy: GatherPo
     stats = stats or GatherStats()
     queries = queries_for(call)
     deadline = asyncio.get_running_loop().time() + policy.deadline_seconds
-    results: dict[str, KeyResult] = dict.fromkeys(queries, KeyResult.unavailable("no source has it"))
+    results: dict[str, KeyResult] = dict.fromkeys(queries, _NO_SOURCE)
     notes: list[str] = []
     started = time.perf_counter()
     for source in sources:

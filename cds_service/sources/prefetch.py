@@ -11,7 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from cds_service.errors import BadRequest
-from cds_service.sources.base import EMPTY, DataSource, KeyResult
+from cds_service.sources.base import DataSource, KeyResult
+
+_REPORTED_FAILED = KeyResult.failed("the EHR reported that its prefetch query failed")
+_NOT_SENT = KeyResult.unavailable("not sent by the EHR")
 
 
 def _is_outcome_only(value: dict[str, Any]) -> bool:
@@ -39,15 +42,8 @@ class PrefetchSource(DataSource):
 
     async def fetch(self, queries: dict[str, str], deadline: float) -> dict[str, KeyResult]:
         values = self.answer(queries)
-        out = {}
-        for key in queries:
-            if key in values:
-                out[key] = KeyResult.answered(values[key]) if values[key] is not None else EMPTY
-            elif key in self.failed:
-                out[key] = KeyResult.failed("the EHR reported that its prefetch query failed")
-            else:
-                out[key] = KeyResult.unavailable("not sent by the EHR")
-        return out
+        return {key: KeyResult.answered(values[key]) if key in values  # null: EMPTY
+                else _REPORTED_FAILED if key in self.failed else _NOT_SENT for key in queries}
 
     def notes(self) -> list[str]:
         return ["the EHR reported failed prefetch for " + ", ".join(self.failed)] if self.failed else []

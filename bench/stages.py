@@ -160,9 +160,10 @@ async def stage_times(app, body: bytes, calls: int, auth: AuthProbe | None) -> d
                                patient_id=call.patient_id, cards=cards)
         if metrics is not None:
             metrics.hook_answered(call.hook, t3 - t0, cards, stats)
-        log.info("hook_answered", service=service.id, hook=call.hook, hookInstance=call.hook_instance,
-                 cards=len(cards), prefetched=stats.prefetched, fetched=stats.fetched,
-                 fhir_ms=round(stats.fhir_seconds * 1000, 1), ms=round((t3 - t0) * 1000, 2), notes=len(record.notes))
+        logs.hot_info(log, "hook_answered", service=service.id, hook=call.hook, hookInstance=call.hook_instance,
+                      cards=len(cards), prefetched=stats.prefetched, fetched=stats.fetched,
+                      fhir_ms=round(stats.fhir_seconds * 1000, 1), ms=round((t3 - t0) * 1000, 2),
+                      notes=len(record.notes))
         t4 = clock()
         if audit is not None and audit.queued >= AUDIT_BATCH * len(cards):
             t5 = time.process_time()  # the rows are written on the store's own thread: count every thread

@@ -10,7 +10,6 @@ and the reason; an optional key left unsettled is a note on the cards, never a 4
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 import time
 from collections.abc import Sequence
@@ -66,17 +65,6 @@ _USER_TOKENS = {"Practitioner": "userPractitionerId", "PractitionerRole": "userP
                 "Patient": "userPatientId", "RelatedPerson": "userRelatedPersonId"}
 
 
-@functools.lru_cache(maxsize=256)
-def _template_parts(template: str) -> tuple[tuple[str, str, str], ...]:
-    """``template`` as (text before a token, the token's name, the token as written), then ("", "", the rest)."""
-    parts, start = [], 0
-    for match in _TOKEN.finditer(template):
-        parts.append((template[start:match.start()], match.group(1), match.group(0)))
-        start = match.end()
-    parts.append(("", "", template[start:]))
-    return tuple(parts)
-
-
 def prefetch_queries(templates: dict[str, str], context: dict[str, Any], patient_id: str,
                      user_id: str) -> dict[str, str]:
     """The service's prefetch templates with their tokens filled (2.0.1: primitive context fields, user tokens)."""
@@ -86,18 +74,17 @@ def prefetch_queries(templates: dict[str, str], context: dict[str, Any], patient
     if rtype in _USER_TOKENS and rid:
         values[_USER_TOKENS[rtype]] = quote(rid, safe="")
 
-    def fill(name: str, written: str) -> str:
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
         if name in values:
             return values[name]
         if name.startswith("context."):
             v = context.get(name[8:])
             if isinstance(v, str | int | float | bool):  # only primitive context fields are tokens (2.0.1)
                 return quote(str(v), safe="")
-        return written
+        return match.group(0)
 
-    return {key: "".join(text + (fill(name, written) if name else written)
-                         for text, name, written in _template_parts(template))
-            for key, template in templates.items()}
+    return {key: _TOKEN.sub(fill, template) for key, template in templates.items()}
 
 
 def queries_for(call: HookCall) -> dict[str, str]:

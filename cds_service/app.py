@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -43,27 +44,56 @@ log = logs.get_logger("cds_service.app")
 JSON = "application/json"
 READY_TIMEOUT = 3.0
 FHIR_POOL_SIZE = 100
+HTTP_CLIENT_DELAY = 1.0  # seconds after the start: the pooled FHIR client is made then (PooledClient)
 
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type=JSON)
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI):
-    settings: Settings = app.state.settings
-    # One pooled client for every FHIR fallback call; timeouts bound each call, the request
-    # deadline bounds them all. The origin guards keep requests in flight at or below the pool size, so
-    # no request ever waits inside the pool (see cds_service.sources.origin for why). Made here, not on the
-    # first fallback call: building it (TLS context included) must not eat into that call's deadline.
+class PooledClient:
+    """The one pooled ``httpx.AsyncClient`` of FHIR fallback calls (also JWKS and SMART reads), made on first use.
+
+    Making it (importing httpx, loading the TLS trust store) costs about a tenth of a second of CPU, which a first
+    hook call served from its prefetch need not wait for: :func:`lifespan` makes it :data:`HTTP_CLIENT_DELAY` s
+    after the start, in the background. A FHIR fallback call that comes before makes it itself, inside its
+    deadline. Every attribute not defined here is the client's.
+    """
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._client: Any = None
+
+    def get(self) -> Any:
+        if self._client is None:
+            self._client = self._make()
+        return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
+def _http_client(settings: Settings):
+    # Timeouts bound each call, the request deadline bounds them all. The origin guards keep requests in
+    # flight at or below the pool size, so no request ever waits inside the pool (cds_service.sources.origin).
     import httpx
 
-    app.state.http = httpx.AsyncClient(
+    return httpx.AsyncClient(
         timeout=httpx.Timeout(settings.fhir_deadline_seconds, connect=min(1.0, settings.fhir_deadline_seconds)),
         limits=httpx.Limits(max_connections=FHIR_POOL_SIZE, max_keepalive_connections=20),
         follow_redirects=False,
         trust_env=False,
     )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings: Settings = app.state.settings
+    app.state.http = PooledClient(functools.partial(_http_client, settings))
     app.state.fhir_guards = OriginGuards(total=FHIR_POOL_SIZE)
     for hook in app.state.startup_hooks:
         await hook(app)
@@ -72,9 +102,11 @@ async def lifespan(app: FastAPI):
     engine.warm_up()
     for start in app.state.started_hooks:  # after everything is loaded (cds-service serve tunes the GC here)
         start()
+    make_http = asyncio.get_running_loop().call_later(HTTP_CLIENT_DELAY, app.state.http.get)
     try:
         yield
     finally:
+        make_http.cancel()
         for hook in app.state.shutdown_hooks:
             await hook(app)
         await app.state.http.aclose()

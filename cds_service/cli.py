@@ -137,6 +137,12 @@ def serve(
                                                              "authentication (never with patient data)."),
 ) -> None:
     """Run the service with uvicorn; prints one line with its URLs once it listens."""
+    import gc
+
+    # The served process's thresholds from its start: loading the service allocates hundreds of thousands of
+    # objects that live as long as the process, and with the default thresholds the collector walks them in
+    # about 180 collections before the first answer (0.1 s of CPU). tune_gc freezes them once loaded.
+    gc.set_threshold(*GC_THRESHOLDS)
     from cds_service.config import Settings, expected_value
 
     settings = configured_settings()
@@ -167,12 +173,11 @@ def tune_gc() -> None:
     The objects alive at that point (FastAPI, pydantic models, the card library) live as long as the process:
     frozen, the cyclic collector no longer walks them on every full collection. Non-cyclic garbage is freed
     by reference counting whatever the thresholds, so collecting cycles less often costs little memory.
-    The young generations hold the start-up garbage (a full collection finds nothing more, and only delays the
-    first answer).
+    They are frozen without a collection first: loading leaves almost no cyclic garbage (76 unreachable
+    objects among 78,000), and a collection would walk every one of them once more before the first answer.
     """
     import gc
 
-    gc.collect(1)
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
@@ -204,6 +209,7 @@ def _run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None
             log_level=None,
             log_config=uvicorn_log_config(settings.fixture_endpoint_enabled, workers),
             proxy_headers=True,
+            ws="none",  # no WebSocket endpoint: uvicorn loads no WebSocket protocol (the websockets package)
         )
 
 

@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, compile_path
 
 from cds_service import __version__, logs, openapi
 from cds_service.audit import CallFacts
@@ -112,6 +112,30 @@ async def lifespan(app: FastAPI):
         await app.state.http.aclose()
 
 
+class DeferredAPIRoute(APIRoute):
+    """An APIRoute whose FastAPI machinery (the models of its parameters and response, its handler) is built
+    when the route is first used (a request on its path, the OpenAPI document), not when it is declared.
+
+    Building them costs tens of milliseconds for the service's routes (and loads ``pydantic.v1``, which FastAPI
+    imports to check the models), all before the first hook call, which no route of the router serves
+    (:mod:`cds_service.edge`). Until then the route has its path and endpoint, so the router can tell which
+    requests are its own; any other attribute asked for builds it first, as ``APIRoute`` would have.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **options: Any) -> None:
+        self.path = path
+        self.endpoint = endpoint
+        self.path_regex, self.path_format, self.param_convertors = compile_path(path)
+        self._options = options
+
+    def __getattr__(self, name: str) -> Any:  # only for attributes not set: the route is not built yet
+        options = self.__dict__.pop("_options", None)
+        if options is None:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+        APIRoute.__init__(self, self.path, self.endpoint, **options)
+        return getattr(self, name)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     from fastapi_offline import FastAPIOffline
 
@@ -128,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         static_url="/docs-static",
         swagger_ui_parameters={"validatorUrl": None},
     )
+    app.router.route_class = DeferredAPIRoute
     app.state.settings = settings
     app.state.services = registry(settings)
     _install_governance(app, settings)
@@ -305,7 +330,7 @@ def _install_routes(app: FastAPI) -> None:
     from cds_service import edge
 
     edge.install(app, call_service)
-    app.state.documented_only = [APIRoute(
+    app.state.documented_only = [DeferredAPIRoute(
         "/cds-services/{service_id}", _documented(call_service), methods=["POST"], response_model=CDSResponse,
         tags=["CDS Hooks"], summary="Call a service (any listed by discovery)",
         responses={400: {}, 401: {}, 404: {}, 412: {}, 413: {}, 415: {}})]

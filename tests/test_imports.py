@@ -183,3 +183,24 @@ def test_the_first_hook_call_loads_no_heavy_module(tmp_path):
     loaded = set(answer["modules"])
     heavy = sorted(m for m in HEAVY_MODULES if m in loaded or any(n.startswith(m + ".") for n in loaded))
     assert heavy == []
+
+
+def test_the_served_app_documents_its_api_as_create_app_does(tmp_path):
+    """`cds-service serve` imports FastAPI with its OpenAPI models built on first use (cli.import_fastapi): the
+    document it serves is the one an application made by create_app serves (each in a fresh interpreter)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
+    env["CDS_DATA_DIR"] = str(tmp_path / "data")
+    documents = []
+    for make in ("from cds_service.cli import served_app as make", "from cds_service.app import create_app as make"):
+        code = (f"import sys, orjson\n{make}\napp = make()\n"
+                "sys.stdout.buffer.write(orjson.dumps(app.openapi(), option=orjson.OPT_SORT_KEYS))")
+        result = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        documents.append(result.stdout)
+    assert documents[0] == documents[1]
+    assert b'"/cds-services/{service_id}"' in documents[0]

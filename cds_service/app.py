@@ -70,6 +70,8 @@ class PooledClient:
         return self._client
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("_make", "_client"):  # not set yet (a copy in the making): never a client's
+            raise AttributeError(name)
         return getattr(self.get(), name)
 
     async def aclose(self) -> None:

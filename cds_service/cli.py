@@ -139,10 +139,21 @@ def serve(
     """Run the service with uvicorn; prints one line with its URLs once it listens."""
     import gc
 
-    # The served process's thresholds from its start: loading the service allocates hundreds of thousands of
-    # objects that live as long as the process, and with the default thresholds the collector walks them in
-    # about 180 collections before the first answer (0.1 s of CPU). tune_gc freezes them once loaded.
-    gc.set_threshold(*GC_THRESHOLDS)
+    # With one worker, this process loads the service: hundreds of thousands of objects that live as long as it
+    # does, which the cyclic collector would walk over and over while they are made (0.05-0.1 s of CPU before
+    # the first answer). It is off until the application is loaded (tune_gc freezes them and turns it back on),
+    # and back on whatever happens here. Several workers load the service each in a process of its own.
+    paused = workers == 1 and gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        _serve(host, port, workers, insecure)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _serve(host: str | None, port: int | None, workers: int, insecure: bool) -> None:
     from cds_service.config import Settings, expected_value
 
     settings = configured_settings()
@@ -175,11 +186,13 @@ def tune_gc() -> None:
     by reference counting whatever the thresholds, so collecting cycles less often costs little memory.
     They are frozen without a collection first: loading leaves almost no cyclic garbage (76 unreachable
     objects among 78,000), and a collection would walk every one of them once more before the first answer.
+    The collector is on from here (``serve`` turns it off while one process loads the service).
     """
     import gc
 
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    gc.enable()
 
 
 def import_fastapi() -> None:

@@ -21,6 +21,13 @@ db_upgrade  # unused function (cds_service/store/cli.py:165)
 db_current  # unused function (cds_service/store/cli.py:178)
 db_revision  # unused function (cds_service/store/cli.py:192)
 
+# Read by Starlette's and FastAPI's routing: the route matching of a DeferredAPIRoute, and the route class
+# FastAPI's route decorators make.
+_.path_regex  # unused attribute (cds_service/app.py:128)
+_.path_format  # unused attribute (cds_service/app.py:128)
+_.param_convertors  # unused attribute (cds_service/app.py:128)
+_.route_class  # unused attribute (cds_service/app.py:155)
+
 # Named by a string: uvicorn's factory, the logging filter, Alembic's migration module.
 ListeningLine  # unused class (cds_service/cli.py:77)
 served_app  # unused function (cds_service/cli.py:178)

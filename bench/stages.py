@@ -110,7 +110,13 @@ def evaluate_stages(record, hook: str) -> dict:
     from cds_service.clinical.rules import run_rules
     from cds_service.clinical.stages import compute_stage
     from cds_service.clinical.thresholds import get_thresholds
-    from cds_service.models import CDSResponse, dump
+    try:
+        from cds_service.models import encode_response
+    except ImportError:  # a tree whose cards are pydantic models (bench/run.py --baseline)
+        from cds_service.models import CDSResponse, dump
+
+        def encode_response(cards):
+            return orjson.dumps(dump(CDSResponse(cards=cards)))
 
     th = get_thresholds()
     t0 = clock()
@@ -121,7 +127,7 @@ def evaluate_stages(record, hook: str) -> dict:
     cards = render_all(fired, facts, th)
     engine._add_data_notes(cards, [*record.notes, *facts.notes])
     t3 = clock()
-    encoded = orjson.dumps(dump(CDSResponse(cards=cards)))
+    encoded = encode_response(cards)
     t4 = clock()
     return {"cards": cards, "encoded": encoded, "facts": (t1 - t0) * 1e6, "stage + rules": (t2 - t1) * 1e6,
             "card rendering": (t3 - t2) * 1e6, "encoding": (t4 - t3) * 1e6}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,7 +19,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, compile_path
 
 from cds_service import __version__, logs, openapi
 from cds_service.audit import CallFacts
@@ -43,27 +44,58 @@ log = logs.get_logger("cds_service.app")
 JSON = "application/json"
 READY_TIMEOUT = 3.0
 FHIR_POOL_SIZE = 100
+HTTP_CLIENT_DELAY = 1.0  # seconds after the start: the pooled FHIR client is made then (PooledClient)
 
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type=JSON)
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI):
-    settings: Settings = app.state.settings
-    # One pooled client for every FHIR fallback call; timeouts bound each call, the request
-    # deadline bounds them all. The origin guards keep requests in flight at or below the pool size, so
-    # no request ever waits inside the pool (see cds_service.sources.origin for why). Made here, not on the
-    # first fallback call: building it (TLS context included) must not eat into that call's deadline.
+class PooledClient:
+    """The one pooled ``httpx.AsyncClient`` of FHIR fallback calls (also JWKS and SMART reads), made on first use.
+
+    Making it (importing httpx, loading the TLS trust store) costs about a tenth of a second of CPU, which a first
+    hook call served from its prefetch need not wait for: :func:`lifespan` makes it :data:`HTTP_CLIENT_DELAY` s
+    after the start, in the background. A FHIR fallback call that comes before makes it itself, inside its
+    deadline. Every attribute not defined here is the client's.
+    """
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._client: Any = None
+
+    def get(self) -> Any:
+        if self._client is None:
+            self._client = self._make()
+        return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("_make", "_client"):  # not set yet (a copy in the making): never a client's
+            raise AttributeError(name)
+        return getattr(self.get(), name)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
+def _http_client(settings: Settings):
+    # Timeouts bound each call, the request deadline bounds them all. The origin guards keep requests in
+    # flight at or below the pool size, so no request ever waits inside the pool (cds_service.sources.origin).
     import httpx
 
-    app.state.http = httpx.AsyncClient(
+    return httpx.AsyncClient(
         timeout=httpx.Timeout(settings.fhir_deadline_seconds, connect=min(1.0, settings.fhir_deadline_seconds)),
         limits=httpx.Limits(max_connections=FHIR_POOL_SIZE, max_keepalive_connections=20),
         follow_redirects=False,
         trust_env=False,
     )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings: Settings = app.state.settings
+    app.state.http = PooledClient(functools.partial(_http_client, settings))
     app.state.fhir_guards = OriginGuards(total=FHIR_POOL_SIZE)
     for hook in app.state.startup_hooks:
         await hook(app)
@@ -72,12 +104,38 @@ async def lifespan(app: FastAPI):
     engine.warm_up()
     for start in app.state.started_hooks:  # after everything is loaded (cds-service serve tunes the GC here)
         start()
+    make_http = asyncio.get_running_loop().call_later(HTTP_CLIENT_DELAY, app.state.http.get)
     try:
         yield
     finally:
+        make_http.cancel()
         for hook in app.state.shutdown_hooks:
             await hook(app)
         await app.state.http.aclose()
+
+
+class DeferredAPIRoute(APIRoute):
+    """An APIRoute whose FastAPI machinery (the models of its parameters and response, its handler) is built
+    when the route is first used (a request on its path, the OpenAPI document), not when it is declared.
+
+    Building them costs tens of milliseconds for the service's routes (and loads ``pydantic.v1``, which FastAPI
+    imports to check the models), all before the first hook call, which no route of the router serves
+    (:mod:`cds_service.edge`). Until then the route has its path and endpoint, so the router can tell which
+    requests are its own; any other attribute asked for builds it first, as ``APIRoute`` would have.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **options: Any) -> None:
+        self.path = path
+        self.endpoint = endpoint
+        self.path_regex, self.path_format, self.param_convertors = compile_path(path)
+        self._options = options
+
+    def __getattr__(self, name: str) -> Any:  # only for attributes not set: the route is not built yet
+        options = self.__dict__.pop("_options", None)
+        if options is None:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+        APIRoute.__init__(self, self.path, self.endpoint, **options)
+        return getattr(self, name)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -96,6 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         static_url="/docs-static",
         swagger_ui_parameters={"validatorUrl": None},
     )
+    app.router.route_class = DeferredAPIRoute
     app.state.settings = settings
     app.state.services = registry(settings)
     _install_governance(app, settings)
@@ -273,7 +332,7 @@ def _install_routes(app: FastAPI) -> None:
     from cds_service import edge
 
     edge.install(app, call_service)
-    app.state.documented_only = [APIRoute(
+    app.state.documented_only = [DeferredAPIRoute(
         "/cds-services/{service_id}", _documented(call_service), methods=["POST"], response_model=CDSResponse,
         tags=["CDS Hooks"], summary="Call a service (any listed by discovery)",
         responses={400: {}, 401: {}, 404: {}, 412: {}, 413: {}, 415: {}})]

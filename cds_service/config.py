@@ -417,9 +417,10 @@ def describe_errors(exc: ValidationError, model: type[BaseSettings]) -> list[str
     return lines
 
 
-def _load(model: type[BaseSettings]) -> BaseSettings:
+def _load(model: type[BaseSettings], make=None) -> BaseSettings:
+    """``make()`` (by default ``model()``), its validation errors as one line per setting."""
     try:
-        return model()
+        return (make or model)()
     except ValidationError as exc:
         raise ConfigurationError(describe_errors(exc, model)) from None
 
@@ -448,7 +449,7 @@ def _check_rule_modes() -> None:
     from cds_service.governance.modes import RuleModesError, load_rule_modes
 
     try:
-        path = _load(Settings).rules_file
+        path = _load(Settings, get_settings).rules_file
     except ConfigurationError:
         return  # reported with the other settings
     if not path:
@@ -470,8 +471,8 @@ def load_configuration() -> Settings:
     thresholds.get_thresholds.cache_clear()
     lines: list[str] = []
     settings = None
-    for load in (lambda: _load(Settings), lambda: _load(thresholds.Thresholds), _check_site_codes,
-                 _check_rule_modes):
+    for load in (lambda: _load(Settings, get_settings), lambda: _load(thresholds.Thresholds, thresholds.get_thresholds),
+                 _check_site_codes, _check_rule_modes):
         try:
             result = load()
         except ConfigurationError as exc:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
+
 from cds_service.config import Settings, get_settings
 from cds_service.errors import BadRequest
 from cds_service.governance.modes import cached_rule_modes
 from cds_service.hooks import evaluation_time, parse_call
-from cds_service.models import EVALUATION_TIME_EXTENSION, CDSResponse, dump
+from cds_service.models import EVALUATION_TIME_EXTENSION, encode_response
 from cds_service.response import evaluate_cards
 from cds_service.services import Service, registry
 from cds_service.smart.links import for_call
@@ -55,7 +57,7 @@ async def evaluate_request_async(request: dict[str, Any], hook: str, base_url: s
                                                 call.service.rule_groups, modes.off))
     if not settings.auth_enabled:
         for_call(cards, settings, None, base_url)
-    return dump(CDSResponse(cards=cards))
+    return orjson.loads(encode_response(cards))  # a copy: the cards share parts with their templates
 
 
 def evaluate_bundle(bundle: dict[str, Any], hook: str, order: str | None = None) -> tuple[dict, dict]:

@@ -9,14 +9,12 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-import orjson
-
 from cds_service import logs
 from cds_service.clinical import engine
 from cds_service.clinical.cards import card_library
 from cds_service.clinical.record import PatientRecord
 from cds_service.governance.modes import ALL_ON, RuleModes
-from cds_service.models import RULE_ID_EXTENSION, Card, CDSResponse, Source, dump
+from cds_service.models import RULE_ID_EXTENSION, Card, Source, WireCard, encode_response
 from cds_service.services import Service
 
 log = logs.get_logger("cds_service.response")
@@ -24,9 +22,9 @@ log = logs.get_logger("cds_service.response")
 EVALUATION_FAILED_RULE = "service.evaluation-failed"
 
 
-def evaluation_failed_card() -> Card:
+def evaluation_failed_card() -> WireCard:
     """What the clinician sees when the rules stop with an internal error: no recommendation, said plainly."""
-    return Card(
+    return WireCard.of(Card(
         summary="Neurosarcoidosis decision support could not evaluate this order.",
         detail="An internal error stopped the rules for this order, so **no recommendation was made**. "
         "Use clinical judgement; the error has been logged for the service team.",
@@ -34,7 +32,7 @@ def evaluation_failed_card() -> Card:
         source=Source(label="Neurosarcoidosis CDS service"),
         overrideReasons=_acknowledged(),
         extension={RULE_ID_EXTENSION: EVALUATION_FAILED_RULE},
-    )
+    ))
 
 
 def _acknowledged() -> list[dict[str, str]] | None:
@@ -46,12 +44,12 @@ def _acknowledged() -> list[dict[str, str]] | None:
     return [{"code": "acknowledged", "system": system, "display": "Acknowledged"}]
 
 
-def evaluate_cards(record: PatientRecord, hook: str, hook_instance: str,
-                   rule_groups: Collection[str] | None = None, rules_off: Collection[str] = frozenset()) -> list[Card]:
+def evaluate_cards(record: PatientRecord, hook: str, hook_instance: str, rule_groups: Collection[str] | None = None,
+                   rules_off: Collection[str] = frozenset()) -> list[WireCard]:
     """Run the rules (of ``rule_groups``; None: every group the hook reads; never those in ``rules_off``); a bug
     in a rule becomes an honest card, never a 500 or a silent empty answer."""
     evaluation = _evaluate(record, hook, hook_instance, rule_groups, rules_off)
-    return evaluation.cards if evaluation is not None else [evaluation_failed_card()]
+    return evaluation.wire_cards if evaluation is not None else [evaluation_failed_card()]
 
 
 def _evaluate(record: PatientRecord, hook: str, hook_instance: str, rule_groups: Collection[str] | None,
@@ -68,8 +66,8 @@ def _evaluate(record: PatientRecord, hook: str, hook_instance: str, rule_groups:
 class Answer:
     """What one hook call answered, and what only the audit sees."""
 
-    cards: list[Card]  # returned to the EHR
-    shadow: list[Card]  # cards of rules in shadow mode: audited, never returned
+    cards: list[WireCard]  # returned to the EHR
+    shadow: list[WireCard]  # cards of rules in shadow mode: audited, never returned
     body: bytes  # the encoded CDS Hooks response
     ladder_orders: int = 0  # "the orders" of the call that are ladder drugs
     ig_orders: int = 0  # ... and immune globulin
@@ -85,10 +83,10 @@ def answer(record: PatientRecord, service: Service, hook_instance: str, links=No
         cards, ladder, ig = [evaluation_failed_card()], 0, 0
     else:
         orders = evaluation.facts.the_orders
-        cards = evaluation.cards
+        cards = evaluation.wire_cards
         ig = sum(1 for o in orders if o.is_ig)
         ladder = sum(1 for o in orders if o.is_ladder and not o.is_ig)
     shown, shadow = modes.split(cards)
     if links is not None:
         links(shown)
-    return Answer(shown, shadow, orjson.dumps(dump(CDSResponse(cards=shown))), ladder, ig)
+    return Answer(shown, shadow, encode_response(shown), ladder, ig)

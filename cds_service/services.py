@@ -118,9 +118,9 @@ class Registry:
         return next((s for s in self if s.hook == hook), None)
 
 
-def _read(text: str, where: str) -> dict[str, Any]:
+def _read(text: str, where: str, loader: type = yaml.SafeLoader) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -155,8 +155,10 @@ def _services(data: dict[str, Any], where: str, base: dict[str, Any]) -> list[Se
 
 @functools.cache
 def _builtin() -> dict[str, Any]:
+    # libyaml's safe loader when PyYAML has it: the same document, quicker start-up (a site's file keeps the
+    # pure-Python loader, whose error positions the start-up message quotes)
     data = _read((resources.files("cds_service") / "data" / "services.yaml").read_text(encoding="utf-8"),
-                 "cds_service/data/services.yaml")
+                 "cds_service/data/services.yaml", getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     codes = ",".join(f"http://loinc.org|{c}" for c in observation_codes())
     data["prefetch"] = {k: v.replace(_OBSERVATION_CODES_TOKEN, codes) for k, v in data["prefetch"].items()}
     return data

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from cds_service.models import RULE_ID_EXTENSION, Card, Source, Suggestion
+from cds_service.models import RULE_ID_EXTENSION, Card, Source, Suggestion, WireCard
 
 PG_URL = os.environ.get("CDS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -84,7 +84,7 @@ def make_card(rule: str, indicator: str = "warning", with_suggestion: bool = Tru
 
 class StubEvaluation:
     def __init__(self, cards, orders=()):
-        self.cards = cards
+        self.wire_cards = [WireCard.of(c) for c in cards]  # what the response encodes
         self.facts = SimpleNamespace(the_orders=list(orders))  # the call's orders, for the hook-call row
 
 

@@ -156,6 +156,24 @@ def test_each_configuration_mistake_is_one_line_naming_the_setting(name, tmp_pat
     assert not (tmp_path / "data").exists()
 
 
+def test_serve_pauses_the_garbage_collector_only_while_it_loads(tmp_path, capfd, monkeypatch):
+    """One worker: the collector is off while this process loads the service (tune_gc turns it back on once the
+    application is loaded), and on again however `serve` ends: a refusal, or uvicorn returning."""
+    import gc
+
+    import uvicorn
+
+    seen: list[bool] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: seen.append(gc.isenabled()))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    env = {"CDS_DATA_DIR": str(tmp_path / "data"), "CDS_PORT": str(free_port())}
+    code, _out, _err = run_main(["serve"], env, capfd, monkeypatch)
+    assert code == 0 and seen == [False] and gc.isenabled()
+    code, _out, err = run_main(["serve", "--port", "0"], env, capfd, monkeypatch)
+    assert code == 2 and "--port" in err and gc.isenabled()
+
+
 def test_threshold_cross_checks_name_both_settings(monkeypatch):
     for pair, message in [
         ({"CDS_EGFR_CRITICAL": "90"}, "CDS_EGFR_CRITICAL (90) must be below CDS_EGFR_WARNING (60)"),

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cds_service.cli import app
-from cds_service.models import RULE_ID_EXTENSION, Action, Card, Link, OverrideReason, Source, Suggestion
+from cds_service.models import RULE_ID_EXTENSION, Action, Card, Link, OverrideReason, Source, Suggestion, WireCard
 
 runner = CliRunner()
 SUBJECT = {"reference": "Patient/p1"}
@@ -52,7 +52,7 @@ def seen(monkeypatch):
 
     class Result:
         def __init__(self, cards):
-            self.cards = cards
+            self.wire_cards = [WireCard.of(c) for c in cards]
 
     def evaluate(record, hook, **_):
         calls.append({"hook": hook, "selections": list(record.selections)})

@@ -110,3 +110,97 @@ def test_the_cli_and_the_preview_reach_the_engine_without_the_web_application():
         reached = reaches(graph, start)
         assert "cds_service.clinical.engine" in reached
         assert "cds_service.app" not in reached, start
+
+
+# Loaded by no part of creating the served application and answering a hook call from its prefetch (auth off):
+# each is loaded when something else asks for it (the audit store after the first answer, a FHIR fallback call,
+# a signed token, the OpenAPI page, `cds-service evaluate`), and each would add to every start.
+HEAVY_MODULES = ("fhir.resources", "fhir_core", "sqlalchemy", "alembic", "aiosqlite", "psycopg", "matplotlib",
+                 "jwt", "cryptography", "redis", "markdown_it", "rich", "pygments", "httpx", "pydantic.v1",
+                 "websockets")
+
+_FIRST_CALL = r"""
+import asyncio, json, sys
+
+from cds_service import cli
+
+cli.configured_settings()  # what `cds-service serve` does first: every setting checked
+app = cli.served_app()
+body = open(sys.argv[1], "rb").read()
+
+
+async def first_call():
+    startup, sent = asyncio.Queue(), asyncio.Queue()
+    await startup.put({"type": "lifespan.startup"})
+    asyncio.ensure_future(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, startup.get, sent.put))
+    assert (await sent.get())["type"] == "lifespan.startup.complete"
+    replies = []
+    received = []
+
+    async def receive():
+        if received:
+            await asyncio.sleep(3600)
+        received.append(1)
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        replies.append(message)
+
+    await app({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+               "scheme": "http", "path": "/cds-services/neurosarcoidosis-order-select", "raw_path": b"",
+               "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json")],
+               "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000), "state": {}}, receive, send)
+    cards = json.loads(b"".join(m.get("body", b"") for m in replies if m["type"] == "http.response.body"))["cards"]
+    # read before anything else runs: the audit store opens (SQLAlchemy) only after this answer
+    return replies[0]["status"], len(cards), sorted(sys.modules)
+
+
+status, cards, modules = asyncio.run(first_call())
+print(json.dumps({"status": status, "cards": cards, "modules": modules}))
+"""
+
+
+def test_the_first_hook_call_loads_no_heavy_module(tmp_path):
+    """Start-up time is import time: creating the served application and answering one hook call (in a fresh
+    interpreter, so this process's own imports hide nothing) loads none of HEAVY_MODULES."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from cds_service.evaluate import build_request
+
+    bundle = json.loads((PACKAGE.parent / "fixtures" / "fhir" / "02-s1-conduction-block-ivig.json").read_text())
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(build_request(bundle, "order-select")))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
+    env["CDS_DATA_DIR"] = str(tmp_path / "data")
+    result = subprocess.run([sys.executable, "-c", _FIRST_CALL, str(request)], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    answer = json.loads(result.stdout.splitlines()[-1])
+    assert answer["status"] == 200 and answer["cards"] >= 1
+    loaded = set(answer["modules"])
+    heavy = sorted(m for m in HEAVY_MODULES if m in loaded or any(n.startswith(m + ".") for n in loaded))
+    assert heavy == []
+
+
+def test_the_served_app_documents_its_api_as_create_app_does(tmp_path):
+    """`cds-service serve` imports FastAPI with its OpenAPI models built on first use (cli.import_fastapi): the
+    document it serves is the one an application made by create_app serves (each in a fresh interpreter)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
+    env["CDS_DATA_DIR"] = str(tmp_path / "data")
+    documents = []
+    for make in ("from cds_service.cli import served_app as make", "from cds_service.app import create_app as make"):
+        code = (f"import sys, orjson\n{make}\napp = make()\n"
+                "sys.stdout.buffer.write(orjson.dumps(app.openapi(), option=orjson.OPT_SORT_KEYS))")
+        result = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        documents.append(result.stdout)
+    assert documents[0] == documents[1]
+    assert b'"/cds-services/{service_id}"' in documents[0]

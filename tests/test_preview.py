@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from cds_service.app import create_app
 from cds_service.config import Settings
-from cds_service.models import RULE_ID_EXTENSION, Card, Link, OverrideReason, Source, Suggestion
+from cds_service.models import RULE_ID_EXTENSION, Card, Link, OverrideReason, Source, Suggestion, WireCard
 from cds_service.preview import fixtures as fixture_files
 from cds_service.preview.markdown import is_web_url, preview_card, render_markdown
 
@@ -442,7 +442,7 @@ def install_cards(monkeypatch, cards):
 
     class Result:
         def __init__(self):
-            self.cards = copy.deepcopy(cards)
+            self.wire_cards = [WireCard.of(c) for c in copy.deepcopy(cards)]
 
     monkeypatch.setattr(engine, "evaluate", lambda record, hook, **kw: Result())
 

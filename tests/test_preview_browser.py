@@ -34,7 +34,16 @@ if CHROMIUM is None:
                 allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
-from cds_service.models import RULE_ID_EXTENSION, Action, Card, Link, OverrideReason, Source, Suggestion  # noqa: E402
+from cds_service.models import (  # noqa: E402
+    RULE_ID_EXTENSION,
+    Action,
+    Card,
+    Link,
+    OverrideReason,
+    Source,
+    Suggestion,
+    WireCard,
+)
 from cds_service.preview import fixtures as fixture_files  # noqa: E402
 
 # An IVIG order in a patient on haemodialysis: one critical, one warning and three info cards expected.
@@ -277,7 +286,7 @@ def test_cards_render_like_an_ehr_sidebar_and_card_text_stays_inert(page, monkey
     from cds_service.clinical import engine
 
     class Result:
-        cards = _stub_cards()
+        wire_cards = [WireCard.of(c) for c in _stub_cards()]
 
     monkeypatch.setattr(engine, "evaluate", lambda record, hook, **kw: Result())
     page.fill("#bundle", json.dumps(PASTED))

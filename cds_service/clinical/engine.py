@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from cds_service import models
 
 from . import markup
-from .cards import card_library, render_all
+from .cards import card_library, compile_all, render_all
 from .facts import Facts, build_facts
 from .record import PatientRecord
 from .rules import GROUPS, RULE_IDS, run_rules
@@ -25,11 +25,16 @@ HOOKS = ("order-select", "order-sign", "patient-view")
 
 @dataclass
 class Evaluation:
-    cards: list[models.Card]  # sorted critical > warning > info
+    wire_cards: list[models.WireCard]  # sorted critical > warning > info; what the response carries
     facts: Facts
     stage: str  # "S0" ... "S7", "S2b", "S3R", "S3I"
     rule_ids: list[str] = field(default_factory=list)  # of the cards, in card order
     stage_detail: StageResult | None = None
+
+    @property
+    def cards(self) -> list[models.Card]:
+        """The cards as validated wire models (made on each read: for tests and readers off the request path)."""
+        return [c.validated() for c in self.wire_cards]
 
 
 def evaluate(record: PatientRecord, hook: str, *, thresholds: Thresholds | None = None,
@@ -53,7 +58,7 @@ def evaluate(record: PatientRecord, hook: str, *, thresholds: Thresholds | None 
             raise
         result = _evaluate(cleaned, hook, th, rule_groups, rules_off)
         record.notes[:] = cleaned.notes
-    _add_data_notes(result.cards, [*record.notes, *result.facts.notes])
+    _add_data_notes(result.wire_cards, [*record.notes, *result.facts.notes])
     return result
 
 
@@ -64,7 +69,7 @@ def _evaluate(record: PatientRecord, hook: str, th: Thresholds, rule_groups: Col
     fired = run_rules(facts, stage, hook, th, groups=rule_groups, off=rules_off)
     cards = render_all(fired, facts, th)
     rule_ids = [str((c.extension or {}).get(models.RULE_ID_EXTENSION)) for c in cards]
-    return Evaluation(cards=cards, facts=facts, stage=stage.stage, rule_ids=rule_ids, stage_detail=stage)
+    return Evaluation(wire_cards=cards, facts=facts, stage=stage.stage, rule_ids=rule_ids, stage_detail=stage)
 
 
 def without_invalid_resources(record: PatientRecord) -> PatientRecord | None:
@@ -112,7 +117,7 @@ def without_invalid_resources(record: PatientRecord) -> PatientRecord | None:
 MAX_DATA_NOTES = 6
 
 
-def _add_data_notes(cards: list[models.Card], notes: list[str]) -> None:
+def _add_data_notes(cards: list[models.WireCard] | list[models.Card], notes: list[str]) -> None:
     """Tell the clinician what could not be read: a skipped resource or an unavailable query can change
     the advice, so it is said on the cards (never only in a log)."""
     unique = list(dict.fromkeys(n for n in notes if n))
@@ -135,6 +140,7 @@ def warm_up() -> None:
     get_thresholds()
     get_terminology()
     card_library()
+    compile_all()
     # one tiny evaluation so every code path's lazy imports and caches are primed
     rec = PatientRecord(patient_id="warm-up")
     rec.add({"resourceType": "Patient", "id": "warm-up", "gender": "female", "birthDate": "1970-01-01"})

@@ -65,7 +65,10 @@ _text_memo = functools.lru_cache(maxsize=4096)(_text)
 
 def code(value: object) -> str:
     """``value`` as a Markdown code span (shown literally; nothing inside is ever markup)."""
-    s = (value if type(value) is str else str(value)).replace("\n", " ").replace("\r", " ")
+    s = value if type(value) is str else str(value)
+    if "`" not in s and "\n" not in s and "\r" not in s and s.strip():  # a FHIR reference: one backtick each side
+        return f"`{s}`"
+    s = s.replace("\n", " ").replace("\r", " ")
     longest = max((len(run) for run in re.findall(r"`+", s)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if s.startswith("`") or s.endswith("`") or not s.strip() else ""

@@ -136,15 +136,15 @@ def _evidence_after(facts: Facts, t0: datetime | None, min_days: int, label: str
         return []
     out: list[FactRef] = []
     seen: set[str | None] = set(diagnosis_references(facts.ns_conditions))
-    cands: list[NSCondition] = list(facts.relapses)
+    cands: list[tuple[NSCondition, bool]] = [(c, True) for c in facts.relapses]  # (condition, a relapse)
     for c in facts.ns_conditions:
         if c.kind != "sfn" and c.onset is not None:
-            cands.append(c)
-    for c in cands:
-        d = c.relapse_date if c in facts.relapses else c.onset
+            cands.append((c, c in facts.relapses))
+    for c, relapse in cands:
+        d = c.relapse_date if relapse else c.onset
         if d is not None and counts_against(d, t0, min_days, acting_end) and c.reference not in seen:
             seen.add(c.reference)
-            what = "relapse" if c in facts.relapses else "new manifestation"
+            what = "relapse" if relapse else "new manifestation"
             out.append(FactRef(f"Continued disease on {label} ({what})",
                                f"{c.label}, {d.date().isoformat()} ({(d - t0).days} days after start; "
                                f"minimum trial {min_days} days)", c.reference))

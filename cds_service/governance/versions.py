@@ -26,10 +26,8 @@ DIGEST_CHARS = 12
 @functools.lru_cache(maxsize=1)
 def rule_inputs() -> dict[str, dict[str, Any]]:
     """Rule id -> {"cards": [...], "thresholds": [...], "value_sets": [...], "orders": kind}."""
-    import yaml
-
     file = Path(__file__).resolve().parent.parent / INPUTS_FILE
-    doc = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    doc = _load_yaml(file.read_text(encoding="utf-8")) or {}
     return {k: {"cards": list(v.get("cards") or ()), "thresholds": list(v.get("thresholds") or ()),
                 "value_sets": list(v.get("value_sets") or ()), "criteria": list(v.get("criteria") or ()),
                 "orders": v.get("orders")}
@@ -44,12 +42,17 @@ CRITERIA = {  # the names a rule may list under `criteria`: (file in clinical/cr
 }
 
 
-@functools.lru_cache(maxsize=4)
-def _criteria_file(name: str) -> dict[str, Any]:
+def _load_yaml(text: str) -> Any:
     import yaml
 
+    # libyaml's safe loader when PyYAML has it: the same documents, quicker start-up
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+@functools.lru_cache(maxsize=4)
+def _criteria_file(name: str) -> dict[str, Any]:
     file = Path(__file__).resolve().parent.parent / "clinical" / "criteria" / name
-    return yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    return _load_yaml(file.read_text(encoding="utf-8")) or {}
 
 
 def criteria_part(name: str) -> Any:
@@ -82,17 +85,14 @@ class RuleVersion:
     inputs: dict[str, Any]  # {"cards": {key: digest}, "thresholds": {name: value}, "value_sets": {name: digest}}
 
 
-def version_inputs(rule_id: str, *, thresholds=None, terminology=None, library=None) -> dict[str, Any]:
-    """What ``rule_id`` reads, reduced to digests and threshold values."""
+def version_inputs(rule_id: str, sets: dict[str, str], *, thresholds=None, library=None) -> dict[str, Any]:
+    """What ``rule_id`` reads, reduced to digests and threshold values (``sets``: every value set's digest)."""
     from cds_service.clinical.cards import card_library
-    from cds_service.clinical.terminology import get_terminology
     from cds_service.clinical.thresholds import get_thresholds
 
     th = thresholds or get_thresholds()
-    term = terminology or get_terminology()
     lib = library if library is not None else card_library()
     spec = rule_inputs()[rule_id]
-    sets = _value_set_digests(term)
     cards = {key: _digest(lib.get(key)) for key in spec["cards"]}
     cards.update({f"_phrases.{key}": _digest(value) for key, value in phrases_of(rule_id, lib).items()})
     criteria = {name: _digest(criteria_part(name)) for name in spec["criteria"]}
@@ -118,9 +118,12 @@ def version_of(inputs: dict[str, Any]) -> str:
 
 def current_versions(*, thresholds=None, terminology=None, library=None) -> dict[str, RuleVersion]:
     """The version of every rule with the running configuration (thresholds, site codes, card texts)."""
+    from cds_service.clinical.terminology import get_terminology
+
+    sets = _value_set_digests(terminology or get_terminology())  # the same for every rule: digested once
     out = {}
     for rule_id in rule_inputs():
-        inputs = version_inputs(rule_id, thresholds=thresholds, terminology=terminology, library=library)
+        inputs = version_inputs(rule_id, sets, thresholds=thresholds, library=library)
         out[rule_id] = RuleVersion(rule_id, version_of(inputs), inputs)
     return out
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cds_service.models import RULE_ID_EXTENSION, Link
+from cds_service.models import RULE_ID_EXTENSION
 
 LABEL = "Open treatment timeline"
 LINKED_RULES = ("stage.", "ladder.", "ivig.")  # the ladder, IVIG-indication and IVIG-safety cards
@@ -35,13 +35,13 @@ def launch_url(settings: Any, request_base: str | None = None) -> str:
 
 
 def add_timeline_links(cards: list, url: str) -> list:
-    """Append the smart link to every linked card (cards are ``models.Card``); returns ``cards``."""
+    """Append the smart link to every linked card (cards are ``models.WireCard``); returns ``cards``."""
     for card in cards:
         rule = str((card.extension or {}).get(RULE_ID_EXTENSION) or "")
         if not rule.startswith(LINKED_RULES):
             continue
-        link = Link(label=LABEL, url=url, type="smart", appContext=rule)
-        card.links = [*(card.links or []), link]
+        link = {"label": LABEL, "url": url, "type": "smart", "appContext": rule}  # models.Link's key order
+        card.links = [*(card.links or ()), link]  # a new list: the card's own may be its template's
     return cards
 
 

@@ -18,7 +18,7 @@ from ..terminology import ANTI_TNF, GC, IG, RITUXIMAB, SECOND_LINE
 NON_SYSTEMIC = ("topical", "inhaled", "nasal", "ophthalmic", "otic", "intra-articular", "rectal", "dental",
                 "intralesional", "transdermal-local")
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class FactRef:
     """One fact as shown on a card: what, its value, and the FHIR resource it came from."""
 
@@ -26,12 +26,21 @@ class FactRef:
     value: str
     reference: str | None = None
 
+    def __init__(self, fact: str, value: str, reference: str | None = None) -> None:
+        # the slots written directly: the generated __init__ of a frozen dataclass goes through
+        # object.__setattr__, twice as slow, and a call makes a FactRef for every fact a card cites
+        _SET_FACT(self, fact)
+        _SET_VALUE(self, value)
+        _SET_REFERENCE(self, reference)
+
     def as_dict(self) -> dict[str, str]:
         d = {"fact": self.fact, "value": self.value}
         if self.reference:
             d["reference"] = self.reference
         return d
 
+
+_SET_FACT, _SET_VALUE, _SET_REFERENCE = (FactRef.__dict__[name].__set__ for name in ("fact", "value", "reference"))
 
 _SHOW_UNIT = {"mL/min/{1.73_m2}": "mL/min/1.73 m2"}
 

@@ -85,6 +85,10 @@ class Context:
             self._memo[name] = compute(self)
         return self._memo[name]
 
+    def weight_facts(self) -> list[FactRef]:
+        """:func:`weight_facts` of the facts, found once per evaluation (three cards cite them), a copy."""
+        return list(self.once("weight-facts", lambda c: weight_facts(c.facts)))
+
 
 # ------------------------------------------------------------------------------ dose plan (decision 11)
 

@@ -9,8 +9,9 @@ from datetime import date
 
 from .. import immune_globulin as ig
 from ..facts import FactRef, Facts, PlannedOrder, fmt
+from ..memo import lru
 from ..thresholds import Thresholds
-from .context import Context, Fired, ivig_plan, phrase, weight_facts
+from .context import Context, Fired, ivig_plan, phrase
 
 G = "ivig.dose"
 _MENINGEAL_RE = re.compile(r"mening", re.IGNORECASE)
@@ -20,7 +21,11 @@ _NOT_MENINGEAL_RE = re.compile(r"\b(no|without|not)\b[^.;]*mening|mening\w*[^.;]
 
 def iv_orders(ctx: Context) -> list[PlannedOrder]:
     """The intravenous immune globulin orders, in the order they are given (first day, then reference), whatever
-    order the EHR sent them in."""
+    order the EHR sent them in; found once per evaluation (five rules ask), a copy for each rule."""
+    return list(ctx.once("iv-orders", _iv_orders))
+
+
+def _iv_orders(ctx: Context) -> list[PlannedOrder]:
     orders = [o for o in ctx.ig_orders() if o.ig_kind == ig.INTRAVENOUS]
     return sorted(orders, key=lambda o: (o.ig_order.start if o.ig_order and o.ig_order.start else date.max,
                                          o.reference))
@@ -87,8 +92,14 @@ def ordered_figures(orders: list[PlannedOrder], f: Facts, th: Thresholds) -> tup
 def meningeal(f: Facts) -> list[FactRef]:
     """Decision 41: neurosarcoidosis of the meninges (a coded sarcoid meningitis, or a neurosarcoidosis
     Condition whose text says so without denying it)."""
-    return [c.fact() for c in f.ns_conditions
-            if c.kind == "meningitis" or (_MENINGEAL_RE.search(c.label) and not _NOT_MENINGEAL_RE.search(c.label))]
+    return [c.fact() for c in f.ns_conditions if c.kind == "meningitis" or names_meninges(c.label)]
+
+
+@lru(maxsize=1024)
+def names_meninges(label: str) -> bool:
+    """A Condition's text names the meninges and does not deny it (the same texts come back with each call
+    about a patient; the two case-insensitive searches cost more than the rest of the dose card)."""
+    return bool(_MENINGEAL_RE.search(label)) and not _NOT_MENINGEAL_RE.search(label)
 
 
 def weight_missing(ctx: Context) -> Fired | None:
@@ -139,7 +150,7 @@ def dose(ctx: Context) -> Fired | None:
     f, th = ctx.facts, ctx.th
     if not orders or not _adult(f, th) or f.weight is None or f.dosing_weight is None:
         return None
-    plan = ivig_plan(f, th)
+    plan = ctx.once("ivig-plan", lambda c: ivig_plan(c.facts, c.th))
     assert plan is not None
     problems, sentence = ordered_figures(orders, f, th)
     meninges = meningeal(f)
@@ -152,5 +163,5 @@ def dose(ctx: Context) -> Fired | None:
         "problem_list": problems,
         "meningeal_note": phrase(G, "meningeal") if meninges else "",
     }
-    return Fired(G, facts=weight_facts(f) + meninges + [o.fact() for o in orders], values=values,
+    return Fired(G, facts=ctx.weight_facts() + meninges + [o.fact() for o in orders], values=values,
                  variant="warning" if problems else None)

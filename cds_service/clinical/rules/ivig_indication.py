@@ -11,7 +11,7 @@ from ..facts import FactRef, Facts
 from ..stages import StageResult
 from ..terminology import SECOND_LINE
 from ..thresholds import Thresholds
-from .context import Context, Fired, ivig_values, phrase, weight_facts
+from .context import Context, Fired, ivig_values, phrase
 from .ladder import next_step_ruled_out
 
 G = "ivig.indication"
@@ -71,7 +71,7 @@ def _fire(ctx: Context, rule_id: str, facts: list[FactRef], conditional: bool | 
     v = dict(base)
     v.update(values)
     v["best_candidate"] = best
-    return Fired(rule_id, facts=facts + weight_facts(f) if offer else facts, values=v, suggestions=list(offer),
+    return Fired(rule_id, facts=facts + ctx.weight_facts() if offer else facts, values=v, suggestions=list(offer),
                  conditional=s.conditional if conditional is None else conditional)
 
 

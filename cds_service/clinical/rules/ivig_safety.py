@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .. import immune_globulin as ig
 from ..facts import Facts, fmt
-from .context import Context, Fired, ivig_plan, phrase, unique, weight_facts
+from .context import Context, Fired, ivig_plan, phrase, unique
 from .dose import course_of, iv_orders
 
 
@@ -159,7 +159,7 @@ def heart_failure_volume(ctx: Context) -> Fired | None:
     conc = concs[0] if concs else ig.Concentration((th.ivig_concentration_percent,), "assumed")
     shared = {"percent": fmt(conc.for_volume), "concentration_note": " ".join(unique([c.sentence() for c in concs]))}
     course = course_of(orders, f)
-    plan = ivig_plan(f, th)
+    plan = ctx.once("ivig-plan", lambda c: ivig_plan(c.facts, c.th))
     facts = [x.fact() for x in f.heart_failure] + [o.fact() for o in orders]
     if course.volume_ml is not None and course.total_g is not None and course.days:
         course_g, volume, days = course.total_g, course.volume_ml, course.days
@@ -175,7 +175,7 @@ def heart_failure_volume(ctx: Context) -> Fired | None:
     else:
         return Fired(g, facts=facts, values={"course_g": "?", "volume_ml": "?", "daily_ml": "?", "days": "?",
                                              "daily_flag": "", "dose_basis": phrase(g, "no_volume"), **shared})
-    return Fired(g, facts=facts + weight_facts(f),
+    return Fired(g, facts=facts + ctx.weight_facts(),
                  values={"course_g": fmt(round(course_g)), "volume_ml": fmt(round(volume)),
                          "daily_ml": fmt(round(daily)), "days": fmt(days), "dose_basis": basis, **shared,
                          "daily_flag": (phrase(g, "daily_flag", limit=fmt(th.hf_daily_volume_ml))

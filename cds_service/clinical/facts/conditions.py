@@ -4,7 +4,6 @@ list by value-set category."""
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -68,7 +67,7 @@ class ConditionsPart:
     skipped: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Read:
     """One Condition that passed the checks, with what the classification needs."""
 
@@ -78,11 +77,15 @@ class _Read:
     verification: str
     birth: datetime | None = None
 
-    @functools.cached_property
+    _dated: ConditionDate | None = None
+
+    @property
     def dated(self) -> ConditionDate:
         """The Condition's date by decision 24 (onsetDateTime, onsetPeriod, onsetAge, onsetString, recordedDate)
-        and the field it came from."""
-        return condition_date(self.res, self.birth)
+        and the field it came from; read once."""
+        if self._dated is None:
+            self._dated = condition_date(self.res, self.birth)
+        return self._dated
 
     @property
     def when(self) -> datetime | None:

@@ -211,9 +211,11 @@ def _request_period(res: dict[str, Any], status_raw: str, now: datetime) -> _Per
     if bounds and all(e for _, e in bounds):
         p.end = max(e for _, e in bounds if e)
     for d in p.dosages:
+        if p.end is not None or not p.start:
+            break  # only a line's duration from the start can still give the end
         rep = _dict(_dict(d.get("timing")).get("repeat"))
         bd = rep.get("boundsDuration")
-        if p.end is None and p.start and isinstance(bd, dict) and isinstance(bd.get("value"), int | float):
+        if isinstance(bd, dict) and isinstance(bd.get("value"), int | float):
             p.end = p.start + timedelta(days=bd["value"] * PERIOD_DAYS.get(str(bd.get("code") or bd.get("unit")
                                                                                 or "d"), 1))
     esd = disp.get("expectedSupplyDuration")

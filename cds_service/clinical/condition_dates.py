@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from .memo import lru
+
 _SOURCE_WORDS = {
     "onsetDateTime": "",
     "onsetPeriod": "start of the onset period",
@@ -35,16 +37,33 @@ class ConditionDate:
         return _SOURCE_WORDS.get(self.source, "")
 
 
+_Y = re.compile(r"\d{4}")
+_YM = re.compile(r"\d{4}-\d{2}")
+_YMD = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def _parse_iso(value: Any) -> datetime | None:
     if not isinstance(value, str) or len(value) < 4:
         return None
+    if type(value) is str and len(value) <= 64:
+        return _parse_iso_memo(value)
+    return _parse_iso_text(value)
+
+
+@lru(maxsize=4096)
+def _parse_iso_memo(value: str) -> datetime | None:
+    """Memoised by the exact text (the result depends on nothing else; datetimes are immutable)."""
+    return _parse_iso_text(value)
+
+
+def _parse_iso_text(value: str) -> datetime | None:
     v = value.strip()
     try:
-        if re.fullmatch(r"\d{4}", v):
+        if _Y.fullmatch(v):
             return datetime(int(v), 1, 1, tzinfo=UTC)
-        if re.fullmatch(r"\d{4}-\d{2}", v):
+        if _YM.fullmatch(v):
             return datetime(int(v[:4]), int(v[5:7]), 1, tzinfo=UTC)
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
+        if _YMD.fullmatch(v):
             return datetime(int(v[:4]), int(v[5:7]), int(v[8:10]), tzinfo=UTC)
         dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
         return dt if dt.tzinfo else dt.replace(tzinfo=UTC)

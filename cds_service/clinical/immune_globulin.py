@@ -44,6 +44,7 @@ def _brand_patterns() -> tuple[tuple[str, re.Pattern[str], tuple[float, ...]], .
                   tuple(float(p) for p in brands[n])) for n in names)
 
 
+@functools.lru_cache(maxsize=16)
 def _words_pattern(key: str) -> re.Pattern[str]:
     names = criteria().get(key) or []
     return re.compile(r"(?<![a-z])(" + "|".join(re.escape(str(n)) for n in names) + r")", re.IGNORECASE)

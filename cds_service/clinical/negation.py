@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 
+from .memo import lru
+
 # Clause boundaries: sentence ends, semicolons, colons, brackets, dashes between words, "but"/"however".
 _CLAUSES = re.compile(r"[.;:|()\[\]\n]|\s[-–—]\s|\bbut\b|\bhowever\b|\balthough\b", re.IGNORECASE)
 _CUES = re.compile(
@@ -27,9 +29,26 @@ def clauses(text: str) -> list[str]:
     return [c.strip() for c in _CLAUSES.split(text or "") if c and c.strip()]
 
 
+MEMO_MAX_TEXT = 512  # characters of a text whose answer is remembered
+
+
 def affirmed(text: str, pattern: re.Pattern[str]) -> bool:
-    """True when ``pattern`` occurs in ``text`` in a clause free of negation and uncertainty cues."""
+    """True when ``pattern`` occurs in ``text`` in a clause free of negation and uncertainty cues.
+
+    Memoised by (text, pattern) for a plain string: the answer depends on nothing else, and the same
+    problem-list wording comes back in every request."""
     if not isinstance(text, str) or not text:
         return False
+    if type(text) is str and len(text) <= MEMO_MAX_TEXT:
+        return _affirmed_memo(text, pattern)
+    return _affirmed(text, pattern)
+
+
+@lru(maxsize=4096)
+def _affirmed_memo(text: str, pattern: re.Pattern[str]) -> bool:
+    return _affirmed(text, pattern)
+
+
+def _affirmed(text: str, pattern: re.Pattern[str]) -> bool:
     return any(pattern.search(c) and not _CUES.search(c) for c in clauses(text))
 

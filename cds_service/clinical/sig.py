@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from .memo import lru
+
 # ------------------------------------------------------------------------------------------ frequency
 _N = r"(\d+(?:\.\d+)?)"
 _EVERY_HOURS = re.compile(r"\b(?:every|q)\s*" + _N + r"\s*(?:-\s*\d+\s*)?(?:h\b|hr\b|hrs\b|hours?\b)")
@@ -144,13 +146,30 @@ def _taper_rule(clause: str) -> tuple[float, float, float] | None:
     return less, days, floor
 
 
+MEMO_MAX_TEXT = 512  # characters of a sig whose steps are remembered
+
+
 def parse_sig(text: str, strength_mg: float | None = None) -> list[SigStep]:
     """The steps of a sig, in order. ``strength_mg`` turns "take 2 tablets" into mg (None: unknown).
 
     Each step's frequency comes from its own words; a step without one inherits the previous step's (a
     taper written "60 mg daily for a week, then 50 mg for a week" keeps "daily"). A rule such as "then
     reduce by 10 mg every week until off" is unrolled into its steps, capped at a sane number.
+    Memoised by (text, strength) for a plain string and a positive float or None: the steps are frozen and
+    depend on nothing else; each caller gets its own list.
     """
+    if type(text) is str and len(text) <= MEMO_MAX_TEXT and (
+            strength_mg is None or type(strength_mg) is float and strength_mg > 0):  # 0.0 == -0.0: not memoised
+        return list(_parse_sig_memo(text, strength_mg))
+    return _parse_sig(text, strength_mg)
+
+
+@lru(maxsize=4096)
+def _parse_sig_memo(text: str, strength_mg: float | None) -> tuple[SigStep, ...]:
+    return tuple(_parse_sig(text, strength_mg))
+
+
+def _parse_sig(text: str, strength_mg: float | None) -> list[SigStep]:
     if not isinstance(text, str) or not text.strip():
         return []
     t = _numbers_as_digits(text.lower())

@@ -76,6 +76,8 @@ _PREFIX_SYSTEMS = (ICD10, ATC)
 
 
 def system_key(uri: Any) -> str | None:
+    if type(uri) is str and uri in _SYSTEM_ALIASES:  # a URI spelled as listed: its own entry (no spaces to strip)
+        return _SYSTEM_ALIASES[uri]
     if not isinstance(uri, str):
         return None
     return _SYSTEM_ALIASES.get(uri.strip().rstrip("/")) or _SYSTEM_ALIASES.get(uri.strip())

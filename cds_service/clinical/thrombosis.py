@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .immune_globulin import criteria
+from .memo import lru
 
 ACTIVE_STATUSES = ("active", "recurrence", "relapse")
+MEMO_MAX_TEXT = 256  # characters of a medication text whose anticoagulant is remembered
 
 
 @functools.lru_cache(maxsize=1)
@@ -28,16 +30,23 @@ def _history_words() -> re.Pattern[str]:
     return re.compile(criteria()["thrombosis_history_words"], re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=1)
+def _history_codes() -> tuple[tuple[str, ...], frozenset[str]]:
+    """(ICD-10 prefixes without dots, SNOMED codes) that mean a past thrombosis."""
+    hist = criteria()["thrombosis_history_codes"]
+    return (tuple(str(c).replace(".", "").upper() for c in hist.get("icd10") or ()),
+            frozenset(str(c) for c in hist.get("snomed") or ()))
+
+
 def thrombosis_is_active(icd10_codes: Iterable[str], snomed_codes: Iterable[str], text: str,
                          clinical_status: str) -> bool:
     """An active thrombosis: recorded as active, with a code and a text that do not mean a past event."""
     if clinical_status not in ACTIVE_STATUSES:
         return False
-    hist = criteria()["thrombosis_history_codes"]
-    icd_prefixes = tuple(str(c).replace(".", "").upper() for c in hist.get("icd10") or ())
+    icd_prefixes, snomed = _history_codes()
     if any(str(c).replace(".", "").upper().startswith(icd_prefixes) for c in icd10_codes if icd_prefixes):
         return False
-    if set(map(str, snomed_codes)) & {str(c) for c in hist.get("snomed") or ()}:
+    if not snomed.isdisjoint(map(str, snomed_codes)):
         return False
     return not _history_words().search(text or "")
 
@@ -65,7 +74,21 @@ def _anticoagulants() -> tuple[tuple[re.Pattern[str], Anticoagulant], ...]:
 
 
 def anticoagulant_in(text: str) -> Anticoagulant | None:
-    """The anticoagulant a medication's name or codings' displays name, if any."""
+    """The anticoagulant a medication's name or codings' displays name, if any.
+
+    Memoised by the exact text (it depends on nothing else): every medication of a record that is no
+    tracked drug is asked, and the same product names come back in every request."""
+    if type(text) is str and len(text) <= MEMO_MAX_TEXT:
+        return _anticoagulant_in_memo(text)
+    return _anticoagulant_in(text)
+
+
+@lru(maxsize=4096)
+def _anticoagulant_in_memo(text: str) -> Anticoagulant | None:
+    return _anticoagulant_in(text)
+
+
+def _anticoagulant_in(text: str) -> Anticoagulant | None:
     for rx, drug in _anticoagulants():
         if rx.search(text or ""):
             return drug

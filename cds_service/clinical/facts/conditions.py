@@ -10,7 +10,8 @@ from datetime import datetime
 from typing import Any
 
 from .. import criteria
-from ..condition_dates import condition_date
+from ..condition_dates import ConditionDate, condition_date
+from ..memo import lru
 from ..negation import affirmed
 from ..record import PatientRecord
 from ..terminology import ConceptMatch, Terminology, concept_codes, concept_text
@@ -66,7 +67,7 @@ class ConditionsPart:
     skipped: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Read:
     """One Condition that passed the checks, with what the classification needs."""
 
@@ -76,10 +77,19 @@ class _Read:
     verification: str
     birth: datetime | None = None
 
+    _dated: ConditionDate | None = None
+
+    @property
+    def dated(self) -> ConditionDate:
+        """The Condition's date by decision 24 (onsetDateTime, onsetPeriod, onsetAge, onsetString, recordedDate)
+        and the field it came from; read once."""
+        if self._dated is None:
+            self._dated = condition_date(self.res, self.birth)
+        return self._dated
+
     @property
     def when(self) -> datetime | None:
-        """The Condition's date by decision 24 (onsetDateTime, onsetPeriod, onsetAge, onsetString, recordedDate)."""
-        return condition_date(self.res, self.birth).when
+        return self.dated.when
 
     @property
     def active(self) -> bool:
@@ -92,9 +102,13 @@ def read_conditions(record: PatientRecord, term: Terminology, th: Thresholds) ->
     birth = birth_date_of(record)
     read: list[_Read] = []
     for res in record.of_type("Condition"):
-        c = _read_one(res, term, v, birth)
-        if c is not None:
-            read.append(c)
+        if not isinstance(res, dict):
+            continue
+        m = term.match(res.get("code"))
+        if m.names:
+            c = _read_one(res, term, v, birth, m)
+            if c is not None:
+                read.append(c)
         elif (t := _read_text_only(res, term, v, birth)) is not None:
             _add_risk_factors(part, t, ref_of(t.res), from_text=True)  # safety only, never the ladder
     for c in read:
@@ -127,11 +141,9 @@ def _read_one(res: Any, term: Terminology, v: Validator, birth: datetime | None,
     return _Read(res, m, clin, "suspected" if ver in _SUSPECTED else "confirmed", birth)
 
 
-def _read_text_only(res: Any, term: Terminology, v: Validator, birth: datetime | None) -> _Read | None:
+def _read_text_only(res: dict[str, Any], term: Terminology, v: Validator, birth: datetime | None) -> _Read | None:
     """A Condition whose codes name no value set, read by its words (decision 29): the risk-factor and
     contraindication value sets its text affirms (``data/text_findings.yaml``, negation-aware)."""
-    if not isinstance(res, dict) or term.match(res.get("code")).names:
-        return None
     text = condition_text(res)
     found = text_findings(text)
     if not found:
@@ -206,7 +218,7 @@ def _add_neurosarcoidosis(part: ConditionsPart, read: list[_Read], term: Termino
         elif kind is not None:
             if needs_sarcoidosis(kind, c.m) and not sarcoid_any:
                 continue
-            nc = ns_condition(kind, c.res, c.clin, c.verification, c.m, term, c.birth)
+            nc = ns_condition(kind, c.res, c.clin, c.verification, c.m, term, c.birth, c.dated)
             part.ns_conditions.append(nc)
             if nc.reference:
                 part.ns_references.add(nc.reference)
@@ -219,16 +231,16 @@ def _add_neurosarcoidosis(part: ConditionsPart, read: list[_Read], term: Termino
             neuro_other.append(c)
         if sarcoid_any and "neuro.conduction-block" in names:
             part.conduction_block.append(ns_condition("conduction-block", c.res, c.clin, c.verification, c.m, term,
-                                                      c.birth))
+                                                      c.birth, c.dated))
         if sarcoid_any and _is_bulbar(names):
-            part.bulbar.append(ns_condition("bulbar", c.res, c.clin, c.verification, c.m, term, c.birth))
+            part.bulbar.append(ns_condition("bulbar", c.res, c.clin, c.verification, c.m, term, c.birth, c.dated))
     if sarcoid_any:
         for c in neuro_other:
-            nc = ns_condition("possible", c.res, c.clin, c.verification, c.m, term, c.birth)
+            nc = ns_condition("possible", c.res, c.clin, c.verification, c.m, term, c.birth, c.dated)
             if nc.active:
                 part.possible_ns.append(nc)
     for c in text_only:
-        nc = ns_condition("possible", c.res, c.clin, c.verification, c.m, term, c.birth)
+        nc = ns_condition("possible", c.res, c.clin, c.verification, c.m, term, c.birth, c.dated)
         nc.from_text = True
         if nc.active:
             part.possible_ns.append(nc)
@@ -252,9 +264,10 @@ def ns_status(ns_conditions: list[NSCondition], possible: list[NSCondition]) -> 
 
 
 def ns_condition(kind: str, res: dict[str, Any], clin: str, verification: str, m: ConceptMatch | None,
-                 term: Terminology, birth: datetime | None = None) -> NSCondition:
+                 term: Terminology, birth: datetime | None = None, dated: ConditionDate | None = None) -> NSCondition:
+    """``dated``: the Condition's date (decision 24) when the caller has it already."""
     code = res.get("code")
-    dated = condition_date(res, birth)  # decision 24
+    dated = dated or condition_date(res, birth)  # decision 24
     return NSCondition(kind, label_of(code, m or term.match(code)), ref_of(res), clin, verification,
                        dated.when, parse_dt(res.get("recordedDate")),
                        "" if dated.source == "onsetDateTime" else dated.source)
@@ -286,14 +299,24 @@ def _icd_families(res: dict[str, Any]) -> set[str]:
 # ------------------------------------------------------------------------------ risk factors (data)
 
 
+@lru(maxsize=4096)
+def factor_lists(names: frozenset[str]) -> tuple[tuple[int, ...], tuple[criteria.Contraindication, ...]]:
+    """(risk factors, contraindications) the value sets ``names`` give, each in file order; memoised by the
+    names (a Condition's value sets), as the criteria are loaded once."""
+    index = criteria.risk_factor_index()
+    factors = sorted({i for cat in names if cat in index for i in index[cat]})  # file order, each once
+    contra = criteria.contraindication_categories()
+    contras = [ci for cat in names if cat in contra for ci in contra[cat]]
+    contras.sort(key=criteria.contraindications().index)  # file order
+    return tuple(factors), tuple(contras)
+
+
 def _add_risk_factors(part: ConditionsPart, c: _Read, ref: str | None, *, from_text: bool = False) -> None:
     """The factors ``criteria/risk_factors.yaml`` and ``criteria/contraindications.yaml`` give this Condition
     (one read from text only says so in its label, decision 29)."""
     n = c.m.names
-    index = criteria.risk_factor_index()
-    factors = sorted({i for cat in n if cat in index for i in index[cat]})  # file order, each once
-    contra = criteria.contraindication_categories()
-    contras = [ci for cat in n if cat in contra for ci in contra[cat]] if c.active else []
+    factors, all_contras = factor_lists(n)
+    contras = all_contras if c.active else ()
     if not (factors or contras or n & _INTOLERANCE_OR_ANAPHYLAXIS):
         return
     said = f" {FROM_TEXT}" if from_text else ""  # decision 29: a factor read from text says so
@@ -322,6 +345,5 @@ def _add_risk_factors(part: ConditionsPart, c: _Read, ref: str | None, *, from_t
         target.append(Factor(key, name, ref, detail, label) if key else FactRef(name, detail, ref))
         if rf.also:
             getattr(part, rf.also).append(FactRef(rf.label, detail, ref))
-    contras.sort(key=criteria.contraindications().index)  # file order
     for ci in contras:
         part.contraindications.append(Factor(ci.key, ci.label + said, ref, f"{detail}; affects {ci.affects}"))

@@ -15,6 +15,8 @@ def parse_dt(value: Any) -> datetime | None:
     """FHIR date/dateTime/instant (incl. partial dates) -> aware datetime (UTC when no zone)."""
     if type(value) is str and len(value) <= 64:
         return _parse_dt_memo(value)
+    if value is None:  # an absent element: the common case after a string
+        return None
     return _parse_dt(value)
 
 
@@ -110,6 +112,8 @@ _ROUTE_MEMO = Memo(MEMO_MAX_ENTRIES)
 
 def route_kind(route_concept: Any, fallback_text: str = "") -> str | None:
     """Classify a route CodeableConcept (and, failing that, the product text)."""
+    if route_concept is None and fallback_text == "":  # a dosage without a route, no text to fall back on
+        return None
     if type(fallback_text) is not str or len(fallback_text) > MEMO_MAX_TEXT:
         return _route_kind(route_concept, fallback_text)
     if isinstance(route_concept, dict):
@@ -192,9 +196,11 @@ def dosage_text(dosage: dict[str, Any]) -> str:
 
 def dosage_bounds(dosage: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
     """The dates one dosage line applies to (timing.repeat.boundsPeriod), as a taper's steps carry them."""
-    t = dosage.get("timing") if isinstance(dosage.get("timing"), dict) else {}
-    rep = t.get("repeat") if isinstance(t.get("repeat"), dict) else {}
-    bp = rep.get("boundsPeriod") if isinstance(rep.get("boundsPeriod"), dict) else {}
+    t = dosage.get("timing")
+    rep = t.get("repeat") if isinstance(t, dict) else None
+    bp = rep.get("boundsPeriod") if isinstance(rep, dict) else None
+    if not isinstance(bp, dict):
+        return None, None
     return parse_dt(bp.get("start")), parse_dt(bp.get("end"))
 
 

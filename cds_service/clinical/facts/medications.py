@@ -73,6 +73,7 @@ class _Period:
     end: datetime | None = None
     status: str = "unknown"  # current | past | planned | unknown
     administrations: int = 0
+    bounds: list[tuple[datetime | None, datetime | None]] | None = None  # dosage_bounds of each dosage, if read
 
 
 def medication_index(record: PatientRecord) -> dict[str, dict[str, Any]]:
@@ -203,16 +204,18 @@ def _request_period(res: dict[str, Any], status_raw: str, now: datetime) -> _Per
     vp = _dict(disp.get("validityPeriod"))
     p.start = parse_dt(vp.get("start")) or p.start
     p.end = parse_dt(vp.get("end"))
-    bounds = [dosage_bounds(d) for d in p.dosages]
+    bounds = p.bounds = [dosage_bounds(d) for d in p.dosages]
     starts = [b for b, _ in bounds if b]
     if starts:
         p.start = min(starts)  # a taper in several lines starts with its first line (decision 46)
     if bounds and all(e for _, e in bounds):
         p.end = max(e for _, e in bounds if e)
     for d in p.dosages:
+        if p.end is not None or not p.start:
+            break  # only a line's duration from the start can still give the end
         rep = _dict(_dict(d.get("timing")).get("repeat"))
         bd = rep.get("boundsDuration")
-        if p.end is None and p.start and isinstance(bd, dict) and isinstance(bd.get("value"), int | float):
+        if isinstance(bd, dict) and isinstance(bd.get("value"), int | float):
             p.end = p.start + timedelta(days=bd["value"] * PERIOD_DAYS.get(str(bd.get("code") or bd.get("unit")
                                                                                 or "d"), 1))
     esd = disp.get("expectedSupplyDuration")
@@ -262,13 +265,14 @@ def exposure(res: dict[str, Any], rtype: str, concept: Any, m: ConceptMatch, sta
         return None
     route = next((r for r in (route_kind(d.get("route")) for d in p.dosages) if r), None) or route_kind(None, m.text)
     ing, cls = m.ingredient, m.drug_class
+    atc = concept_codes(concept, ATC) if cls in (GC, IG) else ()
     exp = Exposure(ref_of(res), rtype, concept_label(concept), ing.key if ing else None, cls, p.status, status_raw,
                    p.start, p.end, route=route, administrations=p.administrations)
-    now_step = _add_dose(exp, p.dosages, m.text, rtype, now)
+    now_step = _add_dose(exp, p.dosages, m.text, rtype, now, p.bounds)
     if exp.ingredient == "methotrexate":
         _methotrexate_schedule(exp, p.dosages)
     if cls == GC and ing is not None:
-        if route in NON_SYSTEMIC or non_systemic_atc(concept):
+        if route in NON_SYSTEMIC or any(c.startswith(_TOPICAL_ATC) for c in atc):
             return None  # A5
         if exp.daily_mg is not None and ing.pred_equiv:
             exp.pred_eq_mg = exp.daily_mg * ing.pred_equiv
@@ -282,7 +286,7 @@ def exposure(res: dict[str, Any], rtype: str, concept: Any, m: ConceptMatch, sta
         if window is not None and p.start >= now - timedelta(days=window):
             exp.status = "current"
     if cls == IG:
-        exp.ig_kind = administration_kind(m.text, route, concept_codes(concept, ATC))[0]
+        exp.ig_kind = administration_kind(m.text, route, atc)[0]
     if rtype in ("MedicationStatement", "MedicationRequest"):
         texts = [concept_text(sr) for sr in listify(res.get("statusReason"))]
         exp.stop_reason = classify_stop_reason(texts) if status_raw == "stopped" or any(texts) else None
@@ -291,19 +295,22 @@ def exposure(res: dict[str, Any], rtype: str, concept: Any, m: ConceptMatch, sta
     return exp
 
 
+Bounds = list[tuple[datetime | None, datetime | None]]
+
+
 def _add_dose(exp: Exposure, dosages: list[dict[str, Any]], text: str, rtype: str,
-              now: datetime) -> sig.DoseStep | None:
+              now: datetime, bounds: Bounds | None = None) -> sig.DoseStep | None:
     """Dose per administration, administrations per day and the daily dose of the highest step; returns the
-    step in force at ``now`` (None: unknown). Each dosage line is a step dated by its bounds; a
-    glucocorticoid line without a structured dose is read from its instructions text (decisions 25, 46).
-    Nothing readable leaves the dose unknown: a frequency is never assumed."""
+    step in force at ``now`` (None: unknown). Each dosage line is a step dated by its bounds (``bounds``: those
+    already read, one per dosage); a glucocorticoid line without a structured dose is read from its
+    instructions text (decisions 25, 46). Nothing readable leaves the dose unknown: a frequency is never assumed."""
     steps: list[sig.DoseStep] = []
-    for d in dosages:
+    for i, d in enumerate(dosages):
         mg = dose_mg_of(d, text)
         pdays = per_day_of(d)
         if rtype == "MedicationAdministration" and pdays is None:
             pdays = 1.0
-        line_start, line_end = dosage_bounds(d)
+        line_start, line_end = bounds[i] if bounds is not None else dosage_bounds(d)
         if mg is None and exp.drug_class == GC:
             parsed = sig.parse_sig(dosage_text(d), strength_mg(text))
             if pdays is not None:  # structured timing with the dose only in words ("take 2 tablets", BID)

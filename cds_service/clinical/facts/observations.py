@@ -141,13 +141,25 @@ def _candidates(record: PatientRecord, term: Terminology) -> tuple[dict[str, Can
         status = res.get("status")
         if (status if type(status) is str else str(status or "")) not in _OK_STATUS:
             continue
-        kind = lab_kind(res.get("code"), term, memo)
+        code = res.get("code")
+        kind = None
+        if type(code) is dict:  # lab_kind's common shape, inline: a first coding that is LOINC of a known kind
+            codings = code.get("coding")
+            if type(codings) is list and codings:
+                cd = codings[0]
+                if type(cd) is dict and cd.get("system") == _LOINC_URI and type(c := cd.get("code")) is str:
+                    kind = LOINC_KIND.get(c)
         if kind is None:
-            continue
+            kind = lab_kind(code, term, memo)
+            if kind is None:
+                continue
         if kind == ANTI_IGA:
             anti_iga.append(res)
             continue
-        when = observation_time(res)
+        edt = res.get("effectiveDateTime")  # observation_time's common shape, inline
+        when = parse_dt(edt) if type(edt) is str else None
+        if when is None:
+            when = observation_time(res)
         by_kind.setdefault(kind, []).append((when or _UNDATED, when, res))
     for lst in by_kind.values():
         lst.sort(key=_NEWEST, reverse=True)

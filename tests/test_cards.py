@@ -189,3 +189,24 @@ def test_card_uuids_issued_later_sort_later():
     first = new_uuid()
     time.sleep(0.003)
     assert new_uuid() > first
+
+
+def _sentences(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _sentences(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _sentences(value)
+
+
+def test_phrases_show_as_written():
+    """A rule's sentence is inserted into its card as literal text, so Markdown in it would reach the
+    clinician as stray asterisks or backslashes: every sentence must read the same once escaped."""
+    from cds_service.clinical.markup import text
+
+    for sentence in _sentences(card_library()["_phrases"]):
+        plain = re.sub(r"\{[a-z_]+\}", "x", sentence).replace("\n", " ")
+        assert text(plain) == plain, sentence

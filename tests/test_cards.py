@@ -210,3 +210,15 @@ def test_phrases_show_as_written():
     for sentence in _sentences(card_library()["_phrases"]):
         plain = re.sub(r"\{[a-z_]+\}", "x", sentence).replace("\n", " ")
         assert text(plain) == plain, sentence
+
+
+def test_failure_card_offers_a_listed_override_reason():
+    """The card that says the rules could not run offers one override reason, a code the cards' override
+    code system lists (cards/_common.yaml), so feedback on it is read like any other card's."""
+    from cds_service.response import evaluation_failed_card
+
+    reasons = card_library()["_override_reasons"]
+    listed = {(reasons["system"], r["code"]) for codes in reasons["sets"].values() for r in codes}
+    offered = evaluation_failed_card().overrideReasons
+    assert [r["code"] for r in offered] == ["acknowledged"]
+    assert {(r["system"], r["code"]) for r in offered} <= listed

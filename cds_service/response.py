@@ -36,12 +36,13 @@ def evaluation_failed_card() -> WireCard:
 
 
 def _acknowledged() -> list[dict[str, str]] | None:
-    """The one override reason of the failure card, in the cards' override-reason code system."""
+    """The failure card's override reasons (``failure`` in cards/_common.yaml), in the cards' code system."""
     try:
-        system = card_library()["_override_reasons"]["system"]
+        reasons = card_library()["_override_reasons"]
+        return [{"code": r["code"], "system": reasons["system"], "display": r["display"]}
+                for r in reasons["sets"]["failure"]]
     except Exception:  # noqa: BLE001 - the card texts may be what failed: the card goes without a reason
         return None
-    return [{"code": "acknowledged", "system": system, "display": "Acknowledged"}]
 
 
 def evaluate_cards(record: PatientRecord, hook: str, hook_instance: str, rule_groups: Collection[str] | None = None,

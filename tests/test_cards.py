@@ -189,3 +189,36 @@ def test_card_uuids_issued_later_sort_later():
     first = new_uuid()
     time.sleep(0.003)
     assert new_uuid() > first
+
+
+def _sentences(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _sentences(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _sentences(value)
+
+
+def test_phrases_show_as_written():
+    """A rule's sentence is inserted into its card as literal text, so Markdown in it would reach the
+    clinician as stray asterisks or backslashes: every sentence must read the same once escaped."""
+    from cds_service.clinical.markup import text
+
+    for sentence in _sentences(card_library()["_phrases"]):
+        plain = re.sub(r"\{[a-z_]+\}", "x", sentence).replace("\n", " ")
+        assert text(plain) == plain, sentence
+
+
+def test_failure_card_offers_a_listed_override_reason():
+    """The card that says the rules could not run offers one override reason, a code the cards' override
+    code system lists (cards/_common.yaml), so feedback on it is read like any other card's."""
+    from cds_service.response import evaluation_failed_card
+
+    reasons = card_library()["_override_reasons"]
+    listed = {(reasons["system"], r["code"]) for codes in reasons["sets"].values() for r in codes}
+    offered = evaluation_failed_card().overrideReasons
+    assert [r["code"] for r in offered] == ["acknowledged"]
+    assert {(r["system"], r["code"]) for r in offered} <= listed

@@ -200,6 +200,22 @@ async def test_sqlite_file_is_created_private_and_in_wal_mode(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+async def test_two_databases_migrated_at_once_in_one_process_each_get_their_tables(tmp_path):
+    """Two stores of one process (two applications in a test process, a site running two) starting at the
+    same moment: each database ends at the head revision with every table, neither migration fails."""
+    stores = [open_store(f"sqlite+aiosqlite:///{tmp_path / name / 'cds.db'}") for name in ("a", "b", "c")]
+    try:
+        await asyncio.gather(*(s.upgrade() for s in stores))
+        for s in stores:
+            assert await s.revision() == head_revision()
+            async with s.engine.connect() as conn:
+                names = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
+            assert {"cds_card", "cds_feedback", "alembic_version"} <= names
+    finally:
+        for s in stores:
+            await s.close()
+
+
 # --------------------------------------------------------------------------- pseudonymous keys
 def test_patient_key_is_an_hmac_never_the_id(tmp_path):
     secret = load_secret(None, tmp_path)

@@ -2,7 +2,10 @@
 
 The service upgrades at startup and ``cds-service db upgrade`` does the same. Several processes may
 start at once (``--workers N``, N instances on one PostgreSQL), so the upgrade is serialised: a
-transaction-scoped advisory lock on PostgreSQL, a file lock beside the database file on SQLite.
+transaction-scoped advisory lock on PostgreSQL, a file lock beside the database file on SQLite. Within
+one process, Alembic keeps the running migration's environment in module globals (``alembic.context``),
+so two migrations at once, even of two different databases, would run against each other's connection:
+they take turns (:func:`_one_at_a_time`).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +29,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 HEAD = "0002"
 # Arbitrary but fixed: every instance must take the same advisory lock.
 PG_LOCK_KEY = 0x4E53_4344_5301
+_ALEMBIC = threading.Lock()  # one Alembic command at a time in this process (event loops and threads alike)
 
 
 def alembic_config(url: str | None = None) -> Config:
@@ -41,6 +46,22 @@ def head_revision() -> str | None:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+@contextlib.asynccontextmanager
+async def _one_at_a_time():
+    """Hold the process-wide Alembic lock; waited for in a thread, so the event loop (and a migration
+    running on it) goes on meanwhile. A caller cancelled while waiting releases the lock once it is taken."""
+    waiting = asyncio.ensure_future(asyncio.to_thread(_ALEMBIC.acquire))
+    try:
+        await asyncio.shield(waiting)
+    except asyncio.CancelledError:
+        waiting.add_done_callback(lambda f: _ALEMBIC.release() if not f.cancelled() and f.result() else None)
+        raise
+    try:
+        yield
+    finally:
+        _ALEMBIC.release()
 
 
 @contextlib.asynccontextmanager
@@ -90,7 +111,7 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
         cfg.attributes["connection"] = sync_conn
         command.upgrade(cfg, revision)
 
-    async with _file_lock(_lock_path(engine)):
+    async with _one_at_a_time(), _file_lock(_lock_path(engine)):
         async with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_LOCK_KEY})
@@ -114,5 +135,5 @@ async def autogenerate(engine: AsyncEngine, message: str) -> None:
         cfg.attributes["connection"] = sync_conn
         command.revision(cfg, message=message, autogenerate=True)
 
-    async with engine.begin() as conn:
+    async with _one_at_a_time(), engine.begin() as conn:
         await conn.run_sync(_run)

@@ -147,11 +147,14 @@ def test_memos_are_bounded(monkeypatch):
         t.match(cc(ICD, f"Z{i:04d}"))
         terminology.ingredient_from_text(f"drug{i} tablet")
     assert len(t._match_memo) <= 50
-    info = terminology._ingredient_from_text_memo.cache_info()
+    info = terminology._ingredient_from_text.cache_info()
     assert info.maxsize is not None and info.currsize <= info.maxsize
     huge = {"text": "prednisone " + "x" * 5000}
     assert t.match(huge, medication=True).ingredient.key == "prednisone"
     assert terminology.concept_key(huge) is None  # too large to remember
+    before = terminology._ingredient_from_text.cache_info().currsize
+    assert terminology.ingredient_from_text(huge["text"]).key == "prednisone"  # read, never kept
+    assert terminology._ingredient_from_text.cache_info().currsize == before
 
 
 def test_concept_match_results_are_frozen():

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from .memo import lru
+from .memo import by_short_text
 
 _SOURCE_WORDS = {
     "onsetDateTime": "",
@@ -45,17 +45,10 @@ _YMD = re.compile(r"\d{4}-\d{2}-\d{2}")
 def _parse_iso(value: Any) -> datetime | None:
     if not isinstance(value, str) or len(value) < 4:
         return None
-    if type(value) is str and len(value) <= 64:
-        return _parse_iso_memo(value)
     return _parse_iso_text(value)
 
 
-@lru(maxsize=4096)
-def _parse_iso_memo(value: str) -> datetime | None:
-    """Memoised by the exact text (the result depends on nothing else; datetimes are immutable)."""
-    return _parse_iso_text(value)
-
-
+@by_short_text(64)  # the result depends on the text alone; datetimes are immutable
 def _parse_iso_text(value: str) -> datetime | None:
     v = value.strip()
     try:

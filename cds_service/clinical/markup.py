@@ -23,8 +23,9 @@ run of backticks inside it.
 
 from __future__ import annotations
 
-import functools
 import re
+
+from .memo import by_short_text
 
 ZWSP = "\u200b"
 _ALWAYS = r"[\\`*\[\]|~]|<(?=[A-Za-z/!?])"
@@ -39,12 +40,10 @@ _TOUCHED = re.compile(r"[\\`*\[\]<|~_&@\n\r]|://|www\.|^\s*[#>=+\-\d]", re.IGNOR
 
 def text(value: object) -> str:
     """``value`` as literal Markdown text (see the module docstring)."""
-    s = value if type(value) is str else str(value)
-    if len(s) <= 256:
-        return _text_memo(s)
-    return _text(s)
+    return _text(value if type(value) is str else str(value))
 
 
+@by_short_text(256)
 def _text(s: str) -> str:
     if _TOUCHED.search(s) is None:
         return s
@@ -59,8 +58,6 @@ def _text(s: str) -> str:
             s = s[:match.start(2)] + "\\" + s[match.start(2):]
     return s
 
-
-_text_memo = functools.lru_cache(maxsize=4096)(_text)
 
 
 def code(value: object) -> str:

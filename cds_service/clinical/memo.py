@@ -60,6 +60,26 @@ def lru(maxsize: int = 4096, typed: bool = False) -> Callable[[F], F]:
     return wrap
 
 
+def by_short_text(max_len: int, maxsize: int = 4096) -> Callable[[F], F]:
+    """Memoise a pure reading of a text by its arguments when the text (the first argument) is a plain
+    ``str`` of at most ``max_len`` characters; any other value is read afresh each time, so a hostile
+    megabyte of text is never kept. Registered with :func:`clear_all`; ``cache_info`` as lru_cache's."""
+
+    def wrap(fn: F) -> F:
+        cached = lru(maxsize)(fn)
+
+        @functools.wraps(fn)
+        def read(text: Any, *args: Any) -> Any:
+            if type(text) is str and len(text) <= max_len:
+                return cached(text, *args)
+            return fn(text, *args)
+
+        read.cache_info = cached.cache_info  # type: ignore[attr-defined]
+        return read  # type: ignore[return-value]
+
+    return wrap
+
+
 def clear_all() -> None:
     """Empty every registered memo (cold-cache benchmarks and tests); loaded value sets and card texts stay.
     The terminology registry's own memos are emptied by ``terminology.clear_caches``."""

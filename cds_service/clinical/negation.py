@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from .memo import lru
+from .memo import by_short_text
 
 # Clause boundaries: sentence ends, semicolons, colons, brackets, dashes between words, "but"/"however".
 _CLAUSES = re.compile(r"[.;:|()\[\]\n]|\s[-–—]\s|\bbut\b|\bhowever\b|\balthough\b", re.IGNORECASE)
@@ -39,16 +39,10 @@ def affirmed(text: str, pattern: re.Pattern[str]) -> bool:
     problem-list wording comes back in every request."""
     if not isinstance(text, str) or not text:
         return False
-    if type(text) is str and len(text) <= MEMO_MAX_TEXT:
-        return _affirmed_memo(text, pattern)
     return _affirmed(text, pattern)
 
 
-@lru(maxsize=4096)
-def _affirmed_memo(text: str, pattern: re.Pattern[str]) -> bool:
-    return _affirmed(text, pattern)
-
-
+@by_short_text(MEMO_MAX_TEXT)
 def _affirmed(text: str, pattern: re.Pattern[str]) -> bool:
     return any(pattern.search(c) and not _CUES.search(c) for c in clauses(text))
 

@@ -36,7 +36,7 @@ import orjson
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import criteria
-from .memo import Memo, clear_all, lru
+from .memo import Memo, by_short_text, clear_all
 from .resources import data_path
 
 SNOMED = "SNOMED"
@@ -203,16 +203,10 @@ def ingredient_from_text(text: str) -> Ingredient | None:
     """
     if not text:
         return None
-    if type(text) is str and len(text) <= MEMO_MAX_TEXT:
-        return _ingredient_from_text_memo(text)
     return _ingredient_from_text(text)
 
 
-@lru(maxsize=MEMO_MAX_ENTRIES)
-def _ingredient_from_text_memo(text: str) -> Ingredient | None:
-    return _ingredient_from_text(text)
-
-
+@by_short_text(MEMO_MAX_TEXT, maxsize=MEMO_MAX_ENTRIES)
 def _ingredient_from_text(text: str) -> Ingredient | None:
     words = _WORD_RE.findall(text.lower())
     for n, word in enumerate(words):

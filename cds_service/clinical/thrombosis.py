@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .immune_globulin import criteria
-from .memo import lru
+from .memo import by_short_text
 
 ACTIVE_STATUSES = ("active", "recurrence", "relapse")
 MEMO_MAX_TEXT = 256  # characters of a medication text whose anticoagulant is remembered
@@ -78,16 +78,10 @@ def anticoagulant_in(text: str) -> Anticoagulant | None:
 
     Memoised by the exact text (it depends on nothing else): every medication of a record that is no
     tracked drug is asked, and the same product names come back in every request."""
-    if type(text) is str and len(text) <= MEMO_MAX_TEXT:
-        return _anticoagulant_in_memo(text)
     return _anticoagulant_in(text)
 
 
-@lru(maxsize=4096)
-def _anticoagulant_in_memo(text: str) -> Anticoagulant | None:
-    return _anticoagulant_in(text)
-
-
+@by_short_text(MEMO_MAX_TEXT)
 def _anticoagulant_in(text: str) -> Anticoagulant | None:
     for rx, drug in _anticoagulants():
         if rx.search(text or ""):

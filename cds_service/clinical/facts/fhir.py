@@ -7,24 +7,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .. import sig, units
-from ..memo import Memo, lru
+from ..memo import Memo, by_short_text
 from ..terminology import MEMO_MAX_ENTRIES, MEMO_MAX_TEXT, ConceptMatch, concept_key, concept_label, concept_text
 
 
 def parse_dt(value: Any) -> datetime | None:
     """FHIR date/dateTime/instant (incl. partial dates) -> aware datetime (UTC when no zone)."""
-    if type(value) is str and len(value) <= 64:
-        return _parse_dt_memo(value)
-    if value is None:  # an absent element: the common case after a string
+    if value is None:  # an absent element
         return None
     return _parse_dt(value)
 
 
-@lru(maxsize=4096)
-def _parse_dt_memo(value: str) -> datetime | None:
-    return _parse_dt(value)
-
-
+@by_short_text(64)
 def _parse_dt(value: Any) -> datetime | None:
     if not isinstance(value, str) or len(value) < 4:
         return None

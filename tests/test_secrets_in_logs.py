@@ -144,3 +144,28 @@ def test_unexpected_errors_log_no_request_data(tmp_path, capfd, monkeypatch, deb
     out = capfd.readouterr().err
     assert "RuntimeError" in out
     assert PATIENT not in out and ACCESS_TOKEN not in out and PATIENT not in resp.text
+
+
+def test_hook_answered_line_is_the_line_the_logger_writes(capsys):
+    """The per-call line is built without structlog's processor chain (logs.hot_info); it must stay the
+    line the chain writes (same keys in the same order, same bound context, long values cut the same way),
+    so a step added to the chain (a cut, a redaction) cannot be skipped on the hot path unnoticed."""
+    import structlog
+
+    from cds_service import logs
+
+    logs.configure("INFO", json=True)
+    log = logs.get_logger("cds_service.test")
+    fields = {"service": "svc", "hook": "order-select", "cards": 3, "ms": 1.25, "note": "x" * 5000}
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(hookInstance="hi-1", request="r-1")
+    try:
+        capsys.readouterr()
+        log.info("hook_answered", **fields)
+        logs.hot_info(log, "hook_answered", **dict(fields))
+        chain_line, hot_line = (orjson.loads(line) for line in capsys.readouterr().err.splitlines())
+    finally:
+        structlog.contextvars.clear_contextvars()
+    assert chain_line.pop("timestamp").endswith("Z") and hot_line.pop("timestamp").endswith("Z")
+    assert list(hot_line.items()) == list(chain_line.items())
+    assert len(hot_line["note"]) < 5000  # cut, as the chain cuts it

@@ -21,6 +21,7 @@ server's core). The probes cost a microsecond or two per step; compare runs of t
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import signal
@@ -51,11 +52,12 @@ class _Probes:
     def reset(self) -> None:
         self.kinds: dict[str, list[float]] = {}  # kind -> [steps, cpu s, wall s]
         self.request_cpu: list[float] = []
+        self.request_span: list[tuple[float, float]] = []  # (task made, task done), perf_counter seconds
         self.gc: list[tuple[int, float]] = []  # (generation, cpu s)
 
     def dump(self, *_args) -> None:
         Path(self.path).write_text(json.dumps({"kinds": self.kinds, "request_cpu": self.request_cpu,
-                                               "gc": self.gc}))
+                                               "request_span": self.request_span, "gc": self.gc}))
         self.reset()
 
 
@@ -85,8 +87,8 @@ def _install_probes(probes: _Probes) -> None:
     class Timed:
         """Awaitable wrapper of a task's coroutine: times each ``send`` (one step of the task)."""
 
-        def __init__(self, coro, kind: str) -> None:
-            self.coro, self.kind, self.cpu = coro, kind, 0.0
+        def __init__(self, coro, kind: str, made: float) -> None:
+            self.coro, self.kind, self.cpu, self.made = coro, kind, 0.0, made
 
         def __await__(self):
             return self
@@ -101,6 +103,7 @@ def _install_probes(probes: _Probes) -> None:
             except StopIteration:
                 if self.kind == "request":
                     probes.request_cpu.append(self.cpu + time.thread_time() - cpu)
+                    probes.request_span.append((self.made, time.perf_counter()))
                 raise
             finally:
                 spent = time.thread_time() - cpu
@@ -117,10 +120,10 @@ def _install_probes(probes: _Probes) -> None:
             return self.coro.close()
 
     def factory(loop, coro, **options):
-        kind = _kind(coro)
+        kind, made = _kind(coro), time.perf_counter()
 
         async def timed():
-            return await Timed(coro, kind)
+            return await Timed(coro, kind, made)
 
         return asyncio.Task(timed(), loop=loop, **options)
 
@@ -181,6 +184,13 @@ def _probe(pid: int, path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _overtaken(spans: list[list[float]]) -> int:
+    """The most requests that finished while one request was in the server (first come, first served at
+    concurrency c: at most c - 1)."""
+    ends = sorted(end for _, end in spans)
+    return max(bisect.bisect_left(ends, end) - bisect.bisect_right(ends, made) for made, end in spans)
+
+
 def breakdown(probes: dict, threads: dict[str, float], latencies: list[int]) -> list[tuple[str, str]]:
     n = len(latencies)
     kinds = probes["kinds"]
@@ -206,6 +216,8 @@ def breakdown(probes: dict, threads: dict[str, float], latencies: list[int]) -> 
         cpu = sorted(probes["request_cpu"])
         rows.append(("ASGI call CPU p50 / p99, µs", f"{cpu[len(cpu) // 2] * 1e6:,.0f} / "
                                                     f"{cpu[int(len(cpu) * 0.99)] * 1e6:,.0f}"))
+    if probes.get("request_span"):
+        rows.append(("most requests answered while one was in the server", f"{_overtaken(probes['request_span'])}"))
     rows.append(("request steps off the CPU (wall - CPU), µs/req", f"{(request_cpu[2] - request_cpu[1]) * per:,.0f}"))
     lat = sorted(latencies)
     rows.append(("latency p50 / p99 / max, ms", f"{lat[n // 2] / 1000:.2f} / {lat[int(n * 0.99)] / 1000:.2f} / "

@@ -242,7 +242,8 @@ def test_outside_splits_the_server_cpu_into_the_call_the_audit_writer_and_the_lo
     from bench import outside
 
     probes = {"kinds": {"request": [100, 0.250, 0.400], "audit writer": [5, 0.004, 0.006]},
-              "request_cpu": [0.0025] * 100, "gc": [(0, 0.001)]}
+              "request_cpu": [0.0025] * 100, "gc": [(0, 0.001)],
+              "request_span": [(0.0, 1.0), (0.1, 0.2), (0.3, 0.4), (0.5, 1.1), (1.2, 1.3)]}
     threads = {"1 python": 0.270, "2 python": 0.005, "3 libuv-worker": 0.0}
     rows = dict(outside.breakdown(probes, threads, [20_000] * 99 + [90_000]))
     assert rows["whole process, CPU µs/req"] == "2,750"
@@ -253,3 +254,4 @@ def test_outside_splits_the_server_cpu_into_the_call_the_audit_writer_and_the_lo
     assert rows["  garbage collections, within the rows above (count; CPU µs/req)"] == "1; 10.0"
     assert rows["request steps off the CPU (wall - CPU), µs/req"] == "1,500"
     assert rows["latency p50 / p99 / max, ms"] == "20.00 / 90.00 / 90.00"
+    assert rows["most requests answered while one was in the server"] == "2"  # the first, overtaken twice

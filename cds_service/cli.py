@@ -356,10 +356,11 @@ SERVE_VALUE_OPTIONS = {"--host": "host", "--port": "port", "--workers": "workers
 def quick_serve_arguments(args: list[str]) -> dict | None:
     """``serve``'s arguments read without the command-line library, or None to let it read them.
 
-    Typer builds a validator for every parameter of every command before it runs one (with pydantic), about
-    0.1 s of CPU at each start of the service. The usual spellings (``--host H``, ``--port=N``, ``--workers N``,
-    ``--insecure``, each once, numbers as plain digits) are read here to the same values; anything else (help,
-    a mistake, an unusual spelling) is None, and Typer reads it with its own messages."""
+    Typer's import and the pydantic validator it builds for each parameter it reads are about 4 % of the
+    instructions from exec to the first hook answer (bench/README.md, cold start). The usual spellings
+    (``--host H``, ``--port=N``, ``--workers N``, ``--insecure``, each once, numbers as plain digits) are read
+    here to the same values; anything else (help, a mistake, an unusual spelling) is None, and Typer reads it
+    with its own messages."""
     if not args or args[0] != "serve":
         return None
     options: dict = {}
@@ -430,8 +431,7 @@ def _run_command_line(args: list[str]) -> None:
 @functools.cache
 def command_line_app() -> typer.Typer:
     """The ``cds-service`` commands as a Typer application (also ``cds_service.cli.app``), made on first use:
-    importing Typer and building its parameters costs ``serve`` about 0.1 s it does not need for the usual
-    arguments (:func:`quick_serve_arguments`)."""
+    ``serve`` with its usual arguments does without it (:func:`quick_serve_arguments`)."""
     import typer
 
     app = typer.Typer(help="Neurosarcoidosis CDS Hooks service.", no_args_is_help=True, add_completion=False,

@@ -481,9 +481,12 @@ def _add_commands(app: typer.Typer) -> None:
         evaluate(bundle, hook, order, as_json)
 
 
-def _register_optional_commands(app: typer.Typer) -> None:
-    """Commands that live beside their subsystem (db, report, purge)."""
+def _register_optional_commands(app: typer.Typer | None = None) -> None:
+    """Commands that live beside their subsystem (db, report, purge), on ``app`` (by default ``cli.app``)."""
     import importlib
+
+    if app is None:
+        app = command_line_app()  # made with them: the check below leaves it as it is
 
     for name in ("cds_service.store.cli",):
         try:

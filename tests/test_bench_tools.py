@@ -235,3 +235,23 @@ def test_budget_verdicts():
     assert [ok for *_, ok in good] == [True] * 10
     bad = budget(_results(0.2, 5.0, 0.2, 1, 0.5, 260.0, 2000.0), args)
     assert [ok for *_, ok in bad] == [False] * 10
+
+
+# --------------------------------------------------------------------------- outside.py
+def test_outside_splits_the_server_cpu_into_the_call_the_audit_writer_and_the_loop():
+    from bench import outside
+
+    probes = {"kinds": {"request": [100, 0.250, 0.400], "audit writer": [5, 0.004, 0.006]},
+              "request_cpu": [0.0025] * 100, "gc": [(0, 0.001)],
+              "request_span": [(0.0, 1.0), (0.1, 0.2), (0.3, 0.4), (0.5, 1.1), (1.2, 1.3)]}
+    threads = {"1 python": 0.270, "2 python": 0.005, "3 libuv-worker": 0.0}
+    rows = dict(outside.breakdown(probes, threads, [20_000] * 99 + [90_000]))
+    assert rows["whole process, CPU µs/req"] == "2,750"
+    assert rows["  the ASGI call (request tasks), µs/req"] == "2,500"
+    assert rows["  audit writer on the event loop, µs/req"] == "40"
+    assert rows["  rest of the loop's thread (uvloop, HTTP parsing, socket I/O), µs/req"] == "160"  # 270 - 250 - 4 ms
+    assert rows["  thread 2 python (the SQLite audit writer's, with the embedded store), µs/req"] == "50"
+    assert rows["  garbage collections, within the rows above (count; CPU µs/req)"] == "1; 10.0"
+    assert rows["request steps off the CPU (wall - CPU), µs/req"] == "1,500"
+    assert rows["latency p50 / p99 / max, ms"] == "20.00 / 90.00 / 90.00"
+    assert rows["most requests answered while one was in the server"] == "2"  # the first, overtaken twice

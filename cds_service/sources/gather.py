@@ -21,7 +21,7 @@ from cds_service.clinical.record import PatientRecord
 from cds_service.errors import PreconditionFailed
 from cds_service.hooks import HookCall
 from cds_service.services import optional_meaning
-from cds_service.sources.base import DataSource, KeyResult, Outcome, UnavailableSource
+from cds_service.sources.base import ANSWERED, FAILED, UNAVAILABLE, DataSource, KeyResult, UnavailableSource
 from cds_service.sources.fhir_server import FhirServerSource, next_link
 from cds_service.sources.origin import OriginGuards
 from cds_service.sources.prefetch import PrefetchSource
@@ -121,7 +121,7 @@ _NO_SOURCE = KeyResult.unavailable("no source has it")
 
 def _paged(result: KeyResult) -> bool:
     value = result.value
-    return (result.outcome is Outcome.ANSWERED and isinstance(value, dict)
+    return (result.outcome is ANSWERED and isinstance(value, dict)
             and value.get("resourceType") == "Bundle" and next_link(value) is not None)
 
 
@@ -154,10 +154,10 @@ async def gather(call: HookCall, sources: Sequence[DataSource], policy: GatherPo
             answers, pages = await _ask(source, wanted, [results[k].value for k in paged], deadline)
             for key, result in answers.items():
                 # a source that merely lacks a key keeps the earlier source's reason (e.g. a failure)
-                if result.outcome is not Outcome.UNAVAILABLE or results[key].outcome is Outcome.UNAVAILABLE:
+                if result.outcome is not UNAVAILABLE or results[key].outcome is UNAVAILABLE:
                     results[key] = result
             for key, result in zip(paged, pages, strict=True):
-                if result.outcome is Outcome.FAILED and key not in call.service.optional:
+                if result.outcome is FAILED and key not in call.service.optional:
                     results[key] = result
                 elif not result.settled:
                     notes.append(f"{key}: later pages not read ({result.reason})")
@@ -177,13 +177,13 @@ def _apply_policy(call: HookCall, results: dict[str, KeyResult], policy: GatherP
                   stats: GatherStats) -> PatientRecord:
     required = {k: r for k, r in results.items() if not r.settled and k not in call.service.optional}
     if required:
-        stats.fhir_failed = any(r.outcome is Outcome.FAILED for r in required.values())
+        stats.fhir_failed = any(r.outcome is FAILED for r in required.values())
         reasons = sorted({r.reason for r in required.values()})
         if all(r.timed_out for r in required.values()):
             raise PreconditionFailed(
                 f"The FHIR server did not return the missing prefetch data within {policy.deadline_seconds:g} s "
                 f"({', '.join(sorted(required))}).", code="timeout")
-        if all(r.outcome is Outcome.UNAVAILABLE for r in required.values()):
+        if all(r.outcome is UNAVAILABLE for r in required.values()):
             raise PreconditionFailed(f"Prefetch data is missing for {', '.join(sorted(required))} and "
                                      f"{'; '.join(reasons)}.")
         raise PreconditionFailed(f"Could not fetch the missing prefetch data ({', '.join(sorted(required))}): "
@@ -191,12 +191,12 @@ def _apply_policy(call: HookCall, results: dict[str, KeyResult], policy: GatherP
     record = PatientRecord(patient_id=call.patient_id, notes=list(call.notes))
     unsettled = sorted(k for k, r in results.items() if not r.settled)
     if unsettled:
-        sent_nothing = all(results[k].outcome is Outcome.UNAVAILABLE for k in unsettled)
+        sent_nothing = all(results[k].outcome is UNAVAILABLE for k in unsettled)
         record.notes.append(("not sent by the EHR: " if sent_nothing else "not available from the FHIR server: ")
                             + describe_optional(unsettled))
     record.notes.extend(notes)
     for result in results.values():
-        if result.outcome is Outcome.ANSWERED:
+        if result.outcome is ANSWERED:
             record.add(result.value)
     if record.patient is None:
         record.notes.append("no Patient resource was available; age and sex unknown")

@@ -61,6 +61,7 @@ def describe_optional(keys) -> str:
 
 
 _TOKEN = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_.]*)\s*\}\}")
+_PATIENT_TOKEN = "{{context.patientId}}"
 _USER_TOKENS = {"Practitioner": "userPractitionerId", "PractitionerRole": "userPractitionerRoleId",
                 "Patient": "userPatientId", "RelatedPerson": "userRelatedPersonId"}
 
@@ -69,7 +70,8 @@ def prefetch_queries(templates: dict[str, str], context: dict[str, Any], patient
                      user_id: str) -> dict[str, str]:
     """The service's prefetch templates with their tokens filled (2.0.1: primitive context fields, user tokens)."""
     # Ids come from the caller: percent-encoded, so "../x" or "1&_include=..." cannot change the query.
-    values = {"context.patientId": quote(patient_id, safe="")}  # normalised: no "Patient/" prefix
+    patient = quote(patient_id, safe="")  # normalised: no "Patient/" prefix
+    values = {"context.patientId": patient}
     rtype, _, rid = user_id.partition("/")
     if rtype in _USER_TOKENS and rid:
         values[_USER_TOKENS[rtype]] = quote(rid, safe="")
@@ -84,7 +86,14 @@ def prefetch_queries(templates: dict[str, str], context: dict[str, Any], patient
                 return quote(str(v), safe="")
         return match.group(0)
 
-    return {key: _TOKEN.sub(fill, template) for key, template in templates.items()}
+    queries = {}
+    for key, template in templates.items():
+        # The one token of the usual template is put in with str.replace: the regex with its Python callback
+        # costs about 4,000 instructions more per template (callgrind). When that leaves no "{{", every "{{" of
+        # the template belonged to that token, so the regex would fill exactly the same; else the regex fills it.
+        query = template.replace(_PATIENT_TOKEN, patient)
+        queries[key] = _TOKEN.sub(fill, template) if "{{" in query else query
+    return queries
 
 
 def queries_for(call: HookCall) -> dict[str, str]:

@@ -96,9 +96,10 @@ async def _count(body: bytes, calls: int, stages: list[str], lib: str) -> None:
     from cds_service.sources.gather import GatherPolicy, GatherStats, gather, prefetch_only
 
     switch = ctypes.CDLL(lib)
-    app = served_app()
-    sink = io.StringIO()
+    sink = io.StringIO()  # log lines rendered as in production, into memory (the last one kept)
+    # Before the application configures its loggers: their writers keep the write method they were made with.
     logs._CurrentStderr.write = lambda self, text: (sink.seek(0), sink.truncate(), sink.write(text))[2]
+    app = served_app()
     async with app.router.lifespan_context(app):
         for _ in range(WARM_CALLS):
             status, _ = await call_asgi(app, body)

@@ -236,9 +236,10 @@ async def main_async(args) -> dict[str, dict[str, float]]:
     from cds_service import logs
     from cds_service.cli import served_app
 
-    app = served_app()  # as `cds-service serve` runs it, GC tuning included
     sink = io.StringIO()  # the log lines are written (and rendered) as in production, into memory
+    # Before the application configures its loggers: their writers keep the write method they were made with.
     logs._CurrentStderr.write = lambda self, text: sink.write(text)  # type: ignore[method-assign]
+    app = served_app()  # as `cds-service serve` runs it, GC tuning included
     out = ROOT / "bench" / "out"
     results: dict[str, dict[str, float]] = {}
     auth = AuthProbe() if args.auth else None

@@ -245,3 +245,23 @@ def test_callgrind_dumps_are_read_as_instructions_per_call_by_stage(tmp_path):
     (tmp_path / "callgrind.out.7.2").write_text("desc: Trigger: Client Request: facts\ntotals: 1000\n")
     (tmp_path / "callgrind.out.7").write_text("desc: Trigger: Program termination\ntotals: 0\n")
     assert per_call(tmp_path, calls=20) == {"asgi": 200, "facts": 50}
+
+
+# --------------------------------------------------------------------------- outside.py
+def test_outside_splits_the_server_cpu_into_the_call_the_audit_writer_and_the_loop():
+    from bench import outside
+
+    probes = {"kinds": {"request": [100, 0.250, 0.400], "audit writer": [5, 0.004, 0.006]},
+              "request_cpu": [0.0025] * 100, "gc": [(0, 0.001)],
+              "request_span": [(0.0, 1.0), (0.1, 0.2), (0.3, 0.4), (0.5, 1.1), (1.2, 1.3)]}
+    threads = {"1 python": 0.270, "2 python": 0.005, "3 libuv-worker": 0.0}
+    rows = dict(outside.breakdown(probes, threads, [20_000] * 99 + [90_000]))
+    assert rows["whole process, CPU µs/req"] == "2,750"
+    assert rows["  the ASGI call (request tasks), µs/req"] == "2,500"
+    assert rows["  audit writer on the event loop, µs/req"] == "40"
+    assert rows["  rest of the loop's thread (uvloop, HTTP parsing, socket I/O), µs/req"] == "160"  # 270 - 250 - 4 ms
+    assert rows["  thread 2 python (the SQLite audit writer's, with the embedded store), µs/req"] == "50"
+    assert rows["  garbage collections, within the rows above (count; CPU µs/req)"] == "1; 10.0"
+    assert rows["request steps off the CPU (wall - CPU), µs/req"] == "1,500"
+    assert rows["latency p50 / p99 / max, ms"] == "20.00 / 90.00 / 90.00"
+    assert rows["most requests answered while one was in the server"] == "2"  # the first, overtaken twice

@@ -155,6 +155,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         swagger_ui_parameters={"validatorUrl": None},
     )
     app.router.route_class = DeferredAPIRoute
+    from cds_service import edge
+
+    edge.fast_state(app)
     app.state.settings = settings
     app.state.services = registry(settings)
     _install_governance(app, settings)

@@ -9,6 +9,7 @@ patient data; ``evaluate --json`` keeps stdout pure JSON.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import json
 import logging
@@ -18,13 +19,10 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import typer
-
 if TYPE_CHECKING:
-    from cds_service.config import Settings
+    import typer
 
-app = typer.Typer(help="Neurosarcoidosis CDS Hooks service.", no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False)
+    from cds_service.config import Settings
 
 # Young-generation GC threshold for the served process: a hook call allocates thousands of short-lived
 # containers, all still alive while the default threshold (700) would trigger collections over them.
@@ -40,10 +38,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one line on stderr and return the Exit to raise."""
-    typer.secho(message, fg="red", err=True)
-    return typer.Exit(code)
+# The colours of the lines `say` prints (ANSI, as the command-line library writes them).
+COLOURS = {"red": "\x1b[31m", "yellow": "\x1b[33m"}
+
+
+def say(message: str, colour: str) -> None:
+    """One line on stderr, in ``colour`` when stderr is a terminal, plain otherwise (as Typer's ``secho``)."""
+    stream = sys.stderr
+    if stream is None:  # no standard streams (a detached process)
+        return
+    try:
+        terminal = stream.isatty()
+    except Exception:  # noqa: BLE001 - a replaced stream without a terminal behind it
+        terminal = False
+    stream.write(f"{COLOURS[colour]}{message}\x1b[0m\n" if terminal else f"{message}\n")
+    stream.flush()
+
+
+def fail(message: str, code: int = 2) -> SystemExit:
+    """Print one line on stderr and return the exit to raise."""
+    say(message, "red")
+    return SystemExit(code)
 
 
 def configured_settings() -> Settings:
@@ -55,8 +70,8 @@ def configured_settings() -> Settings:
         settings = load_configuration()
     except ConfigurationError as exc:
         for line in exc.lines:
-            typer.secho(line, fg="red", err=True)
-        raise typer.Exit(2) from None
+            say(line, "red")
+        raise SystemExit(2) from None
     logs.configure(settings.log_level, settings.log_json)
     return settings
 
@@ -127,15 +142,7 @@ def port_problem(host: str, port: int) -> str | None:
     return None
 
 
-@app.command()
-def serve(
-    host: str = typer.Option(None, help="Interface to bind (default 127.0.0.1, or CDS_HOST)."),
-    port: int = typer.Option(None, help="Port (default 8000, or CDS_PORT)."),
-    workers: int = typer.Option(1, help="Worker processes (each a full service; share state via "
-                                         "CDS_DATABASE_URL and CDS_REDIS_URL; metrics are summed across them)."),
-    insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback bind without JWT "
-                                                             "authentication (never with patient data)."),
-) -> None:
+def serve(host: str | None = None, port: int | None = None, workers: int = 1, insecure: bool = False) -> None:
     """Run the service with uvicorn; prints one line with its URLs once it listens."""
     import gc
 
@@ -167,11 +174,11 @@ def _serve(host: str | None, port: int | None, workers: int, insecure: bool) -> 
         if not is_loopback(host) and not (insecure or settings.allow_insecure):
             raise fail(f"Refusing to listen on {host} without authentication: set CDS_TRUSTED_ISSUERS "
                        "(see docs/security.md) or pass --insecure for a throw-away test setup.")
-        typer.secho("WARNING: no trusted issuers configured (CDS_TRUSTED_ISSUERS): authentication is OFF. "
-                    "Development use only.", fg="yellow", err=True)
+        say("WARNING: no trusted issuers configured (CDS_TRUSTED_ISSUERS): authentication is OFF. "
+                    "Development use only.", "yellow")
     if settings.auth_enabled and workers > 1 and not settings.redis_url:
-        typer.secho("WARNING: several workers without CDS_REDIS_URL: each keeps its own JWT replay cache, so a "
-                    "token could be replayed once against every worker. Set CDS_REDIS_URL.", fg="yellow", err=True)
+        say("WARNING: several workers without CDS_REDIS_URL: each keeps its own JWT replay cache, so a "
+                    "token could be replayed once against every worker. Set CDS_REDIS_URL.", "yellow")
     problem = port_problem(host, port)
     if problem:
         raise fail(problem)
@@ -281,17 +288,7 @@ def _bundle_error(exc: Exception) -> str:
     return f"could not be evaluated ({type(exc).__name__})"
 
 
-@app.command()
-def evaluate(
-    bundle: Path = typer.Argument(..., exists=True, help="A FHIR R4 Bundle (JSON), or a folder of them."),
-    hook: str = typer.Option(None, help="A hook the services answer: order-select, order-sign, patient-view "
-                                        "or a site's own (default: the fixture's own hook from "
-                                        "fixtures/expected/<name>.yaml, else order-select)."),
-    order: str = typer.Option(None, help="The order to place, e.g. MedicationRequest/ivig-1 (default: the "
-                                         "fixture's own order, else every draft order in the bundle)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the raw CDS Hooks response (for a folder: a JSON "
-                                                       "array of {bundle, hook, response})."),
-) -> None:
+def evaluate(bundle: Path, hook: str | None = None, order: str | None = None, as_json: bool = False) -> None:
     """Run the rules on a fixture bundle and print the cards (a folder: one line per bundle).
 
     Exits 1 when a bundle cannot be read or its evaluation failed, 2 on a configuration error.
@@ -323,12 +320,12 @@ def evaluate(
             request, response = evaluate_bundle(data, run_hook, run_order)
         except Exception as exc:  # noqa: BLE001 - report every bundle, keep going
             failed = True
-            typer.secho(f"{path.name}: {_bundle_error(exc)}", fg="red", err=True)
+            say(f"{path.name}: {_bundle_error(exc)}", "red")
             continue
         if _failed(response):
             failed = True
-            typer.secho(f"{path.name}: evaluation failed: the rules stopped with an internal error (see the log "
-                        "line above); no recommendation was made.", fg="red", err=True)
+            say(f"{path.name}: evaluation failed: the rules stopped with an internal error (see the log "
+                "line above); no recommendation was made.", "red")
         if as_json:
             collected.append({"bundle": path.name, "hook": run_hook, "response": response})
         elif len(paths) > 1:
@@ -341,7 +338,7 @@ def evaluate(
         if out is not None:
             sys.stdout.write(json.dumps(out, indent=2) + "\n")
     if failed:
-        raise typer.Exit(1)
+        raise SystemExit(1)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -352,13 +349,70 @@ def _unexpected(exc: BaseException) -> str:
     return f"cds-service failed unexpectedly: {type(exc).__name__}{where}. Please report it."
 
 
+# `serve`'s options that take a value, by the parameter each sets.
+SERVE_VALUE_OPTIONS = {"--host": "host", "--port": "port", "--workers": "workers"}
+
+
+def quick_serve_arguments(args: list[str]) -> dict | None:
+    """``serve``'s arguments read without the command-line library, or None to let it read them.
+
+    Typer's import and the pydantic validator it builds for each parameter it reads are about 4 % of the
+    instructions from exec to the first hook answer (bench/README.md, cold start). The usual spellings
+    (``--host H``, ``--port=N``, ``--workers N``, ``--insecure``, each once, numbers as plain digits) are read
+    here to the same values; anything else (help, a mistake, an unusual spelling) is None, and Typer reads it
+    with its own messages."""
+    if not args or args[0] != "serve":
+        return None
+    options: dict = {}
+    rest = iter(args[1:])
+    for arg in rest:
+        flag, equals, value = arg.partition("=")
+        name = "insecure" if arg == "--insecure" else SERVE_VALUE_OPTIONS.get(flag)
+        if name is None or name in options:
+            return None
+        if name == "insecure":
+            options[name] = True
+            continue
+        value = value if equals else next(rest, "")
+        if not value or value.startswith("-"):
+            return None
+        if name != "host":
+            if not (value.isascii() and value.isdigit()) or (value.startswith("0") and value != "0"):
+                return None
+            value = int(value)
+        options[name] = value
+    return options
+
+
 def main(argv: list[str] | None = None) -> None:  # console-script entry point
     from cds_service import logs
 
-    _register_optional_commands()
+    args = sys.argv[1:] if argv is None else list(argv)
+    quick = quick_serve_arguments(args)
+    if quick is None:
+        return _run_command_line(args)
     logs.configure()  # before anything can log: stderr, no exception messages or locals
     try:
-        code = app(args=argv, prog_name="cds-service", standalone_mode=False)
+        serve(**quick)
+    except KeyboardInterrupt:
+        sys.stderr.write("Aborted.\n")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - every failure is one line
+        sys.stderr.write(_unexpected(exc) + "\n")
+        sys.exit(1)
+    sys.exit(0)
+
+
+def _run_command_line(args: list[str]) -> None:
+    """Every command through Typer (its help, its usage errors); exits."""
+    import typer
+
+    from cds_service import logs
+
+    app = command_line_app()
+    logs.configure()  # before anything can log: stderr, no exception messages or locals
+    try:
+        code = app(args=args, prog_name="cds-service", standalone_mode=False)
     except typer.Abort:
         sys.stderr.write("Aborted.\n")
         sys.exit(130)
@@ -374,9 +428,65 @@ def main(argv: list[str] | None = None) -> None:  # console-script entry point
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _register_optional_commands() -> None:
-    """Commands that live beside their subsystem (db, report, purge)."""
+@functools.cache
+def command_line_app() -> typer.Typer:
+    """The ``cds-service`` commands as a Typer application (also ``cds_service.cli.app``), made on first use:
+    ``serve`` with its usual arguments does without it (:func:`quick_serve_arguments`)."""
+    import typer
+
+    app = typer.Typer(help="Neurosarcoidosis CDS Hooks service.", no_args_is_help=True, add_completion=False,
+                      pretty_exceptions_enable=False)
+    _add_commands(app)
+    _register_optional_commands(app)
+    return app
+
+
+def __getattr__(name: str):
+    if name == "app":
+        return command_line_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _add_commands(app: typer.Typer) -> None:
+    """``serve`` and ``evaluate`` with their options and help, each calling the function of the same name."""
+    import typer
+
+    @app.command("serve")
+    def serve_command(
+        host: str = typer.Option(None, help="Interface to bind (default 127.0.0.1, or CDS_HOST)."),
+        port: int = typer.Option(None, help="Port (default 8000, or CDS_PORT)."),
+        workers: int = typer.Option(1, help="Worker processes (each a full service; share state via "
+                                             "CDS_DATABASE_URL and CDS_REDIS_URL; metrics are summed across them)."),
+        insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback bind without JWT "
+                                                                 "authentication (never with patient data)."),
+    ) -> None:
+        """Run the service with uvicorn; prints one line with its URLs once it listens."""
+        serve(host, port, workers, insecure)
+
+    @app.command("evaluate")
+    def evaluate_command(
+        bundle: Path = typer.Argument(..., exists=True, help="A FHIR R4 Bundle (JSON), or a folder of them."),
+        hook: str = typer.Option(None, help="A hook the services answer: order-select, order-sign, patient-view "
+                                            "or a site's own (default: the fixture's own hook from "
+                                            "fixtures/expected/<name>.yaml, else order-select)."),
+        order: str = typer.Option(None, help="The order to place, e.g. MedicationRequest/ivig-1 (default: the "
+                                             "fixture's own order, else every draft order in the bundle)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the raw CDS Hooks response (for a folder: a "
+                                                           "JSON array of {bundle, hook, response})."),
+    ) -> None:
+        """Run the rules on a fixture bundle and print the cards (a folder: one line per bundle).
+
+        Exits 1 when a bundle cannot be read or its evaluation failed, 2 on a configuration error.
+        """
+        evaluate(bundle, hook, order, as_json)
+
+
+def _register_optional_commands(app: typer.Typer | None = None) -> None:
+    """Commands that live beside their subsystem (db, report, purge), on ``app`` (by default ``cli.app``)."""
     import importlib
+
+    if app is None:
+        app = command_line_app()  # made with them: the check below leaves it as it is
 
     for name in ("cds_service.store.cli",):
         try:

@@ -229,3 +229,26 @@ def test_only_the_served_app_tunes_the_garbage_collector(settings):
     with TestClient(create_app(settings)):
         assert gc.get_threshold() == before
     assert tune_gc in served_app().state.started_hooks
+
+
+def test_app_state_reads_what_was_last_set_however_it_was_set():
+    from cds_service.edge import AppState
+
+    state = AppState()
+    state.audit = "first"
+    state["audit"] = "second"  # item and attribute writes are one entry
+    assert state.audit == state["audit"] == "second"
+    state.audit = "third"
+    assert state["audit"] == "third" and list(state) == ["audit"] and len(state) == 1
+    del state["audit"]
+    assert getattr(state, "audit", None) is None and "audit" not in list(state)
+    with pytest.raises(AttributeError):
+        _ = state.metrics
+
+
+def test_the_application_state_is_kept_as_plain_attributes(client):
+    from cds_service.edge import AppState
+
+    state = client.app.state
+    assert isinstance(state, AppState)
+    assert state.services is state["services"] and state.settings is state["settings"]

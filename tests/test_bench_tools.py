@@ -237,6 +237,16 @@ def test_budget_verdicts():
     assert [ok for *_, ok in bad] == [False] * 10
 
 
+# --------------------------------------------------------------------------- callgrind stage counts
+def test_callgrind_dumps_are_read_as_instructions_per_call_by_stage(tmp_path):
+    from bench.callgrind_stages import per_call
+
+    (tmp_path / "callgrind.out.7.1").write_text("desc: Trigger: Client Request: asgi\nevents: Ir\ntotals: 4000\n")
+    (tmp_path / "callgrind.out.7.2").write_text("desc: Trigger: Client Request: facts\ntotals: 1000\n")
+    (tmp_path / "callgrind.out.7").write_text("desc: Trigger: Program termination\ntotals: 0\n")
+    assert per_call(tmp_path, calls=20) == {"asgi": 200, "facts": 50}
+
+
 # --------------------------------------------------------------------------- outside.py
 def test_outside_splits_the_server_cpu_into_the_call_the_audit_writer_and_the_loop():
     from bench import outside

@@ -345,6 +345,42 @@ def test_serve_argument_mistakes_are_one_line(tmp_path, args, message):
     assert "Traceback" not in result.stderr and "╭" not in result.stderr
 
 
+SERVE_DEFAULTS = {"host": None, "port": None, "workers": 1, "insecure": False}
+
+
+@pytest.mark.parametrize("args", [
+    [], ["--port", "8123"], ["--port=8123"], ["--host", "::1", "--port", "8123", "--workers", "2", "--insecure"],
+    ["--insecure", "--host=0.0.0.0"], ["--workers=3", "--host", "localhost"], ["--port", "0"], ["--host", "[::1]"],
+])
+def test_serve_reads_its_usual_arguments_as_typer_does(args, monkeypatch):
+    """`cds-service serve` reads its usual arguments without Typer (cli.quick_serve_arguments): the values it
+    runs with are the ones Typer gives the same arguments."""
+    from typer.testing import CliRunner
+
+    from cds_service import cli
+
+    runs: list[dict] = []
+    monkeypatch.setattr(cli, "serve", lambda *a: runs.append(dict(zip(SERVE_DEFAULTS, a, strict=True))))
+    result = CliRunner().invoke(cli.app, ["serve", *args])
+    assert result.exit_code == 0, result.output
+    quick = cli.quick_serve_arguments(["serve", *args])
+    assert quick is not None
+    assert runs == [SERVE_DEFAULTS | quick]
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"], ["--port", "eighty"], ["--port", "08000"], ["--port", "+80"], ["--port", "８０"], ["--bogus"],
+    ["--port"], ["--port", "80", "--port", "81"], ["--host", "-x"], ["--host="], ["--insecure=1"], ["--ho", "x"],
+    ["--", "--port", "80"], ["serve"],
+])
+def test_serve_leaves_every_other_argument_to_typer(args):
+    """Help, mistakes and unusual spellings are read by Typer, with its own messages."""
+    from cds_service.cli import quick_serve_arguments
+
+    assert quick_serve_arguments(["serve", *args]) is None
+    assert quick_serve_arguments(["evaluate", *args]) is None
+
+
 def test_serve_with_workers_sums_metrics_in_a_directory_of_its_own(tmp_path):
     """--workers N without PROMETHEUS_MULTIPROC_DIR: the command makes a directory for this run (so /metrics
     reports every worker's counts, whichever worker answers) and removes it when it stops."""

@@ -204,3 +204,43 @@ def test_the_served_app_documents_its_api_as_create_app_does(tmp_path):
         documents.append(result.stdout)
     assert documents[0] == documents[1]
     assert b'"/cds-services/{service_id}"' in documents[0]
+
+
+_SERVE = r"""
+import json, sys
+
+import uvicorn
+
+uvicorn.run = lambda *args, **kwargs: None  # everything `cds-service serve` does before uvicorn takes over
+from cds_service.cli import main
+
+try:
+    main(["serve", "--host", "127.0.0.1", "--port", sys.argv[1], "--workers", "1"])
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_serve_with_its_usual_arguments_loads_no_typer(tmp_path):
+    """`cds-service serve --host H --port N` reads its arguments itself: Typer (and the pydantic validators it
+    builds for each parameter) loads only for the other commands, help and mistakes (in a fresh interpreter).
+    click loads with uvicorn, whose package imports its own command line."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
+    env["CDS_DATA_DIR"] = str(tmp_path / "data")
+    result = subprocess.run([sys.executable, "-c", _SERVE, str(port)], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    answer = json.loads(result.stdout.splitlines()[-1])
+    assert answer["code"] == 0
+    loaded = [m for m in answer["modules"] if m.split(".")[0] == "typer"]
+    assert loaded == []

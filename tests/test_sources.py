@@ -10,7 +10,7 @@ from cds_service.errors import BadRequest, PreconditionFailed
 from cds_service.hooks import parse_call
 from cds_service.services import registry
 from cds_service.sources.bundle import BundleSource, request_from_bundle
-from cds_service.sources.gather import GatherPolicy, call_sources, gather, queries_for
+from cds_service.sources.gather import GatherPolicy, call_sources, gather, prefetch_queries, queries_for
 from cds_service.sources.prefetch import PrefetchSource
 
 PREFETCH = registry()["neurosarcoidosis-order-select"].prefetch
@@ -67,6 +67,25 @@ def test_templates_use_only_2_0_1_tokens():
     for template in PREFETCH.values():
         assert "{{" not in template.replace("{{context.patientId}}", "")
     assert queries_for(call())["patient"] == "Patient/p1"
+
+
+def test_site_templates_are_filled_token_by_token_as_written():
+    templates = {
+        "plain": "MedicationRequest?patient={{context.patientId}}&subject=Patient/{{context.patientId}}",
+        "spaced": "Observation?patient={{ context.patientId }}&performer={{userPractitionerId}}",
+        "context": "Encounter/{{context.encounterId}}",
+        "braces": "X?p={{{context.patientId}}}&q={{unknown}}&r={{context.patientId}}",
+        "none": "Device?type=catheter",
+    }
+    queries = prefetch_queries(templates, {"encounterId": "e 1"}, "p/1 &x", "Practitioner/u 1")
+    pid = "p%2F1%20%26x"  # percent-encoded: a caller's id cannot change the query
+    assert queries == {
+        "plain": f"MedicationRequest?patient={pid}&subject=Patient/{pid}",
+        "spaced": f"Observation?patient={pid}&performer=u%201",
+        "context": "Encounter/e%201",
+        "braces": f"X?p={{{pid}}}&q={{{{unknown}}}}&r={pid}",
+        "none": "Device?type=catheter",
+    }
 
 
 def test_null_means_known_empty_and_is_never_fetched():

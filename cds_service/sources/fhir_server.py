@@ -23,7 +23,7 @@ import orjson
 from cds_service.body import check_bounds, join_limited
 from cds_service.errors import BadRequest
 from cds_service.sources.base import DataSource, KeyResult, SourceError
-from cds_service.sources.origin import OriginGuards, origin_of
+from cds_service.sources.origin import OriginGuard, OriginGuards, origin_of
 
 if TYPE_CHECKING:  # httpx is imported when a FHIR server is first called, not at service start
     import httpx
@@ -86,7 +86,16 @@ class FhirServerSource(DataSource):
         self.max_depth = max_depth
         self.max_array = max_array
         self.requests_made = 0
-        self.guard = (guards or OriginGuards()).for_url(self.base_url)
+        self._guards = guards
+        self._guard: OriginGuard | None = None
+
+    @property
+    def guard(self) -> OriginGuard:
+        """The guard of this server's origin, looked up when the first request goes out: a call whose
+        prefetch settles every key never asks the server, so it need not parse the URL for its guard."""
+        if self._guard is None:
+            self._guard = (self._guards or OriginGuards()).for_url(self.base_url)
+        return self._guard
 
     async def fetch(self, queries: dict[str, str], deadline: float) -> dict[str, KeyResult]:
         keys = list(queries)

@@ -21,7 +21,7 @@ from cds_service.clinical.record import PatientRecord
 from cds_service.errors import PreconditionFailed
 from cds_service.hooks import HookCall
 from cds_service.services import optional_meaning
-from cds_service.sources.base import DataSource, KeyResult, Outcome, UnavailableSource
+from cds_service.sources.base import ANSWERED, FAILED, UNAVAILABLE, DataSource, KeyResult, UnavailableSource
 from cds_service.sources.fhir_server import FhirServerSource, next_link
 from cds_service.sources.origin import OriginGuards
 from cds_service.sources.prefetch import PrefetchSource
@@ -61,6 +61,7 @@ def describe_optional(keys) -> str:
 
 
 _TOKEN = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_.]*)\s*\}\}")
+_PATIENT_TOKEN = "{{context.patientId}}"
 _USER_TOKENS = {"Practitioner": "userPractitionerId", "PractitionerRole": "userPractitionerRoleId",
                 "Patient": "userPatientId", "RelatedPerson": "userRelatedPersonId"}
 
@@ -69,7 +70,8 @@ def prefetch_queries(templates: dict[str, str], context: dict[str, Any], patient
                      user_id: str) -> dict[str, str]:
     """The service's prefetch templates with their tokens filled (2.0.1: primitive context fields, user tokens)."""
     # Ids come from the caller: percent-encoded, so "../x" or "1&_include=..." cannot change the query.
-    values = {"context.patientId": quote(patient_id, safe="")}  # normalised: no "Patient/" prefix
+    patient = quote(patient_id, safe="")  # normalised: no "Patient/" prefix
+    values = {"context.patientId": patient}
     rtype, _, rid = user_id.partition("/")
     if rtype in _USER_TOKENS and rid:
         values[_USER_TOKENS[rtype]] = quote(rid, safe="")
@@ -84,7 +86,14 @@ def prefetch_queries(templates: dict[str, str], context: dict[str, Any], patient
                 return quote(str(v), safe="")
         return match.group(0)
 
-    return {key: _TOKEN.sub(fill, template) for key, template in templates.items()}
+    queries = {}
+    for key, template in templates.items():
+        # The one token of the usual template is put in with str.replace: the regex with its Python callback
+        # costs about 4,000 instructions more per template (callgrind). When that leaves no "{{", every "{{" of
+        # the template belonged to that token, so the regex would fill exactly the same; else the regex fills it.
+        query = template.replace(_PATIENT_TOKEN, patient)
+        queries[key] = _TOKEN.sub(fill, template) if "{{" in query else query
+    return queries
 
 
 def queries_for(call: HookCall) -> dict[str, str]:
@@ -121,7 +130,7 @@ _NO_SOURCE = KeyResult.unavailable("no source has it")
 
 def _paged(result: KeyResult) -> bool:
     value = result.value
-    return (result.outcome is Outcome.ANSWERED and isinstance(value, dict)
+    return (result.outcome is ANSWERED and isinstance(value, dict)
             and value.get("resourceType") == "Bundle" and next_link(value) is not None)
 
 
@@ -154,10 +163,10 @@ async def gather(call: HookCall, sources: Sequence[DataSource], policy: GatherPo
             answers, pages = await _ask(source, wanted, [results[k].value for k in paged], deadline)
             for key, result in answers.items():
                 # a source that merely lacks a key keeps the earlier source's reason (e.g. a failure)
-                if result.outcome is not Outcome.UNAVAILABLE or results[key].outcome is Outcome.UNAVAILABLE:
+                if result.outcome is not UNAVAILABLE or results[key].outcome is UNAVAILABLE:
                     results[key] = result
             for key, result in zip(paged, pages, strict=True):
-                if result.outcome is Outcome.FAILED and key not in call.service.optional:
+                if result.outcome is FAILED and key not in call.service.optional:
                     results[key] = result
                 elif not result.settled:
                     notes.append(f"{key}: later pages not read ({result.reason})")
@@ -177,13 +186,13 @@ def _apply_policy(call: HookCall, results: dict[str, KeyResult], policy: GatherP
                   stats: GatherStats) -> PatientRecord:
     required = {k: r for k, r in results.items() if not r.settled and k not in call.service.optional}
     if required:
-        stats.fhir_failed = any(r.outcome is Outcome.FAILED for r in required.values())
+        stats.fhir_failed = any(r.outcome is FAILED for r in required.values())
         reasons = sorted({r.reason for r in required.values()})
         if all(r.timed_out for r in required.values()):
             raise PreconditionFailed(
                 f"The FHIR server did not return the missing prefetch data within {policy.deadline_seconds:g} s "
                 f"({', '.join(sorted(required))}).", code="timeout")
-        if all(r.outcome is Outcome.UNAVAILABLE for r in required.values()):
+        if all(r.outcome is UNAVAILABLE for r in required.values()):
             raise PreconditionFailed(f"Prefetch data is missing for {', '.join(sorted(required))} and "
                                      f"{'; '.join(reasons)}.")
         raise PreconditionFailed(f"Could not fetch the missing prefetch data ({', '.join(sorted(required))}): "
@@ -191,12 +200,12 @@ def _apply_policy(call: HookCall, results: dict[str, KeyResult], policy: GatherP
     record = PatientRecord(patient_id=call.patient_id, notes=list(call.notes))
     unsettled = sorted(k for k, r in results.items() if not r.settled)
     if unsettled:
-        sent_nothing = all(results[k].outcome is Outcome.UNAVAILABLE for k in unsettled)
+        sent_nothing = all(results[k].outcome is UNAVAILABLE for k in unsettled)
         record.notes.append(("not sent by the EHR: " if sent_nothing else "not available from the FHIR server: ")
                             + describe_optional(unsettled))
     record.notes.extend(notes)
     for result in results.values():
-        if result.outcome is Outcome.ANSWERED:
+        if result.outcome is ANSWERED:
             record.add(result.value)
     if record.patient is None:
         record.notes.append("no Patient resource was available; age and sex unknown")

@@ -98,10 +98,12 @@ def check_bounds(raw: bytes, max_depth: int, max_array: int) -> None:
     adjacent ``""`` pairs, which either remove a whole string or merge two with nothing structural between
     them, then the few strings left) leaves brackets, braces and the commas that separate items: an array of
     n items shows n - 1 commas. Removing every container that holds no container removes one level, so the
-    document is within ``max_depth`` iff that many passes empty it. When the whole skeleton has fewer than
-    ``max_array`` commas no array can be too long, and each pass is a plain ``replace``; otherwise each pass
-    also looks for an array with ``max_array`` commas. tests/test_body.py checks the verdicts against a walk
-    of the parsed tree on documents built to confuse it.
+    document is within ``max_depth`` iff that many passes empty it. A pass leaves the commas that separate
+    the items of the containers it keeps, so while the skeleton has at least ``max_array`` commas each pass
+    also looks for an array with ``max_array`` commas; once fewer are left (from the start, for most
+    bodies, or after the first pass removes the innermost objects of a large body) no array can be too
+    long, and each further pass is a plain ``replace``. tests/test_body.py checks the verdicts against a
+    walk of the parsed tree on documents built to confuse it.
     """
     if max_array < 1:
         raise ValueError("max_array must be at least 1")
@@ -111,20 +113,21 @@ def check_bounds(raw: bytes, max_depth: int, max_array: int) -> None:
     s = s.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
     if b'"' in s:
         s = _STRING.sub(b"", s)
-    if s.count(b",") < max_array:
-        s = s.translate(_ONE_BRACKET, b",")
-        for _ in range(max_depth):
-            if not s:
-                break
-            s = s.replace(b"[]", b"")
-    else:
+    passes = max_depth
+    if s.count(b",") >= max_array:
         too_long = _longer_than(max_array)
-        for _ in range(max_depth):
-            if not s:
-                break
+        while passes and s:
             if too_long.search(s):
                 raise BadRequest(f"A JSON array longer than {max_array} items is not accepted.")
             s = _INNERMOST.sub(b"", s)
+            passes -= 1
+            if s.count(b",") < max_array:  # the commas left are too few for a long array: count levels only
+                break
+    s = s.translate(_ONE_BRACKET, b",")
+    for _ in range(passes):
+        if not s:
+            break
+        s = s.replace(b"[]", b"")
     if s:
         raise BadRequest(f"JSON nesting deeper than {max_depth} levels is not accepted.")
 

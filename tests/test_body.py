@@ -146,6 +146,15 @@ def test_an_over_long_array_is_found_among_many_commas_elsewhere():
         parse_json(orjson.dumps({"a": list(range(41))}), max_depth=64, max_array=40)
 
 
+def test_an_over_long_array_of_objects_is_found_once_its_items_are_reduced():
+    """The items of a long array of objects show as commas only once the objects are removed; the counting
+    stops looking for long arrays only when too few commas are left for one."""
+    items = [{"x": 1, "y": [1, 2]} for _ in range(41)]
+    with pytest.raises(BadRequest, match="longer than 40"):
+        parse_json(orjson.dumps({"a": {"b": items}}), max_depth=64, max_array=40)
+    check_bounds(orjson.dumps({"a": {"b": items[:40]}}), 64, 40)
+
+
 def test_the_random_documents_cross_the_many_commas_case_both_ways():
     """The oracle test above only means something if both ways through the check are taken."""
     text = orjson.dumps({"a": list(range(5)), "b": [list(range(3))]})

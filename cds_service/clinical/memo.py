@@ -9,6 +9,7 @@ make eviction costly.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -68,11 +69,22 @@ def by_short_text(max_len: int, maxsize: int = 4096) -> Callable[[F], F]:
     def wrap(fn: F) -> F:
         cached = lru(maxsize)(fn)
 
-        @functools.wraps(fn)
-        def read(text: Any, *args: Any) -> Any:
-            if type(text) is str and len(text) <= max_len:
-                return cached(text, *args)
-            return fn(text, *args)
+        code = fn.__code__
+        if code.co_argcount == 1 and not code.co_flags & inspect.CO_VARARGS:
+            # a reading of the text alone: no tuple of further arguments built on every call
+
+            @functools.wraps(fn)
+            def read(text: Any) -> Any:
+                if type(text) is str and len(text) <= max_len:
+                    return cached(text)
+                return fn(text)
+        else:
+
+            @functools.wraps(fn)
+            def read(text: Any, *args: Any) -> Any:
+                if type(text) is str and len(text) <= max_len:
+                    return cached(text, *args)
+                return fn(text, *args)
 
         read.cache_info = cached.cache_info  # type: ignore[attr-defined]
         return read  # type: ignore[return-value]

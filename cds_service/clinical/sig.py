@@ -239,8 +239,11 @@ def schedule(steps: list[SigStep], start: datetime | None) -> list[DoseStep]:
 
 def highest(steps: list[DoseStep]) -> DoseStep | None:
     """The step with the highest daily dose (decides whether a first-line trial took place, decision 46)."""
-    known = [s for s in steps if s.daily_mg is not None]
-    return max(known, key=lambda s: s.daily_mg or 0.0) if known else None
+    top = None
+    for s in steps:  # the first of equal highest steps, as max() would choose
+        if s.daily_mg is not None and (top is None or s.daily_mg > (top.daily_mg or 0.0)):
+            top = s
+    return top
 
 
 def current(steps: list[DoseStep], now: datetime) -> DoseStep | None:

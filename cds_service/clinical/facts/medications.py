@@ -205,11 +205,19 @@ def _request_period(res: dict[str, Any], status_raw: str, now: datetime) -> _Per
     p.start = parse_dt(vp.get("start")) or p.start
     p.end = parse_dt(vp.get("end"))
     bounds = p.bounds = [dosage_bounds(d) for d in p.dosages]
-    starts = [b for b, _ in bounds if b]
-    if starts:
-        p.start = min(starts)  # a taper in several lines starts with its first line (decision 46)
-    if bounds and all(e for _, e in bounds):
-        p.end = max(e for _, e in bounds if e)
+    first = last = None
+    every_line_ends = True
+    for b, e in bounds:  # one loop: the earliest start and the latest end of the lines
+        if b and (first is None or b < first):
+            first = b
+        if not e:
+            every_line_ends = False
+        elif last is None or e > last:
+            last = e
+    if first is not None:
+        p.start = first  # a taper in several lines starts with its first line (decision 46)
+    if bounds and every_line_ends:
+        p.end = last
     for d in p.dosages:
         if p.end is not None or not p.start:
             break  # only a line's duration from the start can still give the end
@@ -263,7 +271,7 @@ def exposure(res: dict[str, Any], rtype: str, concept: Any, m: ConceptMatch, sta
     p = _PERIOD_OF[rtype](res, status_raw, now)
     if p is None:
         return None
-    route = next((r for r in (route_kind(d.get("route")) for d in p.dosages) if r), None) or route_kind(None, m.text)
+    route = _route_of(p.dosages, m.text)
     ing, cls = m.ingredient, m.drug_class
     atc = concept_codes(concept, ATC) if cls in (GC, IG) else ()
     exp = Exposure(ref_of(res), rtype, concept_label(concept), ing.key if ing else None, cls, p.status, status_raw,
@@ -287,12 +295,21 @@ def exposure(res: dict[str, Any], rtype: str, concept: Any, m: ConceptMatch, sta
             exp.status = "current"
     if cls == IG:
         exp.ig_kind = administration_kind(m.text, route, atc)[0]
-    if rtype in ("MedicationStatement", "MedicationRequest"):
+    if rtype in ("MedicationStatement", "MedicationRequest") and (status_raw == "stopped" or "statusReason" in res):
         texts = [concept_text(sr) for sr in listify(res.get("statusReason"))]
         exp.stop_reason = classify_stop_reason(texts) if status_raw == "stopped" or any(texts) else None
         if exp.stop_reason:
             exp.stop_text = "; ".join(t for t in texts if t)[:80]
     return exp
+
+
+def _route_of(dosages: list[dict[str, Any]], product: str) -> str | None:
+    """The route of the first dosage line that names one, else the one the product's name implies."""
+    for d in dosages:
+        r = route_kind(d.get("route"))
+        if r:
+            return r
+    return route_kind(None, product)
 
 
 Bounds = list[tuple[datetime | None, datetime | None]]

@@ -160,7 +160,10 @@ def _candidates(record: PatientRecord, term: Terminology) -> tuple[dict[str, Can
         when = parse_dt(edt) if type(edt) is str else None
         if when is None:
             when = observation_time(res)
-        by_kind.setdefault(kind, []).append((when or _UNDATED, when, res))
+        found = by_kind.get(kind)
+        if found is None:
+            by_kind[kind] = found = []
+        found.append((when or _UNDATED, when, res))
     for lst in by_kind.values():
         lst.sort(key=_NEWEST, reverse=True)
     return by_kind, anti_iga

@@ -627,8 +627,9 @@ def render(results: dict, args, machine: dict, command: str) -> str:
     if st:
         lines += ["`bench/stages.py`, pinned to the server CPU: the ASGI app called directly (no socket) beside the "
                   "floor app, then each step of the request path timed on the same body; median µs. "
-                  "\"framework\" = the ASGI call minus its stages. Auth rows: one fresh token through the "
-                  "authenticator, and the signature check alone.", ""]
+                  "\"framework\" = the ASGI call minus its stages (freeing the call's parsed body and record "
+                  "included). Auth rows: one fresh token through the authenticator, and the signature check alone.",
+                  ""]
         from bench.stages import table
 
         for name, res in st.items():

@@ -6,7 +6,9 @@ Each step lives in its own module; this one only wires them and maps errors to O
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import threading
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -56,21 +58,27 @@ class PooledClient:
 
     Making it (importing httpx, loading the TLS trust store) costs about a tenth of a second of CPU, which a first
     hook call served from its prefetch need not wait for: :func:`lifespan` makes it :data:`HTTP_CLIENT_DELAY` s
-    after the start, in the background. A FHIR fallback call that comes before makes it itself, inside its
-    deadline. Every attribute not defined here is the client's.
+    after the start, in a worker thread, so the event loop keeps answering meanwhile. A FHIR fallback call that
+    comes before makes it itself, inside its deadline (or waits for the thread's). Every attribute not defined
+    here is the client's.
     """
 
     def __init__(self, make: Callable[[], Any]) -> None:
         self._make = make
         self._client: Any = None
+        self._making = threading.Lock()  # one client, whichever thread asks first
 
     def get(self) -> Any:
-        if self._client is None:
-            self._client = self._make()
-        return self._client
+        client = self._client
+        if client is None:
+            with self._making:
+                if self._client is None:
+                    self._client = self._make()
+                client = self._client
+        return client
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("_make", "_client"):  # not set yet (a copy in the making): never a client's
+        if name in ("_make", "_client", "_making"):  # not set yet (a copy in the making): never a client's
             raise AttributeError(name)
         return getattr(self.get(), name)
 
@@ -104,11 +112,17 @@ async def lifespan(app: FastAPI):
     engine.warm_up()
     for start in app.state.started_hooks:  # after everything is loaded (cds-service serve tunes the GC here)
         start()
-    make_http = asyncio.get_running_loop().call_later(HTTP_CLIENT_DELAY, app.state.http.get)
+    loop = asyncio.get_running_loop()
+    making: list[asyncio.Future] = []
+    make_http = loop.call_later(HTTP_CLIENT_DELAY,
+                                lambda: making.append(loop.run_in_executor(None, app.state.http.get)))
     try:
         yield
     finally:
         make_http.cancel()
+        for made in making:  # a client made after its close would stay open
+            with contextlib.suppress(Exception):
+                await made
         for hook in app.state.shutdown_hooks:
             await hook(app)
         await app.state.http.aclose()

@@ -149,8 +149,7 @@ def test_a_large_valid_call_leaves_health_checks_and_other_calls_answering(tmp_p
 
     While it is evaluated, ``/health`` and a usual hook call are asked every 20 ms on connections of their
     own. Evaluated on the event loop, each of them would wait about as long as the large call takes (measured
-    0.8-0.9 of it); here the slowest of them must stay under two thirds of it (a loaded machine can hold a
-    probe back for a while after its answer is ready), and under the margin."""
+    0.8-0.9 of it); here the slowest of them must stay under half of it, and under the margin."""
     orders = 3000
     with Service(tmp_path / "data", CDS_MAX_DRAFT_ORDERS=str(orders)) as svc:
         async def run():
@@ -188,7 +187,7 @@ def test_a_large_valid_call_leaves_health_checks_and_other_calls_answering(tmp_p
     rules = {c["extension"]["org.neurosarcoidosis-cds.rule-id"] for c in resp.json()["cards"]}
     assert any(rule.startswith("ivig.") for rule in rules), rules
     for kind, seconds in waits.items():
-        assert max(seconds) < min(took * 2 / 3, MARGIN), (kind, sorted(seconds)[-3:], took)
+        assert max(seconds) < min(took / 2, MARGIN), (kind, sorted(seconds)[-3:], took)
     assert refused.status_code == 413 and refused.json()["issue"][0]["code"] == "too-costly"
 
 

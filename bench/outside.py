@@ -280,11 +280,9 @@ def main(argv: list[str] | None = None) -> None:
             for label, value in breakdown(probes, threads, latencies):
                 print(f"  {label:<78} {value:>16}")
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        from bench.run import stop_process  # here: the served process (--serve) never needs bench.run
+
+        stop_process(server)
 
 
 if __name__ == "__main__":

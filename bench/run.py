@@ -105,14 +105,20 @@ class Server:
         raise RuntimeError(f"{self.name} did not listen on port {self.port} within {timeout:.0f} s")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, as an operator stops a server; killed when it has not ended 10 s later."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def service_env(port: int, out: Path, **extra: str) -> dict[str, str]:
@@ -462,12 +468,7 @@ def cold_start(args, out: Path, body: bytes) -> dict:
                 post(f"http://127.0.0.1:{port}{SERVICE_PATH}", body)
                 second = time.perf_counter() - t
             finally:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop_process(proc)
             if first is None:
                 raise RuntimeError(f"cold start of {name} failed; see {out / f'cold-{name}-{i}.log'}")
             runs[name]["first"].append(first * 1000)

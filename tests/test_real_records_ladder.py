@@ -278,7 +278,7 @@ def test_decision_23_new_optic_neuritis_in_confirmed_ns_is_continued_disease():
 
 def test_decision_24_card_says_which_date_it_used():
     ev = run(46)
-    t = text(card(ev, "stage.s3r-gc-refractory"))
+    t = text(card(ev, "stage.s3i-gc-intolerant"))  # dependence wins over the relapse (decision 50)
     assert "2026-06-01" in t and "onset written as text" in t
     assert "date recorded" in t  # the relapse has only a recordedDate
 
@@ -316,7 +316,7 @@ def test_decision_27_no_skipped_rung_card_once_glucocorticoids_were_tried():
 def test_decision_39_heart_failure_withholds_infliximab_not_methotrexate():
     ev = run(58)
     assert "ivig.indication.immunosuppression-contraindicated" not in ev.rule_ids
-    codes = {cd["code"] for r in suggested(card(ev, "stage.s3r-gc-refractory"))
+    codes = {cd["code"] for r in suggested(card(ev, "stage.s3i-gc-intolerant"))
              for cd in r["medicationCodeableConcept"]["coding"]}
     assert codes & {"6851", "105585", "1441402"}
 
@@ -339,6 +339,17 @@ def test_decision_40_encounters_are_in_the_prefetch():
     bundle, _ = fixture(16)  # decompensating on an inpatient stay
     request = request_from_bundle(bundle, registry().for_hook("order-sign"))
     assert [e["resource"]["id"] for e in request["prefetch"]["encounters"]["entry"]] == ["enc-1"]
+
+
+def test_decision_50_relapse_on_a_taper_stuck_above_10_mg_is_s3i_and_says_disease_continued():
+    for n in (46, 58):
+        ev = run(n)
+        assert ev.stage == "S3I", n
+        assert not {"stage.s3r-gc-refractory", "ivig.indication.steroid-resistant"} & set(ev.rule_ids), n
+        c = card(ev, "stage.s3i-gc-intolerant")
+        assert f"Condition/relapse-{n}" in cited(c)  # the continued disease stays on the card
+        assert "disease also continued on glucocorticoid" in text(c).lower()
+        assert suggested(c)  # methotrexate is still proposed
 
 
 def test_decision_44_relapse_after_infliximab_stopped_for_remission_is_not_anti_tnf_failure():

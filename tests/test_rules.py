@@ -56,7 +56,7 @@ def suggestion_codes(c):
     return codes
 
 
-def pred(mid="pred", mg=40, start=120, **kw):
+def pred(mid="pred", mg=40, start=60, **kw):  # 60 days: a full trial, below dependence (decision 50)
     return med_statement(mid, PREDNISONE, dose=dosage(mg, route="oral"), start_days=start, **kw)
 
 
@@ -279,7 +279,7 @@ def test_immunosuppression_contraindicated_only_when_the_next_step_is_ruled_out(
     # S2 has no next standard step; in S3R latent TB and liver disease leave azathioprine and mycophenolate
     s2 = run(ns_patient(pred(mg=40, start=5), icd("tb", "Z22.7"), icd("liver", "K74.60"), *GOOD_LABS,
                         drafts=[ivig_order()]))
-    s3r = run(ns_patient(pred(mg=40, start=120), relapse(10), icd("tb", "Z22.7"), icd("liver", "K74.60"),
+    s3r = run(ns_patient(pred(mg=40, start=60), relapse(10), icd("tb", "Z22.7"), icd("liver", "K74.60"),
                          *GOOD_LABS, drafts=[ivig_order()]))
     assert s3r.stage == "S3R"
     for ev in (s2, s3r):

@@ -117,7 +117,7 @@ def test_a3_short_prednisone_burst_for_asthma_ignored():
 
 # ------------------------------------------------------------------------------------------ S3R / S3I
 def test_s3r_relapse_after_minimum_trial():
-    s = stage_of(ns_patient(pred(start=120), relapse(30)))
+    s = stage_of(ns_patient(pred(start=60), relapse(30)))  # 30 days on 40 mg: a trial, not yet dependence
     assert s.stage == "S3R"
     assert any(r.reference == "Condition/relapse-1" for r in s.reasons)
 
@@ -131,7 +131,7 @@ def test_relapse_on_low_dose_is_not_a_failed_trial():
 
 
 def test_iv_pulse_counts_as_trial_and_escalation():
-    s = stage_of(ns_patient(pred(start=120), med_admin("pulse", METHYLPRED, days_ago=20, dose_mg=1000)))
+    s = stage_of(ns_patient(pred(start=60), med_admin("pulse", METHYLPRED, days_ago=20, dose_mg=1000)))
     assert s.stage == "S3R"
     assert any("pulse" in r.fact for r in s.reasons)
 
@@ -149,6 +149,19 @@ def test_s3i_gc_adverse_effect_condition():
 def test_s3i_glucocorticoid_dependence():
     s = stage_of(ns_patient(pred("p1", 40, start=200, status="completed", end_days=100), pred("p2", 15, start=100)))
     assert s.stage == "S3I" and s.gc_dependence is not None
+
+
+def test_decision_50_dependence_wins_over_continued_disease():
+    # 40 mg/day for 120 days (dependence) and a relapse 30 days ago (continued disease): S3I, with both facts
+    s = stage_of(ns_patient(pred(start=120), relapse(30)))
+    assert s.stage == "S3I" and s.gc_dependence is not None and s.gc.refractory
+    assert {"Condition/relapse-1", "MedicationStatement/pred"} <= {r.reference for r in s.reasons}
+
+
+def test_decision_50_relapse_below_the_dependence_dose_stays_s3r():
+    taper = (pred("p1", 40, start=200, status="completed", end_days=100), pred("p2", 10, start=100))
+    s = stage_of(ns_patient(*taper, relapse(30)))
+    assert s.stage == "S3R" and s.gc_dependence is None
 
 
 def test_a7_relapse_after_completed_course():

@@ -246,8 +246,11 @@ def refractory_to_glucocorticoid(c: _Course) -> list[FactRef] | None:
 
 
 def intolerant_of_glucocorticoid(c: _Course) -> list[FactRef] | None:
-    """S3I: glucocorticoid stopped for intolerance, an adverse effect after it, or dependence (B3)."""
-    return list(c.r.gc_intolerance) or None
+    """S3I: glucocorticoid stopped for intolerance, an adverse effect after it, or dependence (B3). It is
+    tested before S3R and wins when both hold (decision 50); continued disease then joins its facts."""
+    if not c.r.gc_intolerance:
+        return None
+    return list(c.r.gc_intolerance) + c.r.gc.refractory
 
 
 def on_glucocorticoid(c: _Course) -> list[FactRef] | None:
@@ -272,8 +275,8 @@ LADDER: tuple[tuple[str, Callable[[_Course], list[FactRef] | None]], ...] = (
     ("S6", on_anti_tnf),
     ("S5", refractory_to_second_line),
     ("S4", on_second_line),
+    ("S3I", intolerant_of_glucocorticoid),  # before S3R (decision 50)
     ("S3R", refractory_to_glucocorticoid),
-    ("S3I", intolerant_of_glucocorticoid),
     ("S2", on_glucocorticoid),  # S2b when no course reached the first-line dose (A6: the maximum counts)
     ("S1", untreated),
     ("S1", after_earlier_therapy),

@@ -122,6 +122,7 @@ def _gc_failed(ctx: Context, fired: Fired) -> None:
     v["mtx_mg"] = fmt(ctx.th.mtx_suggested_mg_week)
     v["completed_note"] = (phrase("stage.s3r-gc-refractory", "completed_note") + " "
                            if s.relapse_after_completed_gc else "")
+    v["also_continued"] = " " + phrase("stage.s3i-gc-intolerant", "also_continued") if s.gc.refractory else ""
     blockers = withheld_by(ctx.facts.contraindications, "methotrexate")
     v["mtx_blockers"] = list(dict.fromkeys(c.label for c in blockers))
     if blockers:

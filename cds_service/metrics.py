@@ -8,7 +8,9 @@ What is measured (all names prefixed ``cds_``):
 * ``cards_total{rule,indicator}``: cards returned, by rule id and indicator.
 * ``shadow_cards_total{rule,indicator}``: cards of rules in shadow mode (audited, never returned);
   ``rule_mode{rule,mode}``: 1 for each rule's configured mode (``CDS_RULES_FILE``).
-* ``http_responses_total{endpoint,status}``: every response, 4xx and 5xx included.
+* ``http_responses_total{endpoint,status}``: every response, 4xx and 5xx included; the timeline's launches
+  are ``endpoint="smart_launch"`` (302: sent to the EHR to authorise) and timelines shown
+  ``endpoint="smart_callback",status="200"``.
 * ``auth_failures_total{reason}``: refused JWTs, by reason (called by the auth module).
 * ``audit_rows_written_total{kind}``, ``audit_write_failures_total{kind}``, ``audit_rows_dropped_total{reason}``
   and ``audit_queue_depth``: the audit writer's health.
@@ -78,6 +80,11 @@ def own_multiprocess_dir(needed: bool) -> Iterator[str | None]:
             shutil.rmtree(created, ignore_errors=True)
 
 
+# The treatment timeline's SMART launch: a 302 from smart_launch is a launch begun from a card, a 200 from
+# smart_callback a timeline shown.
+_SMART = {"/smart/launch": "smart_launch", "/smart/callback": "smart_callback", "/smart/jwks.json": "smart_jwks"}
+
+
 def endpoint_of(path: str) -> str:
     """A bounded label for a request path (raw paths would let a scanner create unbounded series)."""
     if path == "/cds-services":
@@ -93,7 +100,7 @@ def endpoint_of(path: str) -> str:
         return path[1:]
     if path.startswith("/fixtures"):
         return "fixtures"
-    return "other"
+    return _SMART.get(path, "other")
 
 
 class Metrics:

@@ -98,6 +98,8 @@ def test_label_values_are_bounded():
     assert endpoint_of("/cds-services/x") == "service"
     assert endpoint_of("/cds-services/x/feedback") == "feedback"
     assert endpoint_of("/cds-services/../../etc/passwd") == "other"
+    assert endpoint_of("/smart/launch") == "smart_launch" and endpoint_of("/smart/callback") == "smart_callback"
+    assert endpoint_of("/smart/launch/x") == "other"
     assert endpoint_of("/anything/" + "a" * 500) == "other"
     metrics = get_metrics()
     metrics.auth_failed("r" * 500)

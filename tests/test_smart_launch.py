@@ -111,6 +111,20 @@ def test_launch_reads_the_chart_and_draws_the_timeline(service, ehr):
     assert "Max-Age=0" in headers["set-cookie"]  # the launch cookie is cleared
 
 
+def test_launches_and_timelines_shown_are_counted_in_the_metrics(service, ehr):
+    def count(series: str) -> float:
+        for line in service.get("/metrics").text.splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    shown = 'cds_http_responses_total{endpoint="smart_callback",status="200"}'
+    begun = 'cds_http_responses_total{endpoint="smart_launch",status="302"}'
+    before = count(shown), count(begun)
+    assert run_launch(service, ehr).status_code == 200
+    assert (count(shown), count(begun)) == (before[0] + 1, before[1] + 1)
+
+
 def test_a_fhir_type_the_ehr_refuses_is_said_plainly(service, ehr):
     ehr.refuse_types = {"MedicationAdministration"}
     page = run_launch(service, ehr)

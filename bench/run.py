@@ -507,6 +507,20 @@ def scenario_stages(args, out: Path) -> dict:
     return result
 
 
+# --------------------------------------------------------------------------- scenario 6
+def scenario_decode(args, out: Path) -> list:
+    """bench/decode.py (this tree), pinned to the server CPU: what decoding the body costs four ways."""
+    path = out / "decode.json"
+    cmd = [sys.executable, str(BENCH / "decode.py"), "--sizes", ",".join(map(str, args.sizes)),
+           "--shapes", ",".join(args.shapes), "--json", str(path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800,
+                          preexec_fn=_pinner(args.server_cpu))
+    if proc.returncode != 0:
+        log(f"  decode failed:\n{proc.stderr[-2000:]}")
+        return []
+    return orjson.loads(path.read_bytes())
+
+
 # --------------------------------------------------------------------------- report
 def engine_state() -> str:
     clinical = ROOT / "cds_service" / "clinical"
@@ -686,6 +700,18 @@ def render(results: dict, args, machine: dict, command: str) -> str:
                                      "2nd request ms"],
                                     [(k, v["first_ms"], f"{v['min_ms']:.0f}..{v['max_ms']:.0f}", v["cpu_ms"],
                                       v["second_ms"]) for k, v in cs.items()]))
+    dec = results.get("decode")
+    if dec:
+        lines += ["", "## 6. Decoding the body", "",
+                  "`bench/decode.py`, pinned to the server CPU, best of 7 runs, gc frozen as in the server: the "
+                  "whole body into dicts (orjson, what the service and the floor do), only the elements the engine "
+                  "reads per resource type (values still dicts), the same elements as nested typed Structs (the "
+                  "ceiling of a typed decode), and resourceType + id only (the floor of any decode that visits "
+                  "every resource). µs per body.", ""]
+        names = list(dec[0]["us"])
+        rows = [(d["shape"], d["resources"], f"{d['kb']:.0f}", *[f"{d['us'][n]:,.0f}" for n in names]) for d in dec]
+        lines.append(markdown_table(["shape", "resources", "KB", *[f"{n} µs" for n in names]], rows,
+                                    "lr" + "r" * (1 + len(names))))
     return "\n".join(lines)
 
 
@@ -703,8 +729,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jwt-requests", type=int, help="requests per JWT run (default 2000, quick 600)")
     p.add_argument("--jwt-concurrency", help="concurrency of the JWT runs (default: --concurrency)")
     p.add_argument("--cold-reps", type=int, help="starts per app in the cold-start scenario (default 5, quick 3)")
-    p.add_argument("--scenarios", default="prefetch,stages,fallback,jwt,cold",
-                   help="comma list of prefetch, stages, fallback, jwt, cold")
+    p.add_argument("--scenarios", default="prefetch,stages,fallback,jwt,cold,decode",
+                   help="comma list of prefetch, stages, fallback, jwt, cold, decode")
     p.add_argument("--fhir-delay-ms", type=float, default=50.0)
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and load tool to CPUs")
     p.add_argument("--no-wrk", dest="wrk", action="store_false", help="skip the wrk throughput cross-check")
@@ -805,6 +831,9 @@ def main(argv: list[str] | None = None) -> int:
     if "stages" in args.scenarios:
         log("Scenario 2: per-stage timing (in-process)")
         results["stages"] = scenario_stages(args, out)
+    if "decode" in args.scenarios:
+        log("Scenario 6: decoding the body")
+        results["decode"] = scenario_decode(args, out)
     if "cold" in args.scenarios:
         log("Scenario 5: cold start")
         small = bodies.get(gen.body_name(10)) or next(iter(bodies.values()))

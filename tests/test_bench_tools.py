@@ -265,3 +265,26 @@ def test_outside_splits_the_server_cpu_into_the_call_the_audit_writer_and_the_lo
     assert rows["request steps off the CPU (wall - CPU), µs/req"] == "1,500"
     assert rows["latency p50 / p99 / max, ms"] == "20.00 / 90.00 / 90.00"
     assert rows["most requests answered while one was in the server"] == "2"  # the first, overtaken twice
+
+
+def test_decode_bench_reads_both_shapes_and_keeps_what_the_engine_reads(tmp_path):
+    from bench import decode
+
+    request = gen.build_request(10, shape="relapse")
+    body = orjson.dumps(request)
+    statements = [e["resource"] for b in request["prefetch"].values() if b and b.get("resourceType") == "Bundle"
+                  for e in b.get("entry", []) if e["resource"]["resourceType"] == "MedicationStatement"]
+    assert statements
+    for make in (decode.read_fields_decoder, decode.typed_decoder, decode.ids_only_decoder):
+        decoded = make().decode(body)
+        kept = [e.resource for b in decoded.prefetch.values() if b is not None and hasattr(b, "entry")
+                for e in b.entry if type(e.resource).__name__ == "MedicationStatement"]
+        assert [r.id for r in kept] == [s["id"] for s in statements]
+    read = decode.read_fields_decoder().decode(body)
+    first = next(e.resource for b in read.prefetch.values() if b is not None and hasattr(b, "entry")
+                 for e in b.entry if type(e.resource).__name__ == "MedicationStatement")
+    assert first.medicationCodeableConcept == statements[0]["medicationCodeableConcept"]
+    out = tmp_path / "decode.json"
+    decode.main(["--sizes", "10", "--shapes", "synthea", "--reps", "1", "--json", str(out)])
+    (row,) = orjson.loads(out.read_bytes())
+    assert set(row["us"]) == {"orjson", "read fields", "typed", "ids only"} and all(v > 0 for v in row["us"].values())

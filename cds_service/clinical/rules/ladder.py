@@ -122,7 +122,9 @@ def _gc_failed(ctx: Context, fired: Fired) -> None:
     v["mtx_mg"] = fmt(ctx.th.mtx_suggested_mg_week)
     v["completed_note"] = (phrase("stage.s3r-gc-refractory", "completed_note") + " "
                            if s.relapse_after_completed_gc else "")
-    v["also_continued"] = " " + phrase("stage.s3i-gc-intolerant", "also_continued") if s.gc.refractory else ""
+    # S3I won over S3R (decision 50): its card says that disease also continued
+    v["also_continued"] = (" " + phrase("stage.s3i-gc-intolerant", "also_continued")
+                           if s.stage == "S3I" and s.gc.refractory else "")
     blockers = withheld_by(ctx.facts.contraindications, "methotrexate")
     v["mtx_blockers"] = list(dict.fromkeys(c.label for c in blockers))
     if blockers:

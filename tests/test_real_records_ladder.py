@@ -105,6 +105,10 @@ def without(bundle: dict[str, Any], *ids: str) -> dict[str, Any]:
     ("4 mg PO QID", 4), ("q6h", 4), ("twice daily", 2), ("1 tab bid", 2), ("every 12 hours", 2), ("daily", 1),
     ("once a day", 1), ("every morning", 1), ("15 mg once weekly", 1 / 7), ("every other day", 0.5),
     ("every 3 days", 1 / 3), ("as directed", None), ("with food", None),
+    # Epic's default wording: the number, then the same number as a word in brackets
+    ("Take 1 tablet (20 mg total) by mouth 2 (two) times daily.", 2), ("3 (three) times daily", 3),
+    ("2 times daily", 2), ("two times a day", 2), ("2x daily", 2), ("every 6 (six) hours", 4),
+    ("every 7 (seven) days", 1 / 7),
 ])
 def test_sig_frequency_words(phrase, per_day):
     assert frequency_per_day(phrase) == (pytest.approx(per_day) if per_day is not None else None)
@@ -119,6 +123,12 @@ def test_sig_frequency_comes_from_the_dose_phrase_not_the_taper_pace():
 def test_sig_duration_is_not_a_frequency():
     (step,) = parse_sig("40 mg by mouth x 1 week")
     assert step.per_day is None and step.days == 7  # no frequency stated: unknown, not "weekly"
+
+
+def test_epic_sig_with_numbers_in_words_gives_the_daily_dose():
+    assert parse_sig("Take 1 tablet (20 mg total) by mouth 2 (two) times daily.")[0].daily_mg == 40
+    assert parse_sig("Take 2 (two) tablets by mouth daily.", strength_mg=10.0)[0].daily_mg == 20
+    assert parse_sig("Take 4 mg by mouth every 6 (six) hours.")[0].daily_mg == 16
 
 
 def test_sig_tablets_and_bracketed_total():

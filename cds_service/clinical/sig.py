@@ -26,6 +26,8 @@ _N = r"(\d+(?:\.\d+)?)"
 _EVERY_HOURS = re.compile(r"\b(?:every|q)\s*" + _N + r"\s*(?:-\s*\d+\s*)?(?:h\b|hr\b|hrs\b|hours?\b)")
 _EVERY_DAYS = re.compile(r"\bevery\s+" + _N + r"\s+days?\b")
 _EVERY_WEEKS = re.compile(r"\bevery\s+" + _N + r"\s+weeks?\b")
+# "2 times daily", "3 times a day", "2x daily" (Epic writes "2 (two) times daily", read as "2 times daily")
+_TIMES_A_DAY = re.compile(r"\b" + _N + r"\s*(?:x|times)\s+(?:(?:a|per|each|every)\s+day\b|daily\b)")
 # (pattern, administrations per day); the first that matches wins, so longer phrases come first
 _FREQUENCY_WORDS: tuple[tuple[re.Pattern[str], float], ...] = (
     (re.compile(r"\bfour times\b|\b4 times (?:a|per|each) day\b|\bq\.?i\.?d\.?(?![a-z])"), 4),
@@ -46,11 +48,14 @@ def frequency_per_day(phrase: str) -> float | None:
     ``q8h``, "every 8 hours", ``tid`` -> 3; ``bid``, "twice daily", ``q12h`` -> 2; ``qid``, ``q6h`` -> 4;
     "daily", "once a day" -> 1; "weekly" -> 1/7; "every other day" -> 0.5; "every 3 days" -> 1/3.
     """
-    t = phrase.lower()
+    t = _plain_numbers(phrase.lower())
     m = _EVERY_HOURS.search(t)
     if m:
         hours = float(m.group(1))
         return 24 / hours if hours > 0 else None
+    m = _TIMES_A_DAY.search(t)
+    if m and float(m.group(1)) > 0:
+        return float(m.group(1))
     for rx, per_day in _FREQUENCY_WORDS:
         if rx.search(t):
             return per_day
@@ -95,8 +100,18 @@ _UNTIL = re.compile(r"\b(?:until|to)\s+(?:(off|stopped|discontinued|zero)|" + _N
 _MAX_TAPER_STEPS = 60
 
 
+# A number followed by the same number in brackets, as Epic writes sigs: "2 (2) times daily" after the words
+# were turned into digits ("2 (two) times daily").
+_REPEATED_NUMBER = re.compile(r"\b" + _N + r"\s*\(\s*\1\s*\)")
+
+
 def _numbers_as_digits(text: str) -> str:
     return _WORD_NUMBER_RE.sub(lambda m: _WORD_NUMBERS[m.group(1)], text)
+
+
+def _plain_numbers(text: str) -> str:
+    """Lower-case ``text`` with number words as digits and Epic's "2 (two)" as "2"."""
+    return _REPEATED_NUMBER.sub(r"\1", _numbers_as_digits(text))
 
 
 def _dose_mg(clause: str, strength_mg: float | None) -> float | None:
@@ -172,7 +187,7 @@ def _parse_sig_memo(text: str, strength_mg: float | None) -> tuple[SigStep, ...]
 def _parse_sig(text: str, strength_mg: float | None) -> list[SigStep]:
     if not isinstance(text, str) or not text.strip():
         return []
-    t = _numbers_as_digits(text.lower())
+    t = _plain_numbers(text.lower())
     steps: list[SigStep] = []
     for raw in _THEN.split(t):
         clause = raw.strip(" ,.")

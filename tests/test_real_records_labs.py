@@ -257,6 +257,18 @@ def test_decision_31_iga_below_detection_limit_is_deficiency():
     assert "Observation/f69-iga-1" in facts_text(cards["ivig.safety.iga"])
 
 
+def test_decision_31_iga_below_0_07_g_per_l_is_below_7_mg_per_dl():
+    b = bundle_of("69")
+    for e in b["entry"]:
+        if e["resource"]["id"] == "f69-iga-1":
+            e["resource"]["valueQuantity"] = {"value": 0.07, "comparator": "<", "unit": "g/L",
+                                              "system": "http://unitsofmeasure.org", "code": "g/L"}
+    card = cards_for(b, "MedicationRequest/f69-ivig-order-1")["ivig.safety.iga"]
+    assert "Observation/f69-iga-1" in facts_text(card)
+    assert "cannot tell" not in (card["detail"] + facts_text(card)).lower()
+    assert units.convert_quantity({"value": 0.07, "code": "g/L"}, "iga").value == 7
+
+
 def test_decision_31_a_bound_that_leaves_the_threshold_open_is_said():
     b = bundle_of("69")
     for e in b["entry"]:

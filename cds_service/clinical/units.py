@@ -63,6 +63,12 @@ def factor(kind: str, code: str | None) -> float | None:
     return _FACTORS[kind][1].get(code.strip())
 
 
+def _without_float_noise(x: float) -> float:
+    """``x`` to 12 significant digits: 0.07 g/L * 100 is 7 mg/dL, not 7.000000000000001, so a result at a
+    threshold compares as at it (decision 31: "<0.07 g/L" IgA is below 7 mg/dL)."""
+    return float(f"{x:.12g}")
+
+
 def convert(value: Any, code: str | None, kind: str) -> Converted:
     """Convert ``value`` recorded in UCUM ``code`` to the kind's target unit."""
     target = _FACTORS[kind][0]
@@ -72,7 +78,7 @@ def convert(value: Any, code: str | None, kind: str) -> Converted:
     f = factor(kind, code)
     if f is None:
         return Converted(None, target, shown, f"unknown unit {code!r} for {kind}; value not used")
-    converted = float(value) * f
+    converted = float(value) if f == 1 else _without_float_noise(float(value) * f)
     implausible = plausibility.problem(kind, converted, target)
     if implausible:
         return Converted(None, target, shown, implausible)

@@ -174,6 +174,15 @@ def test_decision_35_order_and_replacement_flagged_as_one_course():
     assert "medicationrequest/o79-first" in text and "medicationrequest/o79-pharmacy" in text
 
 
+def test_decision_35_order_select_sums_the_other_drafts_with_the_selected_order():
+    """Epic sends earlier unsigned orders in draftOrders on order-select: the course is all of them."""
+    path = fixture(79)
+    _, response = evaluate_bundle(json.loads(path.read_text()), "order-select", "MedicationRequest/o79-pharmacy")
+    dose = next(c for c in response["cards"] if c["extension"][RULE_ID_EXTENSION] == "ivig.dose")
+    assert dose["indicator"] == "warning"
+    assert "280 g" in text_of(dose) and "medicationrequest/o79-first" in text_of(dose)
+
+
 # ============================================================================================ decision 36
 
 

@@ -295,7 +295,12 @@ class Facts:
 
     @property
     def ig_orders(self) -> list[PlannedOrder]:
-        return [o for o in self.the_orders if o.is_ig]
+        """Once an immune globulin order is among the orders the hook is about, every immune globulin draft
+        of the request: one course, however it was split into orders (decision 35; on order-select the
+        other unsigned drafts are part of the course being selected)."""
+        if not any(o.is_ig for o in self.the_orders):
+            return []
+        return [o for o in self.planned_orders if o.is_ig]
 
     @property
     def thrombosis_high_risk(self) -> bool:

@@ -77,6 +77,38 @@ def test_decision_28_positive_pregnancy_status_withholds_methotrexate():
     assert "Observation/f62-pregstat-1" in facts_text(s3r)
 
 
+def _hcg(rid: str, when: str, answer: str, code: str) -> dict[str, Any]:
+    return {"resourceType": "Observation", "id": rid, "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "2106-3",
+                                 "display": "Choriogonadotropin (pregnancy test) [Presence] in Urine"}]},
+            "subject": {"reference": "Patient/f62-pt"}, "effectiveDateTime": when,
+            "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": code,
+                                                 "display": answer}], "text": answer}}
+
+
+def _with_hcg(*tests: dict[str, Any]) -> dict[str, Any]:
+    """Fixture 62 with its pregnancy status answer replaced by the given hCG results."""
+    b = bundle_of("62")
+    b["entry"] = [e for e in b["entry"] if e["resource"]["id"] != "f62-pregstat-1"]
+    b["entry"] += [{"resource": t} for t in tests]
+    return b
+
+
+def test_decision_28_positive_hcg_pregnancy_test_withholds_methotrexate():
+    cards = cards_for(_with_hcg(_hcg("f62-hcg-1", "2026-11-20T09:00:00Z", "Positive", "10828004")),
+                      "MedicationRequest/f62-pred-order-1")
+    s3r = cards["stage.s3r-gc-refractory"]
+    assert not suggested_codes(s3r) & MTX_CODES
+    assert "Observation/f62-hcg-1" in facts_text(s3r) and "positive hCG on 2026-11-20" in facts_text(s3r)
+
+
+def test_decision_28_a_later_negative_hcg_outweighs_an_earlier_positive():
+    cards = cards_for(_with_hcg(_hcg("f62-hcg-1", "2026-10-01T09:00:00Z", "Positive", "10828004"),
+                                _hcg("f62-hcg-2", "2026-11-20T09:00:00Z", "Negative", "260385009")),
+                      "MedicationRequest/f62-pred-order-1")
+    assert suggested_codes(cards["stage.s3r-gc-refractory"]) & MTX_CODES
+
+
 def test_decision_28_not_pregnant_now_keeps_methotrexate():
     cards = fixture_cards(63, "MedicationRequest/f63-pred-order-1")
     assert suggested_codes(cards["stage.s3r-gc-refractory"]) & MTX_CODES
@@ -167,7 +199,7 @@ def test_decision_30_every_serum_creatinine_code_and_the_pregnancy_status_are_pr
         if service["hook"] == "patient-view":
             continue
         prefetch = json.dumps(service.get("prefetch") or {})
-        for code in ("2160-0", "14682-9", "38483-4", "59826-8", "39156-5", "82810-3"):
+        for code in ("2160-0", "14682-9", "38483-4", "59826-8", "39156-5", "82810-3", "2106-3", "2118-8"):
             assert code in prefetch, (service["id"], code)
 
 

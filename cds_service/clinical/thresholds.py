@@ -110,8 +110,9 @@ class Thresholds(BaseSettings):
                                      "missing (decision 11).")
 
     # ----------------------------------------------------------------- renal (decision 8)
-    pregnancy_status_recency_days: int = Field(280, description="A pregnancy status answer (LOINC 82810-3) older "
-                                               "than this many days is not read (decision 28).")
+    pregnancy_status_recency_days: int = Field(280, description="A pregnancy status answer (LOINC 82810-3) or "
+                                               "pregnancy test (hCG) older than this many days is not read "
+                                               "(decision 28).")
     egfr_warning: float = Field(60, description="eGFR below this (mL/min/1.73 m2) -> renal warning.")
     egfr_critical: float = Field(30, description="eGFR below this (mL/min/1.73 m2) -> renal critical.")
     renal_age_years: int = Field(65, description="Age above this is a renal risk factor (label: age > 65).")

@@ -28,6 +28,9 @@ LOINC_KIND = {
     "29463-7": "weight", "3141-9": "weight", "3142-7": "weight_stated",
     "8302-2": "height", "2458-8": "iga", "4548-4": "hba1c", "33358-3": "mspike", "3128-6": "viscosity",
     "39156-5": "bmi", "82810-3": "pregnancy-status",
+    # qualitative hCG (pregnancy test) in urine or serum: a positive result is pregnancy (decision 28)
+    "2106-3": "pregnancy-test", "2118-8": "pregnancy-test", "80384-1": "pregnancy-test",
+    "80385-8": "pregnancy-test", "2116-2": "pregnancy-test",
 }
 _LAB_UNIT_KIND = {"creatinine": "creatinine", "egfr": "egfr", "weight": "weight", "weight_stated": "weight",
                   "height": "height", "iga": "iga", "hba1c": "hba1c", "mspike": "protein",
@@ -38,6 +41,7 @@ _LAB_LABEL = {"creatinine": "Serum creatinine", "egfr": "eGFR", "weight": "Body 
               "bmi": "Body mass index"}
 ANTI_IGA = "anti-iga"  # an anti-IgA antibody result: not a lab value
 PREGNANCY_STATUS = "pregnancy-status"  # an answer, not a lab value (decision 28)
+PREGNANCY_TEST = "pregnancy-test"  # positive or negative, not a lab value
 _ANTI_IGA_RE = re.compile(r"anti-?iga|iga antibod|antibod(y|ies) (to|against) iga|anti-immunoglobulin a",
                           re.IGNORECASE)
 _POSITIVE_RE = re.compile(r"positive|detected|present|reactive", re.IGNORECASE)
@@ -215,8 +219,9 @@ def read_observations(record: PatientRecord, term: Terminology, th: Thresholds) 
     part.iga_level = latest("iga", None)
     part.hba1c = latest("hba1c", None)
     part.bmi = latest("bmi", w_cut)
-    part.pregnancy = pregnant_by_status(cands.get(PREGNANCY_STATUS, []),
-                                        now - timedelta(days=th.pregnancy_status_recency_days), term, v)
+    pregnancy_cut = now - timedelta(days=th.pregnancy_status_recency_days)
+    part.pregnancy = (pregnant_by_status(cands.get(PREGNANCY_STATUS, []), pregnancy_cut, term, v)
+                      or pregnant_by_test(cands.get(PREGNANCY_TEST, []), pregnancy_cut, v))
     mspike = latest("mspike", None)
     named = criteria.derived_factors()
     if mspike is not None and mspike.value > 0:
@@ -279,6 +284,20 @@ def pregnant_by_status(cands: Candidates, cutoff: datetime, term: Terminology, v
         if "pregnancy.positive-answer" in term.match(answer).names and v.valid(res):
             shown = concept_text(answer) or "pregnant"
             return [FactRef("Pregnancy status", f"{shown} on {when.date().isoformat()}", ref_of(res))]
+        return []
+    return []
+
+
+def pregnant_by_test(cands: Candidates, cutoff: datetime, v: Validator) -> list[FactRef]:
+    """A positive qualitative hCG (pregnancy test): the newest result of the window decides, so a later
+    negative test outweighs an earlier positive one."""
+    for _, when, res in cands:
+        if when is None or when < cutoff:
+            break
+        if not (res.get("valueCodeableConcept") or res.get("valueString") or res.get("interpretation")):
+            continue  # no result recorded
+        if is_positive(res) and v.valid(res):
+            return [FactRef("Pregnancy test", f"positive hCG on {when.date().isoformat()}", ref_of(res))]
         return []
     return []
 

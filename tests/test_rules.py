@@ -240,6 +240,30 @@ def test_steroid_resistant_indication_with_dose_suggestion():
     assert res["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 28  # 140 g / 5 days
 
 
+def _ivig_offer(*extra):
+    c = card(run(ns_patient(pred(), relapse(), weight(70), height(170), creatinine(0.8), *extra,
+                            drafts=[PRED_ORDER])), "ivig.indication.steroid-resistant")
+    return c, [s.actions[0].resource for s in c.suggestions or []]
+
+
+def test_no_one_click_ivig_with_severe_kidney_impairment_or_an_active_thrombosis():
+    pe = icd("pe", "I26.99", "Acute pulmonary embolism", onset_days=10)
+    for extra, cited_ref in (((egfr(20),), "Observation/egfr-1"),
+                             ((egfr(95), icd("dial", "Z99.2")), "Condition/dial"),
+                             ((egfr(95), pe), "Condition/pe")):
+        c, offered = _ivig_offer(*extra)
+        assert offered == [], cited_ref
+        assert "No IVIG order is proposed: severe kidney impairment or an active thrombosis" in c.detail
+        assert cited_ref in cited(c)
+
+
+def test_heart_failure_keeps_the_ivig_offer_and_names_the_volume():
+    c, offered = _ivig_offer(egfr(95), icd("hf", "I50.22", "Chronic systolic heart failure"))
+    assert offered and "Heart failure is recorded" in c.detail and "Condition/hf" in cited(c)
+    plain, offered = _ivig_offer(egfr(95))
+    assert offered and "Heart failure" not in plain.detail
+
+
 def test_no_indication_card_when_already_on_ivig():
     ev = run(ns_patient(pred(), relapse(), *GOOD_LABS, med_admin("iv", IVIG, days_ago=20), drafts=[PRED_ORDER]))
     assert not [r for r in ev.rule_ids if r.startswith("ivig.indication")]

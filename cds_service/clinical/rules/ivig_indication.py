@@ -67,7 +67,15 @@ def _fire(ctx: Context, rule_id: str, facts: list[FactRef], conditional: bool | 
     if against:
         best += " " + phrase(G, "offer_withheld")
         facts = facts + against
-    offer = ["ivig"] if base and not ctx.ivig_planned and not against and not f.ns_text_only else []
+    would_offer = bool(base) and not ctx.ivig_planned and not against and not f.ns_text_only
+    risky = ivig_high_risk(f) if would_offer else []
+    if risky:
+        best += " " + phrase(G, "offer_withheld_risk")
+        facts = facts + risky
+    elif would_offer and f.heart_failure:
+        best += " " + phrase(G, "heart_failure")
+        facts = facts + [x.fact() for x in f.heart_failure]
+    offer = ["ivig"] if would_offer and not risky else []
     v = dict(base)
     v.update(values)
     v["best_candidate"] = best
@@ -82,6 +90,13 @@ def ivig_contraindicated(f: Facts) -> list[FactRef]:
                if fr not in f.prior_ig_reaction_mild and fr not in f.prior_ig_reaction_unknown]
     antibodies = f.iga_deficiency + f.anti_iga if f.iga_deficiency and f.anti_iga else []
     return (serious if f.prior_ig_reaction_severe else []) + antibodies
+
+
+def ivig_high_risk(f: Facts) -> list[FactRef]:
+    """The boxed warning's two risks at their most serious, severe kidney impairment (eGFR below the critical
+    threshold, CKD 4-5, dialysis, AKI) and an active thrombosis: no one-click IVIG order then; an order the
+    clinician writes gets the safety cards (decision 2)."""
+    return [x.fact() for x in f.renal_critical] + [x.fact() for x in f.thrombosis_factors if x.key == "active"]
 
 
 def steroid_resistant(ctx: Context) -> Fired | None:

@@ -63,6 +63,8 @@ def _scenarios():
                                     drafts=[tr.PRED_ORDER]),
                       tr.ns_patient(tr.pred(start=300), tr.mtx(start=200), tr.relapse(10), icd("tb", "Z22.7"),
                                     drafts=[tr.PRED_ORDER]),
+                      tr.ns_patient(tr.pred(start=300), tr.mtx(start=200), tr.relapse(10), icd("tb", "Z22.7"),
+                                    drafts=[tr.IFX_ORDER]),
                       tr.ns_patient(drafts=[tr.draft("m", tr.METHOTREXATE, tr.dosage(15, period_unit="wk"))]),
                       tr.ns_patient(drafts=[tr.PRED_ORDER, tr.draft("m", tr.METHOTREXATE, tr.dosage(15))])):
         yield "stage", stage_rec

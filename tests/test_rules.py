@@ -94,6 +94,29 @@ def test_escalation_suppressed_when_that_tier_is_ordered():
     assert "stage.s3r-gc-refractory" in ev2.rule_ids
 
 
+IFX_ORDER = draft("o-ifx", INFLIXIMAB, dosage(350))
+
+
+def test_an_ordered_drug_that_a_recorded_contraindication_withholds_gets_a_warning():
+    s5 = (pred(start=300), mtx(), relapse(10), *GOOD_LABS)
+    ev = run(ns_patient(*s5, icd("hf", "I50.22", "Chronic systolic heart failure"), icd("tb", "Z22.7"),
+                        drafts=[IFX_ORDER]))
+    c = card(ev, "ladder.order-contraindicated")
+    assert c.indicator == "warning" and c.summary.startswith("Infliximab ordered despite")
+    assert {"Condition/hf", "Condition/tb", "MedicationRequest/o-ifx"} <= cited(c)
+    assert "stage.s5-second-line-refractory" not in ev.rule_ids  # decision 6: hidden, this card speaks
+    assert "ladder.order-contraindicated" not in run(ns_patient(*s5, drafts=[IFX_ORDER])).rule_ids
+    # heart failure withholds anti-TNF agents, not methotrexate (decision 39)
+    ev = run(ns_patient(pred(), relapse(), *GOOD_LABS, icd("hf", "I50.22"), drafts=[MTX_ORDER]))
+    assert "ladder.order-contraindicated" not in ev.rule_ids
+
+
+def test_methotrexate_ordered_during_a_recorded_pregnancy_is_critical():
+    ev = run(ns_patient(pred(), relapse(), *GOOD_LABS, icd("preg", "Z33.1", "Pregnant state"), drafts=[MTX_ORDER]))
+    c = card(ev, "ladder.order-contraindicated")
+    assert c.indicator == "critical" and "pregnancy" in c.summary.lower() and "Condition/preg" in cited(c)
+
+
 def test_order_select_uses_the_selection_but_all_drafts_count_as_planned():
     drafts = [draft("amox", AMOXICILLIN, dosage(500)), MTX_ORDER]
     ev = run(ns_patient(pred(), relapse(), *GOOD_LABS, drafts=drafts, selections=["MedicationRequest/amox"]))

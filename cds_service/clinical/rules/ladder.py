@@ -199,6 +199,24 @@ def skipped_rung(ctx: Context) -> Fired | None:
                  values={"order_label": _drug_name(skipping[0])}, conditional=s.conditional)
 
 
+def order_contraindicated(ctx: Context) -> Fired | None:
+    """ladder.order-contraindicated (decision 39 at the order): a ladder drug being ordered for a patient in
+    scope whose recorded contraindications withhold it. The escalation card that would list them is hidden
+    once its drug is ordered (decision 6), so this card names them; a pregnancy makes it critical."""
+    f = ctx.facts
+    if ctx.hook == PATIENT_VIEW or not f.contraindications or not ctx.stage.in_scope:
+        return None
+    for o in ctx.orders:
+        blockers = withheld_by(f.contraindications, o.ingredient) if o.is_ladder and o.ingredient else []
+        if blockers:
+            labels = list(dict.fromkeys(c.label for c in blockers))
+            return Fired("ladder.order-contraindicated",
+                         facts=[o.fact()] + [c.fact("Contraindication: ") for c in blockers],
+                         values={"order_label": _drug_name(o), "blockers": labels},
+                         variant="pregnancy" if any(c.key == "pregnancy" for c in blockers) else None)
+    return None
+
+
 def _drug_name(o: PlannedOrder) -> str:
     return (o.ingredient or o.label).capitalize()
 

@@ -46,6 +46,7 @@ RULES: tuple[Rule, ...] = (
     Rule("ladder.mtx-frequency", LADDER, "A9", ladder.methotrexate_daily),
     *(Rule(r.rule_id, LADDER, "decisions 4-6", partial(_stage_rule, r.rule_id)) for r in RUNGS if r.rule_id),
     Rule("ladder.skipped-rung", LADDER, "decision 27", ladder.skipped_rung),
+    Rule("ladder.order-contraindicated", LADDER, "decision 39", ladder.order_contraindicated),
     Rule("ivig.indication.steroid-resistant", IVIG_INDICATION, "decision 7", ivig_indication.steroid_resistant),
     Rule("ivig.indication.decompensated", IVIG_INDICATION, "decision 7", ivig_indication.decompensated),
     Rule("ivig.indication.sfn", IVIG_INDICATION, "decision 7", ivig_indication.small_fiber),

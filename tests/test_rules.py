@@ -417,6 +417,15 @@ def test_heart_failure_volume_from_order():
     assert "140 g" in c.summary and "1,400 mL" in c.summary and "280 mL/day" in c.summary
 
 
+def test_heart_failure_volume_of_an_order_written_in_millilitres_is_that_volume():
+    octagam = cc(None, None, None, "Octagam (immune globulin) IV")
+    order = draft("ivig-ml", octagam, dosage(500, "mL", count=4, route="iv"))
+    ev = run(ivig_patient(weight(70), egfr(90), icd("hf", "I50.22"), drafts=[order]))
+    c = card(ev, "ivig.safety.heart-failure-volume")
+    assert "2,000 mL of IVIG ordered" in c.summary and "500 mL/day" in c.summary
+    assert "% is" not in c.summary  # no grams-at-a-concentration sentence for a volume the order states
+
+
 def test_dose_worked_example_woman_bmi_40():
     ev = run(ivig_patient(weight(110), height(165), egfr(90), drafts=[ivig_order(g_per_day=110, days=2)]))
     c = card(ev, "ivig.dose")

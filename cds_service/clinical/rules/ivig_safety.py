@@ -175,9 +175,13 @@ def heart_failure_volume(ctx: Context) -> Fired | None:
     else:
         return Fired(g, facts=facts, values={"course_g": "?", "volume_ml": "?", "daily_ml": "?", "days": "?",
                                              "daily_flag": "", "dose_basis": phrase(g, "no_volume"), **shared})
+    lines = [ln for o in orders if o.ig_order is not None for ln in o.ig_order.lines]
+    ordered_ml = bool(lines) and all(ln.ml is not None for ln in lines) and course.volume_ml is not None
     return Fired(g, facts=facts + ctx.weight_facts(),
                  values={"course_g": fmt(round(course_g)), "volume_ml": fmt(round(volume)),
                          "daily_ml": fmt(round(daily)), "days": fmt(days), "dose_basis": basis, **shared,
                          "daily_flag": (phrase(g, "daily_flag", limit=fmt(th.hf_daily_volume_ml))
-                                        if daily > th.hf_daily_volume_ml else "")})
+                                        if daily > th.hf_daily_volume_ml else "")},
+                 # millilitres written in the order are the volume, whatever the product's concentration
+                 variant="ordered_ml" if ordered_ml else None)
 

@@ -47,7 +47,8 @@ WITHHOLDS: dict[str, set[str]] = {
     "contra.heart-failure": {"infliximab"},
     "contra.malignancy": {"infliximab"},
     "contra.liver": {"methotrexate"},
-    "contra.renal": {"methotrexate"},
+    # CKD 4-5 is also severe kidney impairment for IVIG: no one-click IVIG order (rules.ivig_indication)
+    "contra.renal": {"methotrexate", "immune globulin"},
     "contra.fungal": {"infliximab", "methotrexate", "prednisone"},
     "pregnancy": {"methotrexate"},
 }

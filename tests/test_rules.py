@@ -238,6 +238,19 @@ def test_s6_and_s7_cards():
     assert c7.indicator == "warning" and "MDT" in c7.summary
 
 
+def test_an_order_that_is_not_valid_fhir_is_still_checked_and_the_card_says_so():
+    daily = draft("m", METHOTREXATE, dosage(15))
+    daily["authoredOn"] = "2026-11-25 09:00"  # not a FHIR dateTime
+    ev = run(ns_patient(drafts=[daily]), hook="order-sign")
+    c = card(ev, "ladder.mtx-frequency")
+    assert c.indicator == "critical" and "MedicationRequest/m" in cited(c)
+    assert "MedicationRequest/m: invalid FHIR" in c.detail and "its drug was still checked" in c.detail
+    dstu2 = ivig_order()
+    dstu2["dosageInstruction"][0]["doseQuantity"] = {"value": 30, "unit": "g"}  # DSTU2's place for the dose
+    ev = run(ivig_patient(weight(70), egfr(48), drafts=[dstu2]))
+    assert {"ivig.safety.renal", "ivig.dose"} <= set(ev.rule_ids)
+
+
 def test_mtx_frequency_critical_replaces_stage_cards():
     ev = run(ns_patient(drafts=[PRED_ORDER, draft("m", METHOTREXATE, dosage(15))]), hook="order-sign")
     c = card(ev, "ladder.mtx-frequency")

@@ -53,8 +53,14 @@ def read_draft_orders(record: PatientRecord, term: Terminology, th: Thresholds) 
         ref = ref_of(res) or f"{rtype}/(no id)"
         selected = bool(sel) and (ref in sel or str(res.get("id")) in sel_ids)
         m = term.match(concept, medication=True)
-        valid = m.drug_class is None or v.valid(res, concept)
-        part.planned_orders.append(planned_order(res, rtype, ref, concept, m, selected, valid, th, medications))
+        noted = len(v.notes)
+        if m.drug_class is not None and not v.valid(res, concept) and len(v.notes) > noted:
+            # The drug is being ordered whatever the shape of the order (a DSTU2-style dosage, a string
+            # where a number belongs): its checks still run on what can be read, and the cards say so.
+            v.skipped.pop()
+            v.notes[-1] = (v.notes[-1].replace("skipped ", "", 1)
+                           + "; its drug was still checked, its dose read where possible")
+        part.planned_orders.append(planned_order(res, rtype, ref, concept, m, selected, th, medications))
     if sel and not any(o.selected for o in part.planned_orders):
         v.notes.append("selections did not match any draft order; all draft orders were evaluated")
     part.notes, part.skipped = v.notes, v.skipped
@@ -62,18 +68,15 @@ def read_draft_orders(record: PatientRecord, term: Terminology, th: Thresholds) 
 
 
 def planned_order(res: dict[str, Any], rtype: str, ref: str, concept: Any, m: ConceptMatch, selected: bool,
-                  valid: bool, th: Thresholds, medications: dict[str, dict[str, Any]] | None = None) -> PlannedOrder:
-    """The order's drug, its ladder tier (decision 6), route, and the dose figures its rules read. An order
-    that is not valid FHIR keeps its name but counts as no drug."""
+                  th: Thresholds, medications: dict[str, dict[str, Any]] | None = None) -> PlannedOrder:
+    """The order's drug, its ladder tier (decision 6), route, and the dose figures its rules read."""
     dosages = [d for d in listify(res.get("dosageInstruction")) if isinstance(d, dict)]
     route = next((r for r in (route_kind(d.get("route")) for d in dosages) if r), None) or route_kind(None, m.text)
     ing = m.ingredient
     tier = ing.tier if ing else LADDER_TIER.get(m.drug_class or "")
     po = PlannedOrder(ref, rtype, concept_label(concept), ing.key if ing else None, m.drug_class, tier, selected,
                       route)
-    if not valid:
-        po.drug_class = po.tier = None
-    elif m.drug_class == IG:
+    if m.drug_class == IG:
         po.ig_kind, po.ig_route_assumed, po.ig_order = ig_draft(res, ref, po.label, concept, m.text, dosages, th,
                                                                  medications or {})
     elif m.drug_class == GC and ing is not None:

@@ -188,6 +188,8 @@ def test_threshold_cross_checks_name_both_settings(monkeypatch):
         ({"CDS_IVIG_SUGGESTED_DAYS": "1", "CDS_IVIG_MIN_DAYS": "1"}, "CDS_IVIG_MAX_DAILY_G_PER_KG (1)"),
         ({"CDS_AKI_RATIO": "0.9"}, "CDS_AKI_RATIO must be above 1"),
         ({"CDS_LAB_RECENCY_DAYS": "0"}, "CDS_LAB_RECENCY_DAYS must be above 0"),
+        ({"CDS_EGFR_CRITICAL": "nan"}, "CDS_EGFR_CRITICAL must be a finite number"),
+        ({"CDS_IVIG_MAX_DAILY_G_PER_KG": "inf"}, "CDS_IVIG_MAX_DAILY_G_PER_KG must be a finite number"),
     ]:
         for k in list(os.environ):
             if k.startswith("CDS_"):

@@ -11,6 +11,7 @@ Comparison direction is part of each description: "at least" means ``>=``, "abov
 from __future__ import annotations
 
 import functools
+import math
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -173,6 +174,9 @@ def threshold_problems(th: Thresholds) -> list[str]:
             continue
         low, high, words = RANGES.get(name, (0.0, None, "above 0"))
         inclusive_low = name == "adjusted_weight_factor"
+        if not math.isfinite(value):  # NaN passes every comparison below; infinity is no threshold either
+            problems.append(f"{_env(name)} must be a finite number, {words} (it is {value}).")
+            continue
         if value < low or (value == low and not inclusive_low) or (high is not None and value > high):
             problems.append(f"{_env(name)} must be {words} (it is {value:g}).")
     for lower, higher, may_equal, why in ORDERED_PAIRS:

@@ -383,22 +383,41 @@ def _install_routes(app: FastAPI) -> None:
     async def health() -> Response:
         return _json({"status": "ok", "version": __version__})
 
-    @app.get("/ready", tags=["Operations"], summary="Readiness: the audit database answers",
+    @app.get("/ready", tags=["Operations"], summary="Readiness: the audit database and the replay cache answer",
              responses={503: {}})
     async def ready(request: Request) -> Response:
-        """200 when this instance can take traffic: its audit database answers within a few seconds. A load
+        """200 when this instance can take traffic: its audit database and, with authentication on, its JWT
+        replay cache answer within a few seconds (without the cache every signed call is refused). A load
         balancer sends hook calls only to ready instances; `/health` stays a cheap liveness check."""
+        authenticator = getattr(request.app.state, "authenticator", None)
+        if authenticator is not None:
+            from cds_service.replay import ReplayCacheUnavailable
+
+            reason = await _answers(authenticator.replay.ping, ReplayCacheUnavailable)
+            if reason is not None:
+                log.warning("not_ready", reason=f"replay cache: {reason}")
+                return outcome_response(f"Not ready: the JWT replay cache cannot be reached ({reason}); signed "
+                                        "calls are refused until it answers.", 503, "transient", {"Retry-After": "5"})
         audit = request.app.state.audit
         if audit is not None:
-            try:
-                async with asyncio.timeout(READY_TIMEOUT):
-                    await audit.store.ping()
-            except (StoreError, TimeoutError) as exc:
-                reason = str(exc) if isinstance(exc, StoreError) else f"no answer within {READY_TIMEOUT:g} s"
+            reason = await _answers(audit.store.ping, StoreError)
+            if reason is not None:
                 log.warning("not_ready", reason=reason)
                 return outcome_response(f"Not ready: the audit database cannot be reached ({reason}).", 503,
                                         "transient", {"Retry-After": "5"})
         return _json({"status": "ready", "version": __version__})
+
+
+async def _answers(check, errors: type[Exception]) -> str | None:
+    """Why ``check()`` failed (its error, or no answer within the readiness timeout); None when it answered."""
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            await check()
+    except errors as exc:
+        return str(exc)
+    except TimeoutError:
+        return f"no answer within {READY_TIMEOUT:g} s"
+    return None
 
 
 def _documented(endpoint):

@@ -47,3 +47,18 @@ def test_ready_recovers_without_a_restart(tmp_path, monkeypatch):
         assert client.get("/ready").status_code == 503
         monkeypatch.setattr(store, "ping", real_ping)
         assert client.get("/ready").status_code == 200
+
+
+def test_not_ready_with_authentication_on_while_the_replay_cache_is_unreachable(tmp_path):
+    from tests.conftest import free_port
+
+    issuers = {"https://ehr.example": {"jwks_url": "https://ehr.example/jwks", "fhir_servers": []}}
+    closed = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    settings = Settings(data_dir=tmp_path / "data", trusted_issuers=issuers, redis_url=closed, database_url=None)
+    with TestClient(create_app(settings)) as client:
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and ready.headers["retry-after"]
+        assert "replay cache cannot be reached" in ready.json()["issue"][0]["diagnostics"]
+    memory = Settings(data_dir=tmp_path / "data2", trusted_issuers=issuers, redis_url=None, database_url=None)
+    with TestClient(create_app(memory)) as client:
+        assert client.get("/ready").status_code == 200

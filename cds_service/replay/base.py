@@ -31,5 +31,8 @@ class ReplayCache(ABC):
         The issuer is part of the key: two issuers may pick the same ``jti`` independently.
         """
 
+    async def ping(self) -> None:  # noqa: B027 - a cache in this process is always there
+        """Raise :class:`ReplayCacheUnavailable` when the cache cannot answer (``/ready`` asks)."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook; most caches hold nothing to release
         """Release connections (called at application shutdown)."""

@@ -114,6 +114,12 @@ class RedisReplayCache(ReplayCache):
             raise ReplayCacheUnavailable(type(exc).__name__) from exc
         return now
 
+    async def ping(self) -> None:
+        try:
+            await self.client.ping()
+        except (RedisError, OSError) as exc:
+            raise ReplayCacheUnavailable(type(exc).__name__) from exc
+
     async def close(self) -> None:
         if self._owns_client:
             await self.client.aclose()

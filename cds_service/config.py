@@ -244,6 +244,17 @@ class Settings(BaseSettings):
             raise ValueError(f"a YAML file of services like cds_service/data/services.yaml ({exc})") from None
         return v
 
+    @field_validator("data_dir")
+    @classmethod
+    def _check_data_dir(cls, v: Path) -> Path:
+        # Checked here, not at the first write, so a wrong path stops start-up with a line naming the setting.
+        if v.exists() and not v.is_dir():
+            raise ValueError(f"a directory ({v} is a file)")
+        existing = next(p for p in (v, *v.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"a directory this process can create and write ({existing} is not writable)")
+        return v
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, v: Any) -> Any:

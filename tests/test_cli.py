@@ -242,6 +242,17 @@ def test_extra_codes_from_dotenv_are_used(tmp_path):
     assert result.returncode == 2 and result.stderr.startswith("Configuration error in CDS_EXTRA_CODES")
 
 
+def test_a_data_dir_that_is_a_file_is_refused_with_the_setting_named(tmp_path):
+    afile = tmp_path / "not-a-dir"
+    afile.write_text("x")
+    env = clean_env(tmp_path)
+    env["CDS_DATA_DIR"] = str(afile)
+    result = cli("serve", "--port", "1", env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    expected = f"Configuration error in CDS_DATA_DIR: expected a directory ({afile} is a file)."
+    assert result.stderr.strip().splitlines()[-1] == expected
+
+
 def test_settings_from_files(tmp_path, monkeypatch):
     """CDS_<NAME>_FILE: Docker and Kubernetes secrets; the trailing newline is not part of the value."""
     for k in list(os.environ):

@@ -40,7 +40,7 @@ def load_secret(configured: str | None, data_dir: Path) -> bytes:
 
 def _create(path: Path) -> None:
     """Write the secret atomically: concurrent workers starting together all end up with the same one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:

@@ -59,8 +59,8 @@ class PooledClient:
     Making it (importing httpx, loading the TLS trust store) costs about a tenth of a second of CPU, which a first
     hook call served from its prefetch need not wait for: :func:`lifespan` makes it :data:`HTTP_CLIENT_DELAY` s
     after the start, in a worker thread, so the event loop keeps answering meanwhile. A FHIR fallback call that
-    comes before makes it itself, inside its deadline (or waits for the thread's). Every attribute not defined
-    here is the client's.
+    comes before waits for it to be made in a worker thread too (:meth:`made`), outside its deadline. Every
+    attribute not defined here is the client's.
     """
 
     def __init__(self, make: Callable[[], Any]) -> None:
@@ -76,6 +76,11 @@ class PooledClient:
                     self._client = self._make()
                 client = self._client
         return client
+
+    async def made(self) -> None:
+        """The client exists once this returns; made in a worker thread when it does not yet."""
+        if self._client is None:
+            await asyncio.get_running_loop().run_in_executor(None, self.get)
 
     def __getattr__(self, name: str) -> Any:
         if name in ("_make", "_client", "_making"):  # not set yet (a copy in the making): never a client's

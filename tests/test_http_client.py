@@ -62,3 +62,35 @@ def test_one_client_is_made_when_two_threads_ask_at_once():
     for t in threads:
         t.join()
     assert len(made) == 1 and got == made * 4
+
+
+def test_a_first_fallback_call_waits_for_the_client_off_the_loop_and_outside_its_deadline(tmp_path, monkeypatch):
+    """A call that needs the FHIR server before the background has made the client: the client is made in a
+    worker thread (other requests are answered meanwhile) and its making does not eat the call's deadline."""
+    def fhir(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": []})
+
+    def make(settings):
+        time.sleep(MAKING)  # longer than the 0.5 s deadline
+        return httpx.AsyncClient(transport=httpx.MockTransport(fhir))
+
+    monkeypatch.setattr(app_module, "_http_client", make)
+    monkeypatch.setattr(app_module, "HTTP_CLIENT_DELAY", 60.0)  # the background never gets to it
+    app = create_app(Settings(_env_file=None, data_dir=tmp_path, trusted_issuers={}, database_url=None,
+                              log_json=False))
+    body = hook_request(fhirServer="http://fhir.test/r4")
+    body.pop("prefetch")
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cds") as c:
+                call = asyncio.ensure_future(c.post(SELECT, json=body))
+                await asyncio.sleep(0.1)  # the client is being made now
+                started = time.monotonic()
+                health = await c.get("/health")
+                health_wait = time.monotonic() - started
+                return await call, health, health_wait
+
+    resp, health, health_wait = asyncio.run(scenario())
+    assert resp.status_code == 200, resp.text
+    assert health.status_code == 200 and health_wait < MAKING / 2, f"/health waited {health_wait:.2f} s"

@@ -75,6 +75,10 @@ class DataSource(ABC):
     remote = False  # True for a source that asks a server over the network (counted as fetched, not prefetched)
     requests_made = 0  # network requests this source sent for the call
 
+    async def prepare(self) -> None:  # noqa: B027 - most sources have nothing to get ready
+        """Get ready to ask (make a connection pool) before the first :meth:`fetch` of a call; the time it
+        takes is not counted against the call's deadline."""
+
     @abstractmethod
     async def fetch(self, queries: dict[str, str], deadline: float) -> dict[str, KeyResult]:
         """A result for every key of ``queries``, by ``deadline`` (event-loop time); never raises for one key."""

@@ -97,6 +97,11 @@ class FhirServerSource(DataSource):
             self._guard = (self._guards or OriginGuards()).for_url(self.base_url)
         return self._guard
 
+    async def prepare(self) -> None:
+        made = getattr(self.client, "made", None)  # the service's pooled client, made once, off the event loop
+        if made is not None:
+            await made()
+
     async def fetch(self, queries: dict[str, str], deadline: float) -> dict[str, KeyResult]:
         keys = list(queries)
         results = await asyncio.gather(*(self._by_deadline(self.fetch_one(queries[k], deadline), deadline)

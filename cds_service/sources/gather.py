@@ -160,6 +160,11 @@ async def gather(call: HookCall, sources: Sequence[DataSource], policy: GatherPo
         wanted = {k: q for k, q in queries.items() if not results[k].settled}
         paged = [k for k, r in results.items() if _paged(r)]
         if wanted or paged:
+            if source.remote:  # a one-time set-up (the first call after a start) does not eat the deadline
+                loop = asyncio.get_running_loop()
+                before = loop.time()
+                await source.prepare()
+                deadline += loop.time() - before
             answers, pages = await _ask(source, wanted, [results[k].value for k in paged], deadline)
             for key, result in answers.items():
                 # a source that merely lacks a key keeps the earlier source's reason (e.g. a failure)

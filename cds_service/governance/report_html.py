@@ -1,6 +1,6 @@
 """The alert-burden report as one self-contained HTML file: a summary table, then per rule its charts.
 
-Charts are inline SVG drawn by matplotlib (the optional ``report`` extra: ``pip install 'cds-service[report]'``),
+Charts are inline SVG drawn by matplotlib (the optional ``report`` extra: ``pip install '.[report]'``),
 text kept as text; there is no script, no stylesheet or font from elsewhere, so the file opens offline, in a
 mail client or from a shared drive, and reads the same without JavaScript. Every chart has its figures as
 a table under it (in a ``<details>`` element, which needs no script). EHR text (override reason displays)
@@ -18,7 +18,7 @@ from cds_service.governance.burden import Burden, Counts, RuleBurden
 BLUE, ORANGE, VERMILLION, GREEN, GREY = "#0072B2", "#E69F00", "#D55E00", "#009E73", "#6b6b6b"  # Okabe-Ito
 TOP_REASONS = 5
 MISSING_LIBRARY = ("the HTML report draws its charts with matplotlib, which is not installed: "
-                   "pip install 'cds-service[report]'")
+                   "pip install '.[report]'")
 
 
 class ReportUnavailable(RuntimeError):

@@ -131,9 +131,11 @@ def _gc_failed(ctx: Context, fired: Fired) -> None:
         fired.variant = "mtx_contraindicated"  # the summary names the blocker instead of advising methotrexate
         v["mtx_withheld"] = phrase("stage.s3r-gc-refractory", "mtx_withheld",
                                    blockers="; ".join(c.label for c in blockers))
+        v["mtx_prechecks"] = ""
         fired.facts += [c.fact("Contraindication: ") for c in blockers]
     else:
         v["mtx_withheld"] = ""
+        v["mtx_prechecks"] = phrase("stage.s3r-gc-refractory", "mtx_prechecks") + "\n"
         fired.suggestions = [] if ctx.facts.ns_text_only else ["methotrexate"]
 
 

@@ -25,6 +25,7 @@ from .model import NON_SYSTEMIC, PlannedOrder
 from .validation import Validator
 
 _DAILY_TEXT_RE = re.compile(r"\bdaily\b|every day|once a day")
+_DOSE_ELEMENTS = ("dosageInstruction", "dispenseRequest", "dosage")
 
 
 @dataclass
@@ -54,13 +55,22 @@ def read_draft_orders(record: PatientRecord, term: Terminology, th: Thresholds) 
         selected = bool(sel) and (ref in sel or str(res.get("id")) in sel_ids)
         m = term.match(concept, medication=True)
         noted = len(v.notes)
-        if m.drug_class is not None and not v.valid(res, concept) and len(v.notes) > noted:
+        valid = m.drug_class is None or v.valid(res, concept)
+        if not valid and len(v.notes) > noted:
             # The drug is being ordered whatever the shape of the order (a DSTU2-style dosage, a string
             # where a number belongs): its checks still run on what can be read, and the cards say so.
             v.skipped.pop()
             v.notes[-1] = (v.notes[-1].replace("skipped ", "", 1)
                            + "; its drug was still checked, its dose read where possible")
-        part.planned_orders.append(planned_order(res, rtype, ref, concept, m, selected, th, medications))
+        try:
+            po = planned_order(res, rtype, ref, concept, m, selected, th, medications)
+        except (TypeError, AttributeError, ValueError, KeyError, IndexError):
+            if valid:
+                raise
+            # the dose elements are too malformed to read: the drug stays, its dose is unread
+            bare = {k: x for k, x in res.items() if k not in _DOSE_ELEMENTS}
+            po = planned_order(bare, rtype, ref, concept, m, selected, th, medications)
+        part.planned_orders.append(po)
     if sel and not any(o.selected for o in part.planned_orders):
         v.notes.append("selections did not match any draft order; all draft orders were evaluated")
     part.notes, part.skipped = v.notes, v.skipped

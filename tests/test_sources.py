@@ -97,6 +97,19 @@ def test_null_means_known_empty_and_is_never_fetched():
     assert record.resources.get("Condition") is None and record.patient["id"] == "p1"
 
 
+def test_resources_of_another_patient_are_left_out_and_said():
+    other = dict(condition("c2"), subject={"reference": "https://ehr.example.org/fhir/Patient/p2"})
+    by_urn = dict(condition("c3"), subject={"reference": "urn:uuid:4f1c"})  # names no Patient: kept
+    prefetch = dict(FULL, conditions=searchset(condition("c1"), other, by_urn))
+    record = run(fetch(call(prefetch, fhir_server=None)))
+    assert [c["id"] for c in record.resources["Condition"]] == ["c1", "c3"]
+    assert "left out 1 resource(s) about another patient" in " ".join(record.notes)
+    assert "p2" not in " ".join(record.notes)  # no identifier in what reaches the cards
+    someone_else = dict(FULL, patient={"resourceType": "Patient", "id": "p2", "birthDate": "1950-01-01"})
+    record = run(fetch(call(someone_else, fhir_server=None)))
+    assert record.patient is None  # never another patient's age and sex
+
+
 def test_missing_keys_are_fetched_in_parallel_with_the_bearer_token():
     prefetch = {"patient": FULL["patient"]}
     seen = []

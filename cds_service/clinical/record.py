@@ -45,6 +45,8 @@ class PatientRecord:
     # the logs and, where they matter clinically, on a card.
     notes: list[str] = field(default_factory=list)
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # resources left out because their subject (or patient) is another patient than ``patient_id``
+    other_patients: int = 0
     _seen: set[tuple[str, str]] = field(default_factory=set, repr=False)
 
     def add(self, resource: Any) -> None:
@@ -82,6 +84,8 @@ class PatientRecord:
                 elif rtype != "OperationOutcome":
                     self.notes.append("skipped a resource without resourceType")
                 continue
+            if self._of_another_patient(res):
+                continue
             rid = res.get("id")
             if type(rid) is str and rid:
                 key = (rtype, rid)
@@ -102,16 +106,38 @@ class PatientRecord:
         if rtype == "OperationOutcome":
             return
         rid = resource.get("id")
+        if rtype == "Patient" and isinstance(rid, str) and rid and self.patient_id and rid != self.patient_id:
+            self.other_patients += 1  # someone else's Patient resource: never this patient's age and sex
+            return
+        if rtype != "Patient" and self._of_another_patient(resource):
+            return
         if isinstance(rid, str) and rid:
             key = (rtype, rid)
             if key in self._seen:
                 return
             self._seen.add(key)
         if rtype == "Patient":
-            if self.patient is None or resource.get("id") == self.patient_id:
+            if self.patient is None or rid == self.patient_id:
                 self.patient = resource
             return
         self.resources.setdefault(rtype, []).append(resource)
+
+    def _of_another_patient(self, res: dict[str, Any]) -> bool:
+        """The resource's subject (or patient) names a Patient other than this one: it is counted and left
+        out. A reference that names no Patient (a urn:uuid, a Group) or no reference at all is kept."""
+        pid = self.patient_id
+        for name in ("subject", "patient"):
+            ref = res.get(name)
+            if type(ref) is dict:
+                r = ref.get("reference")
+                if type(r) is str and "Patient/" in r:
+                    r = r.split("/_history", 1)[0]
+                    if r == "Patient/" + pid or r.endswith("/Patient/" + pid) or not pid:
+                        return False
+                    self.other_patients += 1
+                    return True
+                return False
+        return False
 
     def extend(self, resources: Iterable[Any]) -> None:
         for r in resources:

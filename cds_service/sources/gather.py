@@ -212,6 +212,9 @@ def _apply_policy(call: HookCall, results: dict[str, KeyResult], policy: GatherP
     for result in results.values():
         if result.outcome is ANSWERED:
             record.add(result.value)
+    if record.other_patients:  # never named: the note reaches the cards
+        record.notes.append(f"left out {record.other_patients} resource(s) about another patient than the one "
+                            "of this call")
     if record.patient is None:
         record.notes.append("no Patient resource was available; age and sex unknown")
     record.draft_orders = call.draft_orders

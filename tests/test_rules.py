@@ -251,6 +251,13 @@ def test_an_order_that_is_not_valid_fhir_is_still_checked_and_the_card_says_so()
     assert {"ivig.safety.renal", "ivig.dose"} <= set(ev.rule_ids)
 
 
+def test_an_absurd_number_in_an_order_is_shown_not_a_failure():
+    order = ivig_order()
+    order["dosageInstruction"][0]["timing"]["repeat"]["period"] = 1e308
+    ev = run(ivig_patient(weight(70), egfr(48), drafts=[order]))
+    assert "ivig.safety.renal" in ev.rule_ids and "engine.error" not in " ".join(ev.rule_ids)
+
+
 def test_mtx_frequency_critical_replaces_stage_cards():
     ev = run(ns_patient(drafts=[PRED_ORDER, draft("m", METHOTREXATE, dosage(15))]), hook="order-sign")
     c = card(ev, "ladder.mtx-frequency")

@@ -6,6 +6,7 @@ Every fact keeps the FHIR reference (``"Observation/abc"``) it came from, so a c
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -332,6 +333,8 @@ def fmt(x: float | None, digits: int = 1) -> str:
 def _fmt(x: float | None, digits: int = 1) -> str:
     if x is None:
         return "?"
+    if not math.isfinite(x) or abs(x) >= 1e15:  # an absurd value from a record: shown, never a crash
+        return f"{x:g}"
     if abs(x - round(x)) < 1e-9:
         return f"{int(round(x)):,}"
     s = f"{x:,.{digits}f}"

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from cds_service.errors import BadRequest, PayloadTooLarge
+from cds_service.errors import BadRequest, ClientGone, PayloadTooLarge
 
 if TYPE_CHECKING:
     from cds_service.workload import Workload
@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 # (closing a socket with unread data sends RST) instead of the 413. Beyond these bounds it is cut.
 DRAIN_MAX_BYTES = 64 * 1024 * 1024
 DRAIN_SECONDS = 10.0
+# A body that has not arrived in full this long after the request began is refused (408): a client that
+# sends a few bytes a minute must not hold a connection and its memory for ever. EHRs send hook bodies of
+# at most a few megabytes over a LAN or VPN, in well under a second.
+BODY_SECONDS = 30.0
 
 
 async def _drain(chunks: AsyncIterator[bytes], already: int = 0) -> None:
@@ -42,7 +46,19 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
-    """The raw body, refusing more than ``limit`` bytes without keeping the rest in memory."""
+    """The raw body, refusing more than ``limit`` bytes without keeping the rest in memory, a body still
+    incomplete after :data:`BODY_SECONDS` (408), and a client gone before its body arrived (499)."""
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            return await _read_limited(request, limit)
+    except TimeoutError:
+        raise BadRequest(f"The request body did not arrive within {BODY_SECONDS:g} s.", status=408, code="timeout",
+                         headers={"Connection": "close"}) from None
+    except ClientDisconnect:
+        raise ClientGone("The client closed the connection before its request body arrived.") from None
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:

@@ -55,6 +55,13 @@ class PreconditionFailed(ServiceError):
     status, code = 412, "incomplete"
 
 
+class ClientGone(ServiceError):
+    """The client closed the connection before its body arrived: no one reads the answer. 499 is the status
+    proxies log for it; it is an ordinary refused request in logs and metrics, not a server error."""
+
+    status, code = 499, "incomplete"
+
+
 class PayloadTooLarge(ServiceError):
     status, code = 413, "too-costly"
 

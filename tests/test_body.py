@@ -173,3 +173,53 @@ def test_deep_nesting_hidden_behind_closing_brackets_in_a_string_is_refused():
     assert orjson.loads(escaped)["x"] == '\\"]]]]]]]]'
     with pytest.raises(BadRequest, match="deeper than 8"):
         parse_json(escaped, max_depth=8, max_array=100)
+
+
+# ------------------------------------------------------------------------------ a body that never arrives
+def _asgi_post(app, messages, *, gap: float = 0.0):
+    """POST a hook call to ``app`` with the given receive messages (a gap before each); the status sent."""
+    import asyncio
+
+    sent: list[dict] = []
+
+    async def receive():
+        if gap:
+            await asyncio.sleep(gap)
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/cds-services/neurosarcoidosis-order-select",
+             "raw_path": b"/cds-services/neurosarcoidosis-order-select", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
+             "client": ("127.0.0.1", 5000), "server": ("testserver", 80), "scheme": "http", "http_version": "1.1"}
+
+    async def run():
+        async with app.router.lifespan_context(app):
+            await app(scope, receive, send)
+    asyncio.run(run())
+    return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+
+def _app(tmp_path):
+    from cds_service.app import create_app
+    from cds_service.config import Settings
+
+    return create_app(Settings(_env_file=None, data_dir=tmp_path, trusted_issuers={}, database_url=None))
+
+
+def test_a_client_gone_before_its_body_arrived_is_a_refused_request_not_a_server_error(tmp_path, capfd):
+    status = _asgi_post(_app(tmp_path), [{"type": "http.request", "body": b'{"hook": ', "more_body": True},
+                                         {"type": "http.disconnect"}])
+    assert status == 499
+    err = capfd.readouterr().err
+    assert "unhandled_error" not in err and "request_refused" in err
+
+
+def test_a_body_still_incomplete_after_the_deadline_is_refused_408(tmp_path, monkeypatch):
+    from cds_service import body
+
+    monkeypatch.setattr(body, "BODY_SECONDS", 0.3)
+    drip = [{"type": "http.request", "body": b" ", "more_body": True} for _ in range(50)]
+    assert _asgi_post(_app(tmp_path), drip, gap=0.05) == 408

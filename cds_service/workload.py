@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from cds_service.errors import PayloadTooLarge
+from cds_service.errors import PayloadTooLarge, ServiceError
 
 if TYPE_CHECKING:
     from cds_service.clinical.record import PatientRecord
@@ -44,6 +44,9 @@ class WorkloadPolicy:
     large_body_bytes: int = 512 * 1024  # ~0.1 s of CPU at 5 MB, so ~10 ms here
     large_orders: int = 20  # ~10 ms of rules
     large_resources: int = 2000  # prefetched resources are cheap to the rules (~5 µs each)
+    # Large steps waiting for or in the worker: one more is refused (503, retry later) rather than queued
+    # behind seconds of others' work; a burst of costly bodies cannot make an ordinary large call wait minutes.
+    max_waiting: int = 8
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkloadPolicy:
@@ -55,6 +58,7 @@ class Workload:
         self.policy = policy or WorkloadPolicy()
         self._executor: ThreadPoolExecutor | None = None
         self.offloaded = 0  # steps run in the worker, for tests and curiosity
+        self.waiting = 0  # steps handed to the worker and not finished
 
     def check(self, call: HookCall) -> None:
         """Refuse a call with more draft orders than the policy allows (413, before any rule runs)."""
@@ -73,11 +77,18 @@ class Workload:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in the worker thread, with this task's context (log fields bound to the request)."""
+        if self.waiting >= self.policy.max_waiting:
+            raise ServiceError(f"The service is busy with {self.waiting} large calls; retry shortly.", status=503,
+                               code="transient", headers={"Retry-After": "2"})
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cds-large-call")
         self.offloaded += 1
+        self.waiting += 1
         work = functools.partial(contextvars.copy_context().run, fn, *args)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        finally:
+            self.waiting -= 1
 
     def close(self) -> None:
         if self._executor is not None:

@@ -86,3 +86,28 @@ def test_the_limit_must_be_a_positive_number(tmp_path, monkeypatch, value):
     monkeypatch.setenv("CDS_MAX_DRAFT_ORDERS", value)
     with pytest.raises(ValidationError):
         Settings(data_dir=tmp_path)
+
+
+def test_large_steps_beyond_the_waiting_bound_are_refused_503_not_queued():
+    import asyncio
+    import threading
+
+    from cds_service.errors import ServiceError
+
+    release = threading.Event()
+    workload = Workload(WorkloadPolicy(max_waiting=2))
+
+    async def scenario():
+        busy = [asyncio.ensure_future(workload.run(release.wait)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        try:
+            await workload.run(lambda: "third")
+        except ServiceError as exc:
+            refused = exc
+        release.set()
+        await asyncio.gather(*busy)
+        return refused, await workload.run(lambda: "after")
+
+    refused, after = asyncio.run(scenario())
+    workload.close()
+    assert refused.status == 503 and refused.headers["Retry-After"] and after == "after"

@@ -110,6 +110,30 @@ def test_resources_of_another_patient_are_left_out_and_said():
     assert record.patient is None  # never another patient's age and sex
 
 
+def test_a_large_fhir_answer_is_parsed_off_the_event_loop(monkeypatch):
+    import threading
+
+    from cds_service.sources import fhir_server
+
+    threads = []
+    real = fhir_server.FhirServerSource._parse
+
+    def parse(self, raw):
+        threads.append((len(raw), threading.current_thread() is threading.main_thread()))
+        return real(self, raw)
+
+    monkeypatch.setattr(fhir_server.FhirServerSource, "_parse", parse)
+    big = searchset(*(dict(condition(f"c{i}"), note=[{"text": "x" * 2000}]) for i in range(400)))
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(url__startswith=f"{FHIR}/Condition").mock(return_value=httpx.Response(200, json=big))
+        mock.get(url__startswith=FHIR).mock(return_value=httpx.Response(200, json=searchset()))
+        record = run(fetch(call({"patient": FULL["patient"]}), http=httpx.AsyncClient(), deadline=5))
+    assert len(record.resources["Condition"]) == 400
+    large = [on_loop for size, on_loop in threads if size > fhir_server.LARGE_ANSWER_BYTES]
+    small = [on_loop for size, on_loop in threads if size <= fhir_server.LARGE_ANSWER_BYTES]
+    assert large == [False] and small and all(small)
+
+
 def test_missing_keys_are_fetched_in_parallel_with_the_bearer_token():
     prefetch = {"patient": FULL["patient"]}
     seen = []

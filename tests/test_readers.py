@@ -115,7 +115,7 @@ def test_medications_reader_reads_the_reason_from_the_conditions_it_is_given():
 
 
 def test_allergies_reader_and_anaphylaxis_after_immune_globulin():
-    allergy = {"resourceType": "AllergyIntolerance", "id": "a1", "patient": {"reference": "Patient/p"},
+    allergy = {"resourceType": "AllergyIntolerance", "id": "a1", "patient": {"reference": "Patient/p1"},
                "code": IVIG, "criticality": "high"}
     part = read(read_allergies, record(patient(), allergy))
     # no manifestation recorded, criticality high: counted as serious (decision 37)

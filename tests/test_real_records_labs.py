@@ -289,25 +289,25 @@ def test_decision_31_iga_below_detection_limit_is_deficiency():
     assert "Observation/f69-iga-1" in facts_text(cards["ivig.safety.iga"])
 
 
-def test_decision_31_iga_below_0_07_g_per_l_is_below_7_mg_per_dl():
+def _iga_card(value: float, unit: str) -> dict[str, Any]:
+    """Fixture 69's IgA card with its IgA result recorded as ``<value unit``."""
     b = bundle_of("69")
     for e in b["entry"]:
         if e["resource"]["id"] == "f69-iga-1":
-            e["resource"]["valueQuantity"] = {"value": 0.07, "comparator": "<", "unit": "g/L",
-                                              "system": "http://unitsofmeasure.org", "code": "g/L"}
-    card = cards_for(b, "MedicationRequest/f69-ivig-order-1")["ivig.safety.iga"]
+            e["resource"]["valueQuantity"] = {"value": value, "comparator": "<", "unit": unit,
+                                              "system": "http://unitsofmeasure.org", "code": unit}
+    return cards_for(b, "MedicationRequest/f69-ivig-order-1")["ivig.safety.iga"]
+
+
+def test_decision_31_iga_below_0_07_g_per_l_is_below_7_mg_per_dl():
+    card = _iga_card(0.07, "g/L")
     assert "Observation/f69-iga-1" in facts_text(card)
     assert "cannot tell" not in (card["detail"] + facts_text(card)).lower()
     assert units.convert_quantity({"value": 0.07, "code": "g/L"}, "iga").value == 7
 
 
 def test_decision_31_a_bound_that_leaves_the_threshold_open_is_said():
-    b = bundle_of("69")
-    for e in b["entry"]:
-        if e["resource"]["id"] == "f69-iga-1":
-            e["resource"]["valueQuantity"] = {"value": 10, "comparator": "<", "unit": "mg/dL",
-                                              "system": "http://unitsofmeasure.org", "code": "mg/dL"}
-    card = cards_for(b, "MedicationRequest/f69-ivig-order-1")["ivig.safety.iga"]
+    card = _iga_card(10, "mg/dL")
     assert "cannot tell" in (card["detail"] + facts_text(card)).lower()
 
 

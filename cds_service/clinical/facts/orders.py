@@ -22,7 +22,7 @@ from ..thresholds import Thresholds
 from .fhir import dose_mg_of, listify, per_day_of, ref_of, route_kind
 from .medications import medication_concept, medication_index, non_systemic_atc
 from .model import NON_SYSTEMIC, PlannedOrder
-from .validation import Validator
+from .validation import Validator, problem_of
 
 _DAILY_TEXT_RE = re.compile(r"\bdaily\b|every day|once a day")
 _DOSE_ELEMENTS = ("dosageInstruction", "dispenseRequest", "dosage")
@@ -54,14 +54,13 @@ def read_draft_orders(record: PatientRecord, term: Terminology, th: Thresholds) 
         ref = ref_of(res) or f"{rtype}/(no id)"
         selected = bool(sel) and (ref in sel or str(res.get("id")) in sel_ids)
         m = term.match(concept, medication=True)
-        noted = len(v.notes)
-        valid = m.drug_class is None or v.valid(res, concept)
-        if not valid and len(v.notes) > noted:
+        problem = problem_of(res, concept) if m.drug_class is not None else None
+        valid = problem is None
+        if not valid:
             # The drug is being ordered whatever the shape of the order (a DSTU2-style dosage, a string
             # where a number belongs): its checks still run on what can be read, and the cards say so.
-            v.skipped.pop()
-            v.notes[-1] = (v.notes[-1].replace("skipped ", "", 1)
-                           + "; its drug was still checked, its dose read where possible")
+            v.notes.append(f"{ref_of(res) or rtype}: invalid FHIR ({problem}); its drug was still checked, its dose "
+                           "read where possible")
         try:
             po = planned_order(res, rtype, ref, concept, m, selected, th, medications)
         except (TypeError, AttributeError, ValueError, KeyError, IndexError):

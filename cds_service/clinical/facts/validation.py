@@ -134,27 +134,32 @@ class Validator:
         cached = self._seen.get(key)
         if cached is not None:
             return cached
-        rtype = res.get("resourceType")
-        fields = _PROJECTION.get(rtype)  # type: ignore[arg-type]
-        problem = None
-        if fields is not None:
-            # Keyed by the resource itself (no projection to build on a hit), unless it carries much the
-            # rules never read (a Patient's names and addresses, a narrative): then by the projection.
-            if len(res) > len(fields) + 6 or "text" in res:
-                problem = _validate_projection_of(res, rtype, fields, concept)  # type: ignore[arg-type]
-            else:
-                rkey = _resource_key(res, rtype, concept)  # type: ignore[arg-type]
-                problem = VALIDATION_MEMO.get(rkey, _UNSET) if rkey is not None else _UNSET
-                if problem is _UNSET:
-                    problem = _validate_projection_of(res, rtype, fields, concept)  # type: ignore[arg-type]
-                    if rkey is not None:
-                        VALIDATION_MEMO.remember(rkey, problem)
+        problem = problem_of(res, concept)
         if problem is not None:
-            note = f"skipped {ref_of(res) or rtype}: invalid FHIR ({problem})"
+            note = f"skipped {ref_of(res) or res.get('resourceType')}: invalid FHIR ({problem})"
             self.notes.append(note)
             self.skipped.append(note)
         self._seen[key] = problem is None
         return problem is None
+
+
+def problem_of(res: dict[str, Any], concept: Any = None) -> str | None:
+    """Why the part of ``res`` the rules read is not valid FHIR R4 (None: valid, or a type not read)."""
+    rtype = res.get("resourceType")
+    fields = _PROJECTION.get(rtype)  # type: ignore[arg-type]
+    if fields is None:
+        return None
+    # Keyed by the resource itself (no projection to build on a hit), unless it carries much the rules never
+    # read (a Patient's names and addresses, a narrative): then by the projection.
+    if len(res) > len(fields) + 6 or "text" in res:
+        return _validate_projection_of(res, rtype, fields, concept)  # type: ignore[arg-type]
+    rkey = _resource_key(res, rtype, concept)  # type: ignore[arg-type]
+    problem = VALIDATION_MEMO.get(rkey, _UNSET) if rkey is not None else _UNSET
+    if problem is _UNSET:
+        problem = _validate_projection_of(res, rtype, fields, concept)  # type: ignore[arg-type]
+        if rkey is not None:
+            VALIDATION_MEMO.remember(rkey, problem)
+    return problem  # type: ignore[return-value]
 
 
 def _validate_projection_of(res: dict[str, Any], rtype: str, fields: tuple[str, ...], concept: Any) -> str | None:

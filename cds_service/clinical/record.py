@@ -126,13 +126,15 @@ class PatientRecord:
         """The resource's subject (or patient) names a Patient other than this one: it is counted and left
         out. A reference that names no Patient (a urn:uuid, a Group) or no reference at all is kept."""
         pid = self.patient_id
+        if not pid:
+            return False
         for name in ("subject", "patient"):
             ref = res.get(name)
             if type(ref) is dict:
                 r = ref.get("reference")
                 if type(r) is str and "Patient/" in r:
                     r = r.split("/_history", 1)[0]
-                    if r == "Patient/" + pid or r.endswith("/Patient/" + pid) or not pid:
+                    if r == "Patient/" + pid or r.endswith("/Patient/" + pid):
                         return False
                     self.other_patients += 1
                     return True

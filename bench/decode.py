@@ -70,10 +70,16 @@ def _envelope(resource: Any) -> type[Struct]:
                                      "fhirServer": None, "prefetch": {}})
 
 
-def read_fields_decoder() -> msgspec.json.Decoder:
-    types = [_tagged(rt, {f: Any for f in (*fields, *_ALSO_READ)}) for rt, fields in _PROJECTION.items()]
+def _read_elements_decoder(type_of: dict[str, Any]) -> msgspec.json.Decoder:
+    """Each read resource type with the elements the engine reads, typed by ``type_of`` (Any when absent)."""
+    types = [_tagged(rt, {f: type_of.get(f, Any) for f in (*fields, *_ALSO_READ)})
+             for rt, fields in _PROJECTION.items()]
     types += [_tagged(rt, {"id": Any}) for rt in _OTHER_TYPES]
     return msgspec.json.Decoder(_envelope(_one_of(types)))
+
+
+def read_fields_decoder() -> msgspec.json.Decoder:
+    return _read_elements_decoder({})
 
 
 class Coding(Struct):
@@ -160,9 +166,7 @@ _TYPED: dict[str, Any] = {
 
 
 def typed_decoder() -> msgspec.json.Decoder:
-    types = [_tagged(rt, {f: _TYPED.get(f, Any) for f in (*fields, *_ALSO_READ)}) for rt, fields in _PROJECTION.items()]
-    types += [_tagged(rt, {"id": Any}) for rt in _OTHER_TYPES]
-    return msgspec.json.Decoder(_envelope(_one_of(types)))
+    return _read_elements_decoder(_TYPED)
 
 
 def ids_only_decoder() -> msgspec.json.Decoder:
